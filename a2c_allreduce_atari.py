@@ -1,0 +1,633 @@
+"""Synchronous A2C on Atari whose workers average gradients exactly with one MPI Allreduce.
+
+Every rank (worker) steps `num_envs` envpool simulators for `num_steps`, computes the A2C gradient
+of its shard, and one Allreduce over a flat buffer sums the gradients (and the count of valid
+samples) across ranks; every rank then takes the same RMSprop step. So `mpirun -np 4` with 16
+simulators each is exactly one A2C with 64 (Stooke & Abbeel 2018, "Accelerated Methods for Deep
+RL"), the synchronous baseline of GALA (Assran et al., NeurIPS 2019).
+
+    mpirun -np 4 python a2c_allreduce_atari.py --env-id Pong-v5
+
+Simplifications and choices, stated so nobody has to find them:
+- Nature CNN with 64 filters in the third conv (the official GALA code uses 32).
+- envpool resets on the step *after* an episode (or a life, under episodic life) ends and ignores
+  that step's action: that transition is masked out of the loss. A time-limit truncation
+  bootstraps from the value of the episode's last observation; a termination never bootstraps.
+- `global_step` counts env.step calls of all simulators, reset steps included.
+- The loss is the mean over valid samples of *all* ranks (the Allreduce carries the count).
+- A resumed run restores parameters, optimizer, step count and torch RNG, not the emulator states:
+  its simulators start new games.
+"""
+
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import envpool
+import numpy as np
+import torch
+import torch.nn as nn
+from mpi4py import MPI
+from torch.distributions.categorical import Categorical
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (ranks derive their own simulator and sampling seeds from it)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """use CUDA when it is present (device cuda:{local_rank % device_count})"""
+    track: bool = False
+    """send the run to Weights & Biases (WANDB_MODE=offline writes it locally for `wandb sync`)"""
+    wandb_project_name: str = "gala-rl"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team or user)"""
+    wandb_group: Optional[str] = None
+    """the W&B group (an experiment: one group, many seeds)"""
+    wandb_tags: tuple[str, ...] = ()
+    """extra W&B tags (the algorithm and the total simulators are always added)"""
+    env_id: str = "Pong-v5"
+    """the envpool Atari id (`-v5`: NoFrameskip-v4 with the DeepMind wrappers, no sticky actions)"""
+    total_timesteps: int = 40_000_000
+    """environment steps summed over every simulator of every rank (one step = 4 frames)"""
+    num_envs: int = 16
+    """simulators per rank"""
+    env_threads: Optional[int] = None
+    """envpool threads per rank (default: this node's cores divided among its ranks)"""
+    torch_threads: Optional[int] = None
+    """torch threads per rank (default: this node's cores divided among its ranks)"""
+    learning_rate: Optional[float] = None
+    """RMSprop learning rate (default: 7e-4 x sqrt(total simulators / 16))"""
+    anneal_lr: bool = False
+    """anneal the learning rate linearly to 0 over total_timesteps"""
+    num_steps: int = 5
+    """steps per simulator per update (the n of the n-step return)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    ent_coef: float = 0.01
+    """coefficient of the entropy bonus"""
+    vf_coef: float = 0.5
+    """coefficient of the value loss (mean squared error)"""
+    max_grad_norm: float = 0.5
+    """clip of the global gradient norm (applied to the averaged gradient)"""
+    rmsprop_alpha: float = 0.99
+    """RMSprop smoothing constant"""
+    rmsprop_eps: float = 1e-5
+    """RMSprop epsilon (torch convention: outside the square root)"""
+    log_every: int = 20
+    """updates between scalar logs (and the gathering of episode statistics on rank 0)"""
+    print_every: float = 10.0
+    """seconds between progress lines on rank 0"""
+    save_model: bool = False
+    """write a checkpoint at the end (and every --checkpoint-every steps) to runs/{run_name}"""
+    checkpoint_every: int = 0
+    """global steps between checkpoints when --save-model (0: only at the end)"""
+    resume: Optional[str] = None
+    """checkpoint to continue from (same algorithm, env id, world size and num_envs)"""
+    eval_episodes: int = 0
+    """after training, play this many full games with the argmax and with the sampled policy"""
+    eval_checkpoint: Optional[str] = None
+    """evaluate this checkpoint for --eval-episodes games (default 10) and exit, without training"""
+
+    # Algorithm specific arguments
+    check_sync_every: int = 1000
+    """updates between checks that all ranks hold identical parameters (0: never)"""
+
+    # filled in at runtime
+    world_size: int = 0
+    """number of MPI ranks"""
+    total_envs: int = 0
+    """simulators over all ranks"""
+    batch_size: int = 0
+    """samples per update over all ranks (num_steps x total_envs)"""
+    num_updates: int = 0
+    """updates in the whole run"""
+
+
+ALGO = "a2c_allreduce"
+
+
+class ConfigError(Exception):
+    """Bad input: reported once by rank 0, then every rank exits with status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------------------------
+def check_env_id(env_id: str) -> None:
+    if env_id not in envpool.list_all_envs():
+        raise ConfigError(f"unknown env id {env_id!r}: envpool.list_all_envs() lists the valid ones")
+    if type(envpool.make_spec(env_id)).__name__ != "AtariEnvSpec":
+        raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
+
+
+def make_env(env_id: str, num_envs: int, seed: int, threads: int, train: bool = True):
+    """envpool Atari with the DeepMind settings: 84x84 gray, 4-frame stack, frame skip 4, up to 30
+    no-ops; for training also episodic life and reward clipping (evaluation plays the real game)."""
+    return envpool.make(
+        env_id,
+        env_type="gymnasium",
+        num_envs=num_envs,
+        batch_size=num_envs,
+        num_threads=threads,
+        seed=seed,
+        episodic_life=train,
+        reward_clip=train,
+        noop_max=30,
+        stack_num=4,
+        img_height=84,
+        img_width=84,
+    )
+
+
+class EpisodeStats:
+    """Raw (unclipped) return and length of the real game, summed across lives until game over."""
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def update(self, info: dict, truncated: np.ndarray, valid: np.ndarray) -> list[tuple[float, int]]:
+        self.returns += info["reward"]
+        self.lengths += valid  # the reset step after a done is not a step of the game
+        game_over = info["terminated"].astype(bool) | truncated
+        finished = [(float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(game_over)]
+        self.returns[game_over] = 0.0
+        self.lengths[game_over] = 0
+        return finished
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """Nature CNN (Mnih et al. 2015) with a policy and a value head."""
+
+    def __init__(self, num_actions: int):
+        super().__init__()
+        self.network = nn.Sequential(
+            layer_init(nn.Conv2d(4, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            nn.ReLU(),
+        )
+        self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.network(x.float() / 255.0)
+        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# A2C targets and loss (shared by the A2C-family scripts)
+# ---------------------------------------------------------------------------------------------
+def a2c_targets(rewards, values, next_value, terminations, truncations, prev_done, gamma):
+    """n-step bootstrapped returns and the mask of transitions that carry a learning signal.
+
+    Tensors are [T, N]: rewards[t], terminations[t], truncations[t] come from the step taken from
+    obs[t]; values[t] = V(obs[t]); next_value = V(obs[T]); prev_done[n] says whether the step
+    before obs[0] ended an episode. envpool resets on the step after a done, ignoring the action:
+    that transition is invalid. A termination stops the return; a truncation bootstraps from the
+    value of the episode's last observation, obs[t+1] (next-step autoreset keeps it there).
+    """
+    dones = torch.maximum(terminations, truncations)
+    valid = 1.0 - torch.cat([prev_done[None], dones[:-1]])
+    next_values = torch.cat([values[1:], next_value[None]])
+    bootstrap_truncated = truncations * (1.0 - terminations) * next_values
+    returns = torch.zeros_like(rewards)
+    ret = next_value
+    for t in reversed(range(rewards.shape[0])):
+        ret = rewards[t] + gamma * ((1.0 - dones[t]) * ret + bootstrap_truncated[t])
+        returns[t] = ret
+    return returns, valid
+
+
+def a2c_loss_sums(agent, obs, actions, returns, valid):
+    """Policy, value and entropy terms *summed* over valid samples (ranks add sums exactly)."""
+    logits, values = agent(obs)
+    dist = Categorical(logits=logits)
+    advantages = (returns - values).detach()
+    policy = -(valid * advantages * dist.log_prob(actions)).sum()
+    value = (valid * (returns - values) ** 2).sum()
+    entropy = (valid * dist.entropy()).sum()
+    return policy, value, entropy
+
+
+# ---------------------------------------------------------------------------------------------
+# The distinctive part: gradients averaged exactly with one Allreduce
+# ---------------------------------------------------------------------------------------------
+class AllreduceGradients:
+    """Sums the local gradient sums of every rank, with the count of valid samples and a stop flag,
+    in one Allreduce over one flat pre-allocated host buffer; divides by the global count.
+
+    After `__call__` every rank holds the gradient of the mean loss over all ranks' valid samples,
+    so one process with B samples and R processes with B / R each take the same step.
+    """
+
+    EXTRA = 5  # valid count, stop flag, policy / value / entropy sums (for logging)
+
+    def __init__(self, comm, params: list[torch.Tensor], device: torch.device):
+        self.comm, self.params = comm, params
+        self.numel = sum(p.numel() for p in params)
+        self.host = torch.zeros(self.numel + self.EXTRA, pin_memory=device.type == "cuda")
+        self.buf = self.host.numpy()
+
+    def __call__(self, count: float, stop: bool, loss_sums) -> tuple[float, bool, np.ndarray]:
+        flat = torch.cat([p.grad.reshape(-1) for p in self.params])
+        self.host[: self.numel].copy_(flat)
+        self.buf[self.numel :] = [count, float(stop), *loss_sums]
+        self.comm.Allreduce(MPI.IN_PLACE, self.buf, op=MPI.SUM)
+        total = max(float(self.buf[self.numel]), 1.0)
+        flat.copy_(self.host[: self.numel]).div_(total)
+        offset = 0
+        for p in self.params:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+        return total, self.buf[self.numel + 1] > 0, self.buf[self.numel + 2 :] / total
+
+
+def a2c_update(agent, optimizer, reduce_grads, obs, actions, returns, valid, args, stop=False):
+    """One synchronous A2C step on this rank's shard; returns (mean losses, any rank asked to stop)."""
+    optimizer.zero_grad(set_to_none=False)
+    policy, value, entropy = a2c_loss_sums(agent, obs, actions, returns, valid)
+    (policy + args.vf_coef * value - args.ent_coef * entropy).backward()
+    sums = (policy.item(), value.item(), entropy.item())
+    _, stop_any, means = reduce_grads(valid.sum().item(), stop, sums)
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    return means, stop_any
+
+
+def broadcast_parameters(comm, agent) -> None:
+    """Every rank starts from rank 0's initial parameters."""
+    flat = nn.utils.parameters_to_vector(agent.parameters()).detach().cpu().numpy()
+    comm.Bcast(flat, root=0)
+    nn.utils.vector_to_parameters(torch.from_numpy(flat).to(next(agent.parameters()).device), agent.parameters())
+
+
+def check_in_sync(comm, agent) -> None:
+    flat = nn.utils.parameters_to_vector(agent.parameters()).detach().cpu().numpy()
+    ref = flat.copy()
+    comm.Bcast(ref, root=0)
+    worst = comm.allreduce(float(np.abs(flat - ref).max()), op=MPI.MAX)
+    if worst > 0:
+        raise RuntimeError(f"ranks' parameters differ from rank 0's by up to {worst:g}: A2C is out of sync")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints, evaluation, set-up helpers
+# ---------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: write a temporary file beside the target, then rename over it."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, args: Args) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("algorithm") != ALGO:
+        found = ckpt.get("algorithm") if isinstance(ckpt, dict) else None
+        raise ConfigError(f"checkpoint {path!r} is from {found!r}, not {ALGO!r}")
+    if ckpt["env_id"] != args.env_id:
+        raise ConfigError(f"checkpoint {path!r} is for {ckpt['env_id']}, not --env-id {args.env_id}")
+    return ckpt
+
+
+def evaluate(agent, env_id, episodes, greedy, seed, threads, device) -> np.ndarray:
+    """Raw returns of `episodes` full games (no episodic life, no reward clipping), one per simulator,
+    so that short games are not over-counted."""
+    envs = make_env(env_id, episodes, seed, threads, train=False)
+    obs, _ = envs.reset()
+    returns, done = np.zeros(episodes), np.zeros(episodes, dtype=bool)
+    running = np.zeros(episodes)
+    while not done.all():
+        with torch.no_grad():
+            logits, _ = agent(torch.from_numpy(obs).to(device))
+        action = logits.argmax(1) if greedy else Categorical(logits=logits).sample()
+        obs, _, _, truncated, info = envs.step(action.cpu().numpy())
+        running += info["reward"]
+        ended = (info["terminated"].astype(bool) | truncated) & ~done
+        returns[ended] = running[ended]
+        done |= ended
+    envs.close()
+    return returns
+
+
+def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
+    """Rank r plays games r, r + world, ...; rank 0 gathers and summarises (argmax and sampled)."""
+    results = {}
+    mine = len(range(comm.Get_rank(), args.eval_episodes, comm.Get_size()))
+    for mode in ("argmax", "sampled"):
+        seed = int(np.random.SeedSequence([args.seed, comm.Get_rank(), seed_base]).generate_state(1)[0] >> 1)
+        local = evaluate(agent, args.env_id, mine, mode == "argmax", seed, threads, device) if mine else np.zeros(0)
+        gathered = comm.gather(local, root=0)
+        if comm.Get_rank() == 0:
+            returns = np.concatenate(gathered)
+            results[mode] = {"mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()}
+    return results
+
+
+def fail_together(comm, problem: Optional[str]) -> None:
+    """Collective: if any rank found bad input, rank 0 says it once and every rank exits with 2."""
+    problems = comm.allgather(problem)
+    found = sorted({p for p in problems if p})
+    if found:
+        if comm.Get_rank() == 0:
+            for p in found:
+                ranks = [r for r, q in enumerate(problems) if q == p]
+                where = "" if len(ranks) == comm.Get_size() else f" (rank {', '.join(map(str, ranks))})"
+                print(f"error: {p}{where}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def node_threads(comm) -> tuple[int, int]:
+    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_size, local_rank = local.Get_size(), local.Get_rank()
+    local.Free()
+    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
+
+
+def finalize_args(args: Args, world_size: int) -> Optional[dict]:
+    """Checks the input and fills the runtime fields; returns the checkpoint to resume, if any."""
+    check_env_id(args.env_id)
+    if args.num_envs < 1:
+        raise ConfigError(f"--num-envs must be at least 1, got {args.num_envs}")
+    if args.num_steps < 1:
+        raise ConfigError(f"--num-steps must be at least 1, got {args.num_steps}")
+    args.world_size = world_size
+    args.total_envs = world_size * args.num_envs
+    args.batch_size = args.num_steps * args.total_envs
+    if args.learning_rate is None:
+        args.learning_rate = 7e-4 * float(np.sqrt(args.total_envs / 16))
+    if args.eval_checkpoint is not None:
+        args.eval_episodes = args.eval_episodes or 10
+        return load_checkpoint(args.eval_checkpoint, args)
+    args.num_updates = args.total_timesteps // args.batch_size
+    if args.num_updates < 1:
+        raise ConfigError(
+            f"--total-timesteps {args.total_timesteps} is below one update "
+            f"({args.num_steps} steps x {args.num_envs} envs x {world_size} ranks = {args.batch_size})"
+        )
+    if args.resume is None:
+        return None
+    ckpt = load_checkpoint(args.resume, args)
+    if (ckpt["world_size"], ckpt["num_envs"]) != (world_size, args.num_envs):
+        raise ConfigError(
+            f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
+            f"this run has {world_size} x {args.num_envs}"
+        )
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+def main(args: Args) -> dict:
+    comm = MPI.COMM_WORLD
+    rank, world_size = comm.Get_rank(), comm.Get_size()
+    problem, ckpt = None, None
+    try:
+        ckpt = finalize_args(args, world_size)
+    except ConfigError as e:
+        problem = str(e)
+    fail_together(comm, problem)
+
+    default_threads, local_rank = node_threads(comm)
+    torch_threads = args.torch_threads or default_threads
+    env_threads = args.env_threads or default_threads
+    torch.set_num_threads(torch_threads)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    use_cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
+    run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
+    run_dir = Path("runs") / run_name
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(
+            f"{ALGO}: {world_size} rank(s) x {args.num_envs} envs on {device} "
+            f"({torch_threads} torch / {env_threads} env threads per rank), lr {args.learning_rate:.3g}",
+            flush=True,
+        )
+
+    num_actions = envpool.make_spec(args.env_id).action_space.n
+    agent = Agent(num_actions).to(device)
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["model"])
+    broadcast_parameters(comm, agent)
+
+    if args.eval_checkpoint is not None:  # evaluation only
+        results = evaluate_all_ranks(comm, agent, args, ckpt["global_step"], env_threads, device)
+        if rank == 0:
+            report_eval(results, args, run_dir)
+        return {"eval": results}
+
+    optimizer = torch.optim.RMSprop(
+        agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps
+    )
+    reduce_grads = AllreduceGradients(comm, list(agent.parameters()), device)
+    start_update = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_update = ckpt["update"]
+        torch.set_rng_state(ckpt["rng"][rank]["torch"])
+        if use_cuda and ckpt["rng"][rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"], device)
+        if rank == 0:
+            print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
+
+    writer = None
+    if rank == 0:
+        if args.track:
+            import wandb
+
+            wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                group=args.wandb_group,
+                tags=[ALGO, f"sims{args.total_envs}", *args.wandb_tags],
+                sync_tensorboard=True,
+                config=asdict(args),
+                name=run_name,
+                save_code=True,
+            )
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir))
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    stop_requested = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
+
+    def checkpoint(update: int) -> None:
+        """Collective (gathers every rank's RNG); rank 0 writes."""
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if use_cuda else None}
+        rngs = comm.gather(rng, root=0)
+        if rank == 0:
+            state = {
+                "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
+                "update": update, "global_step": update * args.batch_size, "model": agent.state_dict(),
+                "optimizer": optimizer.state_dict(), "rng": rngs, "args": asdict(args),
+            }  # fmt: skip
+            save_checkpoint(run_dir / "checkpoint.pt", state)
+
+    # Rollout storage on the device
+    T, N = args.num_steps, args.num_envs
+    obs = torch.zeros((T, N, 4, 84, 84), dtype=torch.uint8, device=device)
+    actions = torch.zeros((T, N), dtype=torch.long, device=device)
+    rewards, terminations, truncations, values = (torch.zeros((T, N), device=device) for _ in range(4))
+
+    env_seed = int(np.random.SeedSequence([args.seed, rank, start_update]).generate_state(1)[0] >> 1)
+    envs = make_env(args.env_id, N, env_seed, env_threads, train=True)
+    next_obs = torch.from_numpy(envs.reset()[0]).to(device)
+    next_done = np.zeros(N, dtype=bool)
+    stats = EpisodeStats(N)
+    episodes, recent_returns = [], deque(maxlen=20)
+
+    start_time = last_print = time.time()
+    warm_time, warm_step = None, 0
+    global_step = start_update * args.batch_size
+    update, stop = start_update, False
+    while update < args.num_updates:
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - update / args.num_updates)
+        prev_done = torch.from_numpy(next_done.astype(np.float32)).to(device)
+        for step in range(T):
+            obs[step] = next_obs
+            with torch.no_grad():
+                logits, value = agent(next_obs)
+            action = Categorical(logits=logits).sample()
+            actions[step], values[step] = action, value
+            valid = ~next_done
+            raw_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+            next_done = terminated | truncated
+            rewards[step] = torch.from_numpy(reward).to(device)
+            terminations[step] = torch.from_numpy(terminated.astype(np.float32)).to(device)
+            truncations[step] = torch.from_numpy(truncated.astype(np.float32)).to(device)
+            next_obs = torch.from_numpy(raw_obs).to(device)
+            for ret, length in stats.update(info, truncated, valid):
+                episodes.append((global_step + (step + 1) * N * world_size, ret, length))
+        with torch.no_grad():
+            next_value = agent(next_obs)[1]
+        returns, valid = a2c_targets(rewards, values, next_value, terminations, truncations, prev_done, args.gamma)
+
+        means, stop = a2c_update(
+            agent, optimizer, reduce_grads,
+            obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1),
+            args, stop=bool(stop_requested),
+        )  # fmt: skip
+        update += 1
+        global_step = update * args.batch_size
+        if update == start_update + 10:
+            warm_time, warm_step = time.time(), global_step
+
+        if args.check_sync_every and update % args.check_sync_every == 0:
+            check_in_sync(comm, agent)
+        if update % args.log_every == 0 or update == args.num_updates or stop:
+            all_episodes = comm.gather(episodes, root=0)
+            episodes = []
+            if rank == 0:
+                for step_at, ret, length in sorted(e for part in all_episodes for e in part):
+                    writer.add_scalar("charts/episodic_return", ret, step_at)
+                    writer.add_scalar("charts/episodic_length", length, step_at)
+                    recent_returns.append(ret)
+                sps = int((global_step - start_update * args.batch_size) / (time.time() - start_time))
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+                for name, v in zip(("policy_loss", "value_loss", "entropy"), means):
+                    writer.add_scalar(f"losses/{name}", v, global_step)
+        if args.save_model and args.checkpoint_every and global_step // args.checkpoint_every != (global_step - args.batch_size) // args.checkpoint_every:
+            checkpoint(update)
+        if rank == 0 and (time.time() - last_print >= args.print_every or update == args.num_updates):
+            last_print = time.time()
+            mean_ret = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            sps = int((global_step - start_update * args.batch_size) / (time.time() - start_time))
+            print(f"global_step {global_step}/{args.num_updates * args.batch_size}  SPS {sps}  recent return {mean_ret}", flush=True)
+        if stop:
+            checkpoint(update)
+            if rank == 0:
+                print(f"stopped by signal at global_step {global_step}; checkpoint {run_dir / 'checkpoint.pt'}", flush=True)
+            break
+
+    envs.close()
+    if args.save_model and not stop:
+        checkpoint(update)
+        if rank == 0:
+            print(f"checkpoint {run_dir / 'checkpoint.pt'}", flush=True)
+    end_time = time.time()
+    summary = {"global_step": global_step, "run_dir": str(run_dir), "stopped": bool(stop)}
+    summary["sps"] = (global_step - warm_step) / (end_time - warm_time) if warm_time and end_time > warm_time else None
+    if args.eval_episodes and not stop:
+        results = evaluate_all_ranks(comm, agent, args, update, env_threads, device)
+        if rank == 0:
+            report_eval(results, args, run_dir, writer, global_step)
+        summary["eval"] = results
+    if rank == 0:
+        writer.close()
+        if args.track:
+            import wandb
+
+            wandb.finish()
+    return summary
+
+
+def report_eval(results: dict, args: Args, run_dir: Path, writer=None, global_step: int = 0) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval.json").write_text(json.dumps({"env_id": args.env_id, **results}, indent=1))
+    for mode, r in results.items():
+        print(f"eval {mode}: mean {r['mean']:.2f} median {r['median']:.2f} over {len(r['returns'])} games", flush=True)
+        if writer is not None:
+            writer.add_scalar(f"eval/{mode}_return_mean", r["mean"], global_step)
+            writer.add_scalar(f"eval/{mode}_return_median", r["median"], global_step)
+
+
+def run(args: Args) -> None:
+    """Any exception on any rank: print it with the rank, then abort the whole MPI job."""
+    try:
+        main(args)
+    except Exception:
+        import traceback
+
+        rank = MPI.COMM_WORLD.Get_rank()
+        print(f"[rank {rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
+        MPI.COMM_WORLD.Abort(1)
+
+
+if __name__ == "__main__":
+    import tyro
+
+    run(tyro.cli(Args))
