@@ -205,7 +205,7 @@ class Agent(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # A2C targets and loss (shared by the A2C-family scripts)
 # ---------------------------------------------------------------------------------------------
-def a2c_targets(rewards, values, next_value, terminations, truncations, prev_done, gamma):
+def a2c_targets(rewards, terminations, truncations, values, next_value, prev_done, gamma):
     """n-step bootstrapped returns and the mask of transitions that carry a learning signal.
 
     Tensors are [T, N]: rewards[t], terminations[t], truncations[t] come from the step taken from
@@ -242,31 +242,36 @@ def a2c_loss_sums(agent, obs, actions, returns, valid):
 # ---------------------------------------------------------------------------------------------
 class AllreduceGradients:
     """Sums the local gradient sums of every rank, with the count of valid samples and a stop flag,
-    in one Allreduce over one flat pre-allocated host buffer; divides by the global count.
+    in one Allreduce over one flat pre-allocated buffer; divides by the global count.
 
-    After `__call__` every rank holds the gradient of the mean loss over all ranks' valid samples,
-    so one process with B samples and R processes with B / R each take the same step.
+    The parameters' `.grad` are views into that buffer (on the CPU; on a GPU they are views into a
+    device buffer copied through a pinned host one), so backward writes straight into it. After
+    `__call__` every rank holds the gradient of the mean loss over all ranks' valid samples: one
+    process with B samples and R processes with B / R each take the same step.
     """
 
     EXTRA = 5  # valid count, stop flag, policy / value / entropy sums (for logging)
 
     def __init__(self, comm, params: list[torch.Tensor], device: torch.device):
-        self.comm, self.params = comm, params
-        self.numel = sum(p.numel() for p in params)
+        self.comm, self.numel = comm, sum(p.numel() for p in params)
         self.host = torch.zeros(self.numel + self.EXTRA, pin_memory=device.type == "cuda")
         self.buf = self.host.numpy()
+        on_cpu = device.type == "cpu"
+        self.flat = self.host[: self.numel] if on_cpu else torch.zeros(self.numel, device=device)
+        offset = 0
+        for p in params:  # zero_grad(set_to_none=False) keeps these views; backward adds into them
+            p.grad = self.flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
 
     def __call__(self, count: float, stop: bool, loss_sums) -> tuple[float, bool, np.ndarray]:
-        flat = torch.cat([p.grad.reshape(-1) for p in self.params])
-        self.host[: self.numel].copy_(flat)
+        if self.flat.device.type != "cpu":
+            self.host[: self.numel].copy_(self.flat)
         self.buf[self.numel :] = [count, float(stop), *loss_sums]
         self.comm.Allreduce(MPI.IN_PLACE, self.buf, op=MPI.SUM)
         total = max(float(self.buf[self.numel]), 1.0)
-        flat.copy_(self.host[: self.numel]).div_(total)
-        offset = 0
-        for p in self.params:
-            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
+        if self.flat.device.type != "cpu":
+            self.flat.copy_(self.host[: self.numel])
+        self.flat.div_(total)
         return total, self.buf[self.numel + 1] > 0, self.buf[self.numel + 2 :] / total
 
 
@@ -431,6 +436,7 @@ def main(args: Args) -> dict:
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
     use_cuda = args.cuda and torch.cuda.is_available()
     device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
     run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
@@ -509,7 +515,8 @@ def main(args: Args) -> dict:
     T, N = args.num_steps, args.num_envs
     obs = torch.zeros((T, N, 4, 84, 84), dtype=torch.uint8, device=device)
     actions = torch.zeros((T, N), dtype=torch.long, device=device)
-    rewards, terminations, truncations, values = (torch.zeros((T, N), device=device) for _ in range(4))
+    values = torch.zeros((T, N), device=device)
+    rewards, terminations, truncations = (np.zeros((T, N), dtype=np.float32) for _ in range(3))
 
     env_seed = int(np.random.SeedSequence([args.seed, rank, start_update]).generate_state(1)[0] >> 1)
     envs = make_env(args.env_id, N, env_seed, env_threads, train=True)
@@ -533,17 +540,16 @@ def main(args: Args) -> dict:
             action = Categorical(logits=logits).sample()
             actions[step], values[step] = action, value
             valid = ~next_done
-            raw_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+            raw_obs, rewards[step], terminated, truncated, info = envs.step(action.cpu().numpy())
+            terminations[step], truncations[step] = terminated, truncated
             next_done = terminated | truncated
-            rewards[step] = torch.from_numpy(reward).to(device)
-            terminations[step] = torch.from_numpy(terminated.astype(np.float32)).to(device)
-            truncations[step] = torch.from_numpy(truncated.astype(np.float32)).to(device)
             next_obs = torch.from_numpy(raw_obs).to(device)
             for ret, length in stats.update(info, truncated, valid):
                 episodes.append((global_step + (step + 1) * N * world_size, ret, length))
         with torch.no_grad():
             next_value = agent(next_obs)[1]
-        returns, valid = a2c_targets(rewards, values, next_value, terminations, truncations, prev_done, args.gamma)
+        rollout = (torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations))
+        returns, valid = a2c_targets(*rollout, values, next_value, prev_done, args.gamma)
 
         means, stop = a2c_update(
             agent, optimizer, reduce_grads,

@@ -1,0 +1,1 @@
+"""Benchmarks of the gala-rl scripts; each module runs with `python -m benchmark.<module>`."""

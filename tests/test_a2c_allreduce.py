@@ -1,0 +1,220 @@
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import a2c_allreduce_atari as a2c
+from batch import fixed_batch, reference_loss, rmsprop
+from conftest import command, ok, run, run_dirs, scalars, start
+
+SCRIPT = "a2c_allreduce_atari.py"
+FAST = ["--num-envs", "8", "--print-every", "1"]
+
+
+# --- targets and the autoreset mask --------------------------------------------------------------
+def naive_targets(rewards, values, next_value, terms, truncs, prev_done, gamma):
+    """One sample at a time: walk forward from t, discounting, until a termination (stop), a
+    truncation (add the value of the next observation) or the end of the rollout (bootstrap)."""
+    T, N = rewards.shape
+    returns, valid = np.zeros((T, N)), np.zeros((T, N))
+    for n in range(N):
+        for t in range(T):
+            valid[t, n] = 0.0 if (prev_done[n] if t == 0 else terms[t - 1, n] or truncs[t - 1, n]) else 1.0
+            ret, discount = 0.0, 1.0
+            for k in range(t, T):
+                ret += discount * rewards[k, n]
+                discount *= gamma
+                if terms[k, n]:
+                    break
+                if truncs[k, n]:
+                    ret += discount * (values[k + 1, n] if k + 1 < T else next_value[n])
+                    break
+            else:
+                ret += discount * next_value[n]
+            returns[t, n] = ret
+    return returns, valid
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_targets_match_naive_loop(seed):
+    rng = np.random.default_rng(seed)
+    T, N = 9, 6
+    rewards = rng.normal(size=(T, N))
+    values, next_value = rng.normal(size=(T, N)), rng.normal(size=N)
+    terms = rng.random((T, N)) < 0.2
+    truncs = (rng.random((T, N)) < 0.15) & ~terms
+    truncs[3, 0] = terms[3, 0] = True  # both at once: a termination wins
+    prev_done = rng.random(N) < 0.5
+    as_t = lambda x: torch.tensor(np.asarray(x, dtype=np.float64))  # noqa: E731
+    returns, valid = a2c.a2c_targets(
+        as_t(rewards), as_t(terms), as_t(truncs), as_t(values), as_t(next_value), as_t(prev_done), 0.9
+    )
+    exp_returns, exp_valid = naive_targets(rewards, values, next_value, terms, truncs, prev_done, 0.9)
+    np.testing.assert_allclose(valid.numpy(), exp_valid)
+    np.testing.assert_allclose(returns.numpy(), exp_returns, rtol=1e-12)
+    assert 0 < exp_valid.sum() < T * N  # the mask is exercised
+
+
+def test_envpool_reset_step_is_what_the_mask_assumes():
+    """After every done (life loss or game over) envpool's next step is a reset: reward 0 and no
+    emulator step (elapsed_step does not advance). EpisodeStats sums a game across lives: its length
+    equals envpool's own elapsed_step at game over, and its return is the raw, unclipped score."""
+    envs = a2c.make_env("MsPacman-v5", 4, seed=3, threads=1, train=True)
+    envs.reset()
+    rng = np.random.default_rng(0)
+    stats = a2c.EpisodeStats(4)
+    prev_done, prev_elapsed = np.zeros(4, bool), np.zeros(4, int)
+    clipped, games, reset_steps = np.zeros(4), [], 0
+    while len(games) < 3:
+        valid = ~prev_done
+        _, reward, term, trunc, info = envs.step(rng.integers(0, 9, 4))
+        clipped += reward
+        for i in np.flatnonzero(prev_done):
+            reset_steps += 1
+            assert reward[i] == 0 and info["reward"][i] == 0
+            assert info["elapsed_step"][i] in (0, prev_elapsed[i])
+        for (ret, length), i in zip(stats.update(info, trunc, valid), np.flatnonzero(info["terminated"] | trunc)):
+            assert length == info["elapsed_step"][i]
+            assert ret > clipped[i] and ret % 10 == 0  # MsPacman scores 10 a pellet: raw, not clipped
+            games.append(ret)
+            clipped[i] = 0
+        prev_done, prev_elapsed = term | trunc, info["elapsed_step"]
+    assert reset_steps > len(games)  # life losses happened inside the games
+
+
+# --- exact averaging -------------------------------------------------------------------------------
+def test_allreduce_update_equals_one_process_with_the_whole_batch(tmp_path):
+    """Two ranks with 8 samples each (5 and 8 valid) take the same steps as one process with 16, and
+    both equal plain autograd on the mean loss over the valid samples (the ground truth): the raw
+    averaged gradient (an SGD step of size 1, no clipping) and three RMSprop steps with clipping."""
+    for np_, out in ((None, "one.pt"), (2, "two.pt")):
+        cmd = command("tests/exact_average_worker.py", str(tmp_path / out), np=np_)
+        ok(subprocess.run(cmd, capture_output=True, text=True, timeout=120))
+
+    # One thread, as in the worker: conv backward sums in a thread-dependent order, and RMSprop's
+    # first steps (g / sqrt(v)) turn those 1e-7 differences into 1e-4 ones.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    args = a2c.Args()
+    agent, batch = fixed_batch()
+    start_params = torch.nn.utils.parameters_to_vector(agent.parameters()).detach().clone()
+    reference_loss(agent, *batch, args).backward()
+    expected = {"sgd": start_params - torch.cat([p.grad.reshape(-1) for p in agent.parameters()])}
+    agent, batch = fixed_batch()
+    optimizer = rmsprop(agent, args)
+    for _ in range(3):
+        optimizer.zero_grad()
+        reference_loss(agent, *batch, args).backward()
+        torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+        optimizer.step()
+    expected["rmsprop"] = torch.nn.utils.parameters_to_vector(agent.parameters()).detach()
+    torch.set_num_threads(threads)
+
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for phase in ("sgd", "rmsprop"):
+        assert (expected[phase] - start_params).abs().max() > 1e-3  # the steps moved the parameters
+        torch.testing.assert_close(one[phase], expected[phase], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(two[phase], expected[phase], rtol=1e-5, atol=1e-6)
+
+
+# --- the script end to end -------------------------------------------------------------------------
+@pytest.mark.parametrize("np_", [None, 2])
+def test_end_to_end_tracked_offline(workdir, np_):
+    """Breakout with random-ish play ends games within a few hundred steps, so returns get logged."""
+    proc = run(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", "6400", "--track", "--log-every", "5",
+               "--check-sync-every", "5", *FAST, cwd=workdir, np=np_)  # fmt: skip
+    ok(proc)
+    (run_dir,) = run_dirs(workdir)
+    tags = scalars(run_dir)
+    for tag in ("charts/SPS", "charts/learning_rate", "losses/policy_loss", "losses/value_loss", "losses/entropy",
+                "charts/episodic_return", "charts/episodic_length"):  # fmt: skip
+        assert tag in tags, tag
+    world = np_ or 1
+    assert tags["charts/SPS"][-1][0] == 6400 // (5 * 8 * world) * (5 * 8 * world)
+    # Every rank's games reach rank 0: at least one per simulator of each rank ran out of lives.
+    assert len(tags["charts/episodic_return"]) >= 8 * world
+    assert all(length > 0 for _, length in tags["charts/episodic_length"])
+    offline = list((workdir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+    assert f"{world} rank(s) x 8 envs" in proc.stdout
+
+
+def test_sigterm_checkpoint_then_resume_to_the_same_total(workdir):
+    total = 40 * 2 * 8 * 5  # 40 updates of 2 ranks x 8 envs x 5 steps
+    proc = start(SCRIPT, "--total-timesteps", str(total * 100), *FAST, cwd=workdir, np=2)
+    deadline = time.time() + 90
+    for line in proc.stdout:  # wait for training to be under way
+        if line.startswith("global_step") or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped by signal" in out
+    (first,) = run_dirs(workdir)
+    saved = torch.load(first / "checkpoint.pt", weights_only=False)
+    assert 0 < saved["update"] < 40 and saved["global_step"] == saved["update"] * 80
+    assert len(saved["rng"]) == 2
+
+    proc = run(SCRIPT, "--total-timesteps", str(total), "--resume", str(first / "checkpoint.pt"), "--save-model",
+               *FAST, cwd=workdir, np=2)  # fmt: skip
+    ok(proc)
+    assert f"at global_step {saved['global_step']}" in proc.stdout
+    (second,) = [d for d in run_dirs(workdir) if d != first]
+    final = torch.load(second / "checkpoint.pt", weights_only=False)
+    assert final["global_step"] == total and final["update"] == 40
+    # The optimizer state carried over: RMSprop counted every update of both runs.
+    steps = {float(s["step"]) for s in final["optimizer"]["state"].values()}
+    assert steps == {40.0}
+    first_logged = min(step for step, _ in scalars(second)["charts/SPS"])
+    assert first_logged > saved["global_step"]
+
+
+def test_eval_after_training_and_from_checkpoint(workdir):
+    proc = run(SCRIPT, "--total-timesteps", "400", "--save-model", "--eval-episodes", "2", *FAST, cwd=workdir)
+    ok(proc)
+    assert "eval argmax" in proc.stdout and "eval sampled" in proc.stdout
+    (run_dir,) = run_dirs(workdir)
+    trained = json.loads((run_dir / "eval.json").read_text())
+    assert len(trained["argmax"]["returns"]) == 2 and len(trained["sampled"]["returns"]) == 2
+    assert all(-21 <= r <= 21 for r in trained["argmax"]["returns"])  # whole games of Pong, raw score
+
+    proc = run(SCRIPT, "--eval-checkpoint", str(run_dir / "checkpoint.pt"), "--eval-episodes", "3", cwd=workdir, np=2)
+    ok(proc)
+    (evaluated,) = [d for d in run_dirs(workdir) if d != run_dir]
+    result = json.loads((evaluated / "eval.json").read_text())
+    assert len(result["argmax"]["returns"]) == 3  # split over the two ranks, gathered on rank 0
+    assert not (evaluated / "checkpoint.pt").exists()  # no training happened
+
+
+# --- bad input -------------------------------------------------------------------------------------
+def corrupt(workdir: Path) -> str:
+    path = workdir / "corrupt.pt"
+    path.write_bytes(b"not a checkpoint")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'"),
+        (["--env-id", "CartPole-v1"], "is not an Atari game"),
+        (["--num-envs", "0"], "--num-envs must be at least 1"),
+        (["--total-timesteps", "10"], "is below one update"),
+        (["--resume", "missing.pt"], "'missing.pt' does not exist"),
+        (["--resume", corrupt], "cannot be read"),
+    ],
+)
+def test_bad_input_exits_nonzero_on_every_rank(workdir, args, message):
+    args = [a(workdir) if callable(a) else a for a in args]
+    began = time.time()
+    proc = run(SCRIPT, *args, cwd=workdir, np=2, timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.count(message) == 1, proc.stderr  # said once, by rank 0
+    assert "Traceback" not in proc.stderr
+    assert time.time() - began < 60
+    assert not (workdir / "runs").exists()
