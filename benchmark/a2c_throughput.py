@@ -4,9 +4,11 @@ At 1 rank x 16 simulators, measured in this one process: the raw envpool steppin
 actions), the model's inference rate (batches of `num_envs`, no grad) and train-step rate (forward,
 backward and RMSprop on `num_steps x num_envs` samples), then the script itself for a number of
 updates (its SPS after 10 warm-up updates). A step of the script costs one env step, one inference
-sample and one training sample, so its ceiling is 1 / (1/env + 1/inference + 1/train).
+sample and one training sample, so its ceiling is 1 / (1/env + 1/inference + 1/train). On a shared
+machine single readings vary by +-20%, so parts and script are measured in alternating rounds and
+the medians reported with each round's ratio.
 
-    python -m benchmark.a2c_throughput --updates 300
+    python -m benchmark.a2c_throughput --updates 300 --rounds 3
 """
 
 import time
@@ -33,6 +35,8 @@ class Config:
     """time spent measuring each part"""
     threads: int = 0
     """torch and envpool threads (0: the script's default, all cores of this node)"""
+    rounds: int = 3
+    """alternating rounds of (parts, script)"""
 
 
 def rate(fn, units_per_call: int, seconds: float) -> float:
@@ -45,11 +49,8 @@ def rate(fn, units_per_call: int, seconds: float) -> float:
     return calls * units_per_call / (time.perf_counter() - start)
 
 
-def main(cfg: Config) -> None:
-    from mpi4py import MPI
-
-    threads = cfg.threads or a2c.node_threads(MPI.COMM_WORLD)[0]
-    torch.set_num_threads(threads)
+def measure_parts(cfg: Config, threads: int) -> tuple[float, float, float]:
+    """Steps/s of envpool alone, samples/s of inference and of the train step."""
     envs = a2c.make_env(cfg.env_id, cfg.num_envs, seed=0, threads=threads, train=True)
     obs, _ = envs.reset()
     rng = np.random.default_rng(0)
@@ -78,21 +79,32 @@ def main(cfg: Config) -> None:
         torch.nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
         optimizer.step()
 
-    train_rate = rate(train, len(batch), cfg.seconds)
-    ceiling = 1.0 / (1.0 / env_rate + 1.0 / inference_rate + 1.0 / train_rate)
+    return env_rate, inference_rate, rate(train, len(batch), cfg.seconds)
 
+
+def main(cfg: Config) -> None:
+    from mpi4py import MPI
+
+    threads = cfg.threads or a2c.node_threads(MPI.COMM_WORLD)[0]
+    torch.set_num_threads(threads)
     args = a2c.Args(
         env_id=cfg.env_id, num_envs=cfg.num_envs, num_steps=cfg.num_steps, torch_threads=threads,
         env_threads=threads, total_timesteps=cfg.updates * cfg.num_steps * cfg.num_envs, print_every=1e9,
     )  # fmt: skip
-    sps = a2c.main(args)["sps"]
-    print(f"threads {threads}, {cfg.env_id}, 1 rank x {cfg.num_envs} envs, {cfg.num_steps} steps per update")
-    print(f"envpool raw        {env_rate:8.0f} steps/s")
-    print(f"inference          {inference_rate:8.0f} samples/s (batches of {cfg.num_envs})")
-    print(f"train step         {train_rate:8.0f} samples/s (batches of {len(batch)})")
-    print(f"ceiling            {ceiling:8.0f} steps/s = 1 / (1/env + 1/inference + 1/train)")
-    print(f"a2c_allreduce SPS  {sps:8.0f} steps/s over {cfg.updates - 10} updates after warm-up")
-    print(f"ratio              {sps / ceiling:8.2f}")
+    rows = []
+    for _ in range(cfg.rounds):
+        env_rate, inference_rate, train_rate = measure_parts(cfg, threads)
+        ceiling = 1.0 / (1.0 / env_rate + 1.0 / inference_rate + 1.0 / train_rate)
+        sps = a2c.main(args)["sps"]
+        rows.append((env_rate, inference_rate, train_rate, ceiling, sps, sps / ceiling))
+    print(f"threads {threads}, {cfg.env_id}, 1 rank x {cfg.num_envs} envs, {cfg.num_steps} steps per update, "
+          f"{cfg.updates} updates per script run")  # fmt: skip
+    print("round   envpool  inference  train-step  ceiling   a2c SPS  ratio")
+    for i, row in enumerate(rows):
+        print(f"{i:5d}  {row[0]:8.0f}  {row[1]:9.0f}  {row[2]:10.0f}  {row[3]:7.0f}  {row[4]:8.0f}  {row[5]:5.2f}")
+    med = np.median(np.array(rows), axis=0)
+    print(f"median {med[0]:8.0f}  {med[1]:9.0f}  {med[2]:10.0f}  {med[3]:7.0f}  {med[4]:8.0f}  {med[5]:5.2f}")
+    print("(envpool steps/s; inference and train-step samples/s; ceiling = 1 / (1/env + 1/inference + 1/train))")
 
 
 if __name__ == "__main__":

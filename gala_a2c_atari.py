@@ -1,0 +1,899 @@
+"""GALA-A2C on Atari: A2C agents that never wait for each other and mix parameters by gossip.
+
+Every rank is an agent: an A2C learner with its own `num_envs` envpool simulators and its own
+RMSprop state. After every local update it sends its parameters, scaled by 1/(k+1), to its k
+out-peers with non-blocking sends (skipping a peer whose previous message is still unread) and
+mixes in whatever its in-peers' messages have arrived: theta <- theta/(k+1) + sum of messages.
+Algorithm 1 of Assran et al., "Gossip-based Actor-Learner Architectures for Deep RL", NeurIPS 2019.
+
+    mpirun -np 4 python gala_a2c_atari.py --env-id Pong-v5
+
+Simplifications and choices, stated so nobody has to find them:
+- Nature CNN with 64 filters in the third conv (the official GALA code uses 32).
+- envpool resets on the step *after* an episode (or a life, under episodic life) ends and ignores
+  that step's action: that transition is masked out of the loss. A time-limit truncation
+  bootstraps from the value of the episode's last observation; a termination never bootstraps.
+- The global budget is split evenly: every agent makes total_timesteps / (num_steps x num_envs x
+  world_size) updates and then stops. `global_step` on rank 0 is its own steps x world_size (the
+  agents run at about the same speed; each agent stamps its episodes the same way).
+- If fewer messages than k arrived (possible with k > 1 or the exponential graph), the mix is
+  uniform over the agent and the messages that arrived, so the weights still sum to one.
+- `--sync-freq K` blocks after K updates without a mix, and also waits for a send that was skipped K
+  times in a row: K = 1 is synchronous gossip (every update sends and mixes exactly once).
+- A resumed run restores each agent's parameters, optimizer, update count and torch RNG, not the
+  emulator states: its simulators start new games.
+"""
+
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import envpool
+import numpy as np
+import torch
+import torch.nn as nn
+from mpi4py import MPI
+from torch.distributions.categorical import Categorical
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (ranks derive their own simulator and sampling seeds from it)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """use CUDA when it is present (device cuda:{local_rank % device_count})"""
+    track: bool = False
+    """send the run to Weights & Biases (WANDB_MODE=offline writes it locally for `wandb sync`)"""
+    wandb_project_name: str = "gala-rl"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team or user)"""
+    wandb_group: Optional[str] = None
+    """the W&B group (an experiment: one group, many seeds)"""
+    wandb_tags: tuple[str, ...] = ()
+    """extra W&B tags (the algorithm and the total simulators are always added)"""
+    env_id: str = "Pong-v5"
+    """the envpool Atari id (`-v5`: NoFrameskip-v4 with the DeepMind wrappers, no sticky actions)"""
+    total_timesteps: int = 40_000_000
+    """environment steps summed over every simulator of every rank (one step = 4 frames)"""
+    num_envs: int = 16
+    """simulators per rank"""
+    env_threads: Optional[int] = None
+    """envpool threads per rank (default: this node's cores divided among its ranks)"""
+    torch_threads: Optional[int] = None
+    """torch threads per rank (default: this node's cores divided among its ranks)"""
+    learning_rate: Optional[float] = None
+    """RMSprop learning rate (default: 7e-4 x sqrt(total simulators / 16))"""
+    anneal_lr: bool = False
+    """anneal the learning rate linearly to 0 over total_timesteps"""
+    num_steps: int = 5
+    """steps per simulator per update (the n of the n-step return)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    ent_coef: float = 0.01
+    """coefficient of the entropy bonus"""
+    vf_coef: float = 0.5
+    """coefficient of the value loss (mean squared error)"""
+    max_grad_norm: float = 0.5
+    """clip of the global gradient norm (applied to the averaged gradient)"""
+    rmsprop_alpha: float = 0.99
+    """RMSprop smoothing constant"""
+    rmsprop_eps: float = 1e-5
+    """RMSprop epsilon (torch convention: outside the square root)"""
+    log_every: int = 20
+    """updates between scalar logs (and the gathering of episode statistics on rank 0)"""
+    print_every: float = 10.0
+    """seconds between progress lines on rank 0"""
+    save_model: bool = False
+    """write a checkpoint at the end (and every --checkpoint-every steps) to runs/{run_name}/checkpoint"""
+    checkpoint_every: int = 0
+    """global steps between checkpoints when --save-model (0: only at the end)"""
+    resume: Optional[str] = None
+    """checkpoint directory to continue from (same algorithm, env id, world size and num_envs)"""
+    eval_episodes: int = 0
+    """after training, play this many full games with the argmax and with the sampled policy"""
+    eval_checkpoint: Optional[str] = None
+    """evaluate this checkpoint directory's average model for --eval-episodes games (default 10) and exit"""
+
+    # Algorithm specific arguments
+    gossip_graph: Literal["ring", "exponential"] = "ring"
+    """ring: agent i sends to i+1, ..., i+k (the paper's experiments); exponential: at update t to
+    i + 2^j for k consecutive j starting at t mod log2(world_size) (time-varying)"""
+    num_peers: int = 1
+    """k, the number of out-peers (and in-peers) per update"""
+    sync_freq: int = 0
+    """block after this many updates without a mix, or sends skipped in a row (0: never block)"""
+    disagreement_every: int = 100
+    """updates between measurements of the agents' disagreement and gradient cosine (0: never)"""
+    debug_slow_rank: Optional[int] = None
+    """for tests: this rank sleeps --debug-slow-seconds after every update"""
+    debug_slow_seconds: float = 0.0
+    """how long the slow rank sleeps per update"""
+
+    # filled in at runtime
+    world_size: int = 0
+    """number of MPI ranks (agents)"""
+    total_envs: int = 0
+    """simulators over all agents"""
+    batch_size: int = 0
+    """samples per update over all agents (num_steps x total_envs); each agent learns from its share"""
+    num_updates: int = 0
+    """updates of each agent"""
+
+
+ALGO = "gala_a2c"
+
+
+class ConfigError(Exception):
+    """Bad input: reported once by rank 0, then every rank exits with status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------------------------
+def check_env_id(env_id: str) -> None:
+    if env_id not in envpool.list_all_envs():
+        raise ConfigError(f"unknown env id {env_id!r}: envpool.list_all_envs() lists the valid ones")
+    if type(envpool.make_spec(env_id)).__name__ != "AtariEnvSpec":
+        raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
+
+
+def make_env(env_id: str, num_envs: int, seed: int, threads: int, train: bool = True):
+    """envpool Atari with the DeepMind settings: 84x84 gray, 4-frame stack, frame skip 4, up to 30
+    no-ops; for training also episodic life and reward clipping (evaluation plays the real game)."""
+    return envpool.make(
+        env_id,
+        env_type="gymnasium",
+        num_envs=num_envs,
+        batch_size=num_envs,
+        num_threads=threads,
+        seed=seed,
+        episodic_life=train,
+        reward_clip=train,
+        noop_max=30,
+        stack_num=4,
+        img_height=84,
+        img_width=84,
+    )
+
+
+class EpisodeStats:
+    """Raw (unclipped) return and length of the real game, summed across lives until game over."""
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def update(self, info: dict, truncated: np.ndarray, valid: np.ndarray) -> list[tuple[float, int]]:
+        self.returns += info["reward"]
+        self.lengths += valid  # the reset step after a done is not a step of the game
+        game_over = info["terminated"].astype(bool) | truncated
+        finished = [(float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(game_over)]
+        self.returns[game_over] = 0.0
+        self.lengths[game_over] = 0
+        return finished
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """Nature CNN (Mnih et al. 2015) with a policy and a value head."""
+
+    def __init__(self, num_actions: int):
+        super().__init__()
+        self.network = nn.Sequential(
+            layer_init(nn.Conv2d(4, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            nn.ReLU(),
+        )
+        self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.network(x.float() / 255.0)
+        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# A2C targets and loss (shared by the A2C-family scripts)
+# ---------------------------------------------------------------------------------------------
+def a2c_targets(rewards, terminations, truncations, values, next_value, prev_done, gamma):
+    """n-step bootstrapped returns and the mask of transitions that carry a learning signal.
+
+    Tensors are [T, N]: rewards[t], terminations[t], truncations[t] come from the step taken from
+    obs[t]; values[t] = V(obs[t]); next_value = V(obs[T]); prev_done[n] says whether the step
+    before obs[0] ended an episode. envpool resets on the step after a done, ignoring the action:
+    that transition is invalid. A termination stops the return; a truncation bootstraps from the
+    value of the episode's last observation, obs[t+1] (next-step autoreset keeps it there).
+    """
+    dones = torch.maximum(terminations, truncations)
+    valid = 1.0 - torch.cat([prev_done[None], dones[:-1]])
+    next_values = torch.cat([values[1:], next_value[None]])
+    bootstrap_truncated = truncations * (1.0 - terminations) * next_values
+    returns = torch.zeros_like(rewards)
+    ret = next_value
+    for t in reversed(range(rewards.shape[0])):
+        ret = rewards[t] + gamma * ((1.0 - dones[t]) * ret + bootstrap_truncated[t])
+        returns[t] = ret
+    return returns, valid
+
+
+def a2c_loss_sums(agent, obs, actions, returns, valid):
+    """Policy, value and entropy terms *summed* over valid samples (ranks add sums exactly)."""
+    logits, values = agent(obs)
+    dist = Categorical(logits=logits)
+    advantages = (returns - values).detach()
+    policy = -(valid * advantages * dist.log_prob(actions)).sum()
+    value = (valid * (returns - values) ** 2).sum()
+    entropy = (valid * dist.entropy()).sum()
+    return policy, value, entropy
+
+
+# ---------------------------------------------------------------------------------------------
+# The distinctive part: asynchronous gossip of parameters (Algorithm 1 of the GALA paper)
+# ---------------------------------------------------------------------------------------------
+def a2c_update(agent, optimizer, obs, actions, returns, valid, args):
+    """One local A2C step: the mean loss over this agent's valid samples, no communication."""
+    optimizer.zero_grad()
+    policy, value, entropy = a2c_loss_sums(agent, obs, actions, returns, valid)
+    count = max(valid.sum().item(), 1.0)
+    ((policy + args.vf_coef * value - args.ent_coef * entropy) / count).backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    return np.array([policy.item(), value.item(), entropy.item()]) / count
+
+
+def exponential_offsets(world_size: int) -> list[int]:
+    return [2**j for j in range(world_size.bit_length()) if 2**j < world_size]
+
+
+def gossip_peers(rank: int, world_size: int, step: int, graph: str, num_peers: int) -> tuple[list[int], list[int]]:
+    """(out_peers, in_peers) of `rank` at update `step`: it sends to rank + o and hears from rank - o
+    for each offset o (ring: 1..k; exponential: k consecutive powers of two, rotating with step)."""
+    if world_size == 1:
+        return [], []
+    if graph == "ring":
+        offsets = list(range(1, num_peers + 1))
+    elif graph == "exponential":
+        powers = exponential_offsets(world_size)
+        offsets = [powers[(step + j) % len(powers)] for j in range(num_peers)]
+    else:
+        raise ValueError(f"unknown gossip graph {graph!r}")
+    return [(rank + o) % world_size for o in offsets], [(rank - o) % world_size for o in offsets]
+
+
+TAG_PARAMS, TAG_DONE = 1, 2
+
+
+class Gossip:
+    """Parameter gossip between agents over MPI point-to-point, never waiting (unless --sync-freq).
+
+    One message slot per (sender, receiver) pair, as in the official code's buffers: the receiver
+    keeps one receive posted per possible in-peer and re-posts it only after mixing the message, and
+    the sender uses a synchronous-mode send (Issend), which completes only once that receive has
+    taken it. So "the previous send to this peer has completed" means "the peer has read it", a send
+    buffer is never written while in flight, and no message is ever dropped or overwritten.
+    `flat` is the parameter vector itself (the model's parameters are views into it): mixing is in
+    place. On a GPU the parameters pass through host buffers (no CUDA-aware MPI assumed).
+
+    finish() ends cleanly: it tells every out-peer how many messages it sent (TAG_DONE), reads until
+    every in-peer's count is reached, cancels the receives left posted and completes its own sends.
+    """
+
+    def __init__(self, comm, flat: torch.Tensor, graph: str, num_peers: int, sync_freq: int):
+        self.comm, self.flat, self.graph, self.k, self.sync_freq = comm, flat, graph, num_peers, sync_freq
+        self.rank, self.world = comm.Get_rank(), comm.Get_size()
+        period = len(exponential_offsets(self.world)) if graph == "exponential" and self.world > 1 else 1
+        outs, ins = set(), set()
+        for t in range(period):
+            o, i = gossip_peers(self.rank, self.world, t, graph, num_peers)
+            outs.update(o)
+            ins.update(i)
+        numel = flat.numel()
+        self.host = flat.numpy() if flat.device.type == "cpu" else np.empty(numel, dtype=np.float32)
+        self.send_buf = {p: np.empty(numel, dtype=np.float32) for p in outs}
+        self.send_req = {p: MPI.REQUEST_NULL for p in outs}
+        self.send_misses = dict.fromkeys(outs, 0)
+        self.recv_buf = {p: np.empty(numel, dtype=np.float32) for p in ins}
+        self.recv_req = {p: comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS) for p in ins}
+        self.done_buf = {p: np.zeros(1, dtype=np.int64) for p in ins}
+        self.done_req = {p: comm.Irecv(self.done_buf[p], source=p, tag=TAG_DONE) for p in ins}
+        self.sent, self.received = dict.fromkeys(outs, 0), dict.fromkeys(ins, 0)
+        self.expected: dict[int, Optional[int]] = dict.fromkeys(ins, None)
+        self.skipped, self.mixes, self.updates, self.since_mix = 0, 0, 0, 0
+
+    def _params_to_host(self) -> np.ndarray:
+        if self.flat.device.type != "cpu":
+            self.host[:] = self.flat.cpu().numpy()
+        return self.host
+
+    def _poll_done(self) -> None:
+        for p, req in self.done_req.items():
+            if self.expected[p] is None and req.Test():
+                self.expected[p] = int(self.done_buf[p][0])
+
+    def _finished(self, p: int) -> bool:
+        """In-peer p has stopped and everything it sent has been read."""
+        return self.expected[p] is not None and self.received[p] == self.expected[p]
+
+    def _wait_for_message(self, in_peers: list[int]) -> list[int]:
+        """Block (inside MPI) until a message from a current in-peer arrives or they have all finished."""
+        while True:
+            live = [p for p in in_peers if not self._finished(p)]
+            if not live:
+                return []
+            reqs = [self.recv_req[p] for p in live] + [self.done_req[p] for p in live if self.expected[p] is None]
+            index = MPI.Request.Waitany(reqs)
+            if index < len(live):
+                self.recv_req[live[index]] = reqs[index]  # now REQUEST_NULL: completed
+                return [live[index]]
+            self._poll_done()
+
+    def step(self, update: int) -> int:
+        """Send to this update's out-peers, mix what has arrived; returns the number of messages mixed."""
+        out_peers, in_peers = gossip_peers(self.rank, self.world, update, self.graph, self.k)
+        self.updates += 1
+        params = self._params_to_host()
+        for p in out_peers:
+            if not self.send_req[p].Test():  # the peer has not read our previous message
+                self.send_misses[p] += 1
+                if not self.sync_freq or self.send_misses[p] < self.sync_freq:
+                    self.skipped += 1
+                    continue
+                self.send_req[p].Wait()
+            self.send_misses[p] = 0
+            np.multiply(params, 1.0 / (self.k + 1), out=self.send_buf[p])
+            self.send_req[p] = self.comm.Issend(self.send_buf[p], dest=p, tag=TAG_PARAMS)
+            self.sent[p] += 1
+
+        arrived = [p for p, req in self.recv_req.items() if req.Test()]
+        self._poll_done()
+        if not arrived and self.sync_freq and self.since_mix + 1 >= self.sync_freq:
+            arrived = self._wait_for_message(in_peers)
+        if not arrived:
+            self.since_mix += 1
+            return 0
+        # theta <- theta/(k+1) + sum of messages when k arrived; uniform over what arrived otherwise.
+        total = self.recv_buf[arrived[0]].copy()
+        for p in arrived[1:]:
+            total += self.recv_buf[p]
+        for p in arrived:
+            self.received[p] += 1
+            self.recv_req[p] = self.comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS)
+        m = len(arrived)
+        with torch.no_grad():
+            self.flat.mul_(1.0 / (m + 1)).add_(torch.from_numpy(total).to(self.flat.device), alpha=(self.k + 1) / (m + 1))
+        self.mixes += 1
+        self.since_mix = 0
+        return m
+
+    def finish(self, poll_seconds: float = 1e-3) -> None:
+        counts = {p: np.array([n], dtype=np.int64) for p, n in self.sent.items()}
+        done_sends = [self.comm.Isend(counts[p], dest=p, tag=TAG_DONE) for p in counts]
+        while True:
+            self._poll_done()
+            for p in self.recv_req:
+                req = self.recv_req[p]
+                if req != MPI.REQUEST_NULL and req.Test():  # read and discarded: training is over
+                    self.received[p] += 1
+                    self.recv_req[p] = MPI.REQUEST_NULL
+                if self.recv_req[p] == MPI.REQUEST_NULL and not self._finished(p):
+                    self.recv_req[p] = self.comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS)
+                elif self.recv_req[p] != MPI.REQUEST_NULL and self._finished(p):
+                    self.recv_req[p].Cancel()
+                    self.recv_req[p].Wait()
+                    self.recv_req[p] = MPI.REQUEST_NULL
+            sends_done = all(req.Test() for req in self.send_req.values())
+            if sends_done and all(self._finished(p) for p in self.recv_req):
+                break
+            time.sleep(poll_seconds)
+        MPI.Request.Waitall(done_sends)
+
+
+class GossipMetrics:
+    """Every `every` updates, a non-blocking Iallreduce (on its own communicator, so that it adds no
+    barrier) of [theta_i, g_i / |g_i|, |theta_i|^2] in float64 gives, when it completes,
+    disagreement = sqrt(mean_i |theta_i - mean theta|^2) and the mean pairwise cosine of the agents'
+    gradients. Agents may stop at different updates: finish() tops up the missing calls."""
+
+    def __init__(self, comm, every: int):
+        self.comm, self.every, self.world = comm, every, comm.Get_size()
+        self.pending: deque = deque()
+        self.started = 0
+
+    def maybe_start(self, update: int, agent: nn.Module) -> None:
+        if self.every and update % self.every == 0:
+            self.start(update, agent)
+
+    def start(self, update: int, agent: nn.Module) -> None:
+        theta = nn.utils.parameters_to_vector(agent.parameters()).detach().double().cpu().numpy()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in agent.parameters()]
+        grad = torch.cat([g.reshape(-1) for g in grads]).double().cpu().numpy()
+        send = np.concatenate([theta, grad / max(np.linalg.norm(grad), 1e-12), [theta @ theta]])
+        recv = np.empty_like(send)
+        self.pending.append((update, self.comm.Iallreduce(send, recv, op=MPI.SUM), recv, theta.size))
+        self.started += 1
+
+    def poll(self, wait: bool = False) -> list[tuple[int, float, Optional[float]]]:
+        """(update, disagreement, grad cosine) of the measurements that have completed."""
+        done = []
+        while self.pending and (wait or self.pending[0][1].Test()):
+            update, req, recv, n = self.pending.popleft()
+            req.Wait()
+            mean = recv[:n] / self.world
+            disagreement = np.sqrt(max(recv[-1] / self.world - mean @ mean, 0.0))
+            s = recv[n : 2 * n]
+            cosine = (s @ s - self.world) / (self.world * (self.world - 1)) if self.world > 1 else None
+            done.append((update, float(disagreement), cosine))
+        return done
+
+    def finish(self, main_comm, agent: nn.Module) -> list[tuple[int, float, Optional[float]]]:
+        most = main_comm.allreduce(self.started, op=MPI.MAX)
+        while self.started < most:
+            self.start(-1, agent)
+        return [m for m in self.poll(wait=True) if m[0] >= 0]
+
+
+def flatten_parameters(agent: nn.Module) -> torch.Tensor:
+    """Make the parameters views into one flat tensor (so that gossip mixes them in place)."""
+    flat = nn.utils.parameters_to_vector(agent.parameters()).detach().clone()
+    offset = 0
+    for p in agent.parameters():
+        p.data = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
+def broadcast_parameters(comm, agent) -> None:
+    """Every agent starts from rank 0's initial parameters (the official code seeds them alike)."""
+    flat = nn.utils.parameters_to_vector(agent.parameters()).detach().cpu().numpy()
+    comm.Bcast(flat, root=0)
+    nn.utils.vector_to_parameters(torch.from_numpy(flat).to(next(agent.parameters()).device), agent.parameters())
+
+
+def average_parameters(comm, agent) -> torch.Tensor:
+    """The exact average of all agents' parameters (one Allreduce): the model to evaluate."""
+    flat = nn.utils.parameters_to_vector(agent.parameters()).detach().double().cpu().numpy()
+    comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+    return torch.from_numpy(flat / comm.Get_size()).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints, evaluation, set-up helpers
+# ---------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: write a temporary file beside the target, then rename over it."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, args: Args, rank: int, file: Optional[str] = None) -> dict:
+    """A GALA checkpoint is a directory: agent{r}.pt for each agent, average.pt for the average."""
+    target = Path(path) / (file or f"agent{rank}.pt")
+    if not Path(path).is_dir():
+        raise ConfigError(f"checkpoint directory {path!r} does not exist")
+    if not target.is_file():
+        raise ConfigError(f"checkpoint {str(target)!r} does not exist")
+    try:
+        ckpt = torch.load(target, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"checkpoint {str(target)!r} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("algorithm") != ALGO:
+        found = ckpt.get("algorithm") if isinstance(ckpt, dict) else None
+        raise ConfigError(f"checkpoint {str(target)!r} is from {found!r}, not {ALGO!r}")
+    if ckpt["env_id"] != args.env_id:
+        raise ConfigError(f"checkpoint {str(target)!r} is for {ckpt['env_id']}, not --env-id {args.env_id}")
+    return ckpt
+
+
+def evaluate(agent, env_id, episodes, greedy, seed, threads, device) -> np.ndarray:
+    """Raw returns of `episodes` full games (no episodic life, no reward clipping), one per simulator,
+    so that short games are not over-counted."""
+    envs = make_env(env_id, episodes, seed, threads, train=False)
+    obs, _ = envs.reset()
+    returns, done = np.zeros(episodes), np.zeros(episodes, dtype=bool)
+    running = np.zeros(episodes)
+    while not done.all():
+        with torch.no_grad():
+            logits, _ = agent(torch.from_numpy(obs).to(device))
+        action = logits.argmax(1) if greedy else Categorical(logits=logits).sample()
+        obs, _, _, truncated, info = envs.step(action.cpu().numpy())
+        running += info["reward"]
+        ended = (info["terminated"].astype(bool) | truncated) & ~done
+        returns[ended] = running[ended]
+        done |= ended
+    envs.close()
+    return returns
+
+
+def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
+    """Rank r plays games r, r + world, ...; rank 0 gathers and summarises (argmax and sampled)."""
+    results = {}
+    mine = len(range(comm.Get_rank(), args.eval_episodes, comm.Get_size()))
+    for mode in ("argmax", "sampled"):
+        seed = int(np.random.SeedSequence([args.seed, comm.Get_rank(), seed_base]).generate_state(1)[0] >> 1)
+        local = evaluate(agent, args.env_id, mine, mode == "argmax", seed, threads, device) if mine else np.zeros(0)
+        gathered = comm.gather(local, root=0)
+        if comm.Get_rank() == 0:
+            returns = np.concatenate(gathered)
+            results[mode] = {"mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()}
+    return results
+
+
+def fail_together(comm, problem: Optional[str]) -> None:
+    """Collective: if any rank found bad input, rank 0 says it once and every rank exits with 2."""
+    problems = comm.allgather(problem)
+    found = sorted({p for p in problems if p})
+    if found:
+        if comm.Get_rank() == 0:
+            for p in found:
+                ranks = [r for r, q in enumerate(problems) if q == p]
+                where = "" if len(ranks) == comm.Get_size() else f" (rank {', '.join(map(str, ranks))})"
+                print(f"error: {p}{where}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def node_threads(comm) -> tuple[int, int]:
+    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_size, local_rank = local.Get_size(), local.Get_rank()
+    local.Free()
+    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
+
+
+def finalize_args(args: Args, world_size: int, rank: int) -> Optional[dict]:
+    """Checks the input and fills the runtime fields; returns the checkpoint to resume, if any."""
+    check_env_id(args.env_id)
+    if args.num_envs < 1:
+        raise ConfigError(f"--num-envs must be at least 1, got {args.num_envs}")
+    if args.num_steps < 1:
+        raise ConfigError(f"--num-steps must be at least 1, got {args.num_steps}")
+    if args.gossip_graph not in ("ring", "exponential"):
+        raise ConfigError(f"unknown --gossip-graph {args.gossip_graph!r}: ring or exponential")
+    if world_size > 1:
+        most = world_size - 1 if args.gossip_graph == "ring" else len(exponential_offsets(world_size))
+        if not 1 <= args.num_peers <= most:
+            raise ConfigError(
+                f"--num-peers must be between 1 and {most} for the {args.gossip_graph} graph of {world_size} agents, "
+                f"got {args.num_peers}"
+            )
+    if args.sync_freq < 0 or args.disagreement_every < 0:
+        raise ConfigError("--sync-freq and --disagreement-every must be 0 or more")
+    args.world_size = world_size
+    args.total_envs = world_size * args.num_envs
+    args.batch_size = args.num_steps * args.total_envs
+    if args.learning_rate is None:
+        args.learning_rate = 7e-4 * float(np.sqrt(args.total_envs / 16))
+    if args.eval_checkpoint is not None:
+        args.eval_episodes = args.eval_episodes or 10
+        return load_checkpoint(args.eval_checkpoint, args, rank, file="average.pt")
+    args.num_updates = args.total_timesteps // args.batch_size
+    if args.num_updates < 1:
+        raise ConfigError(
+            f"--total-timesteps {args.total_timesteps} is below one update "
+            f"({args.num_steps} steps x {args.num_envs} envs x {world_size} ranks = {args.batch_size})"
+        )
+    if args.resume is None:
+        return None
+    ckpt = load_checkpoint(args.resume, args, rank)
+    if (ckpt["world_size"], ckpt["num_envs"]) != (world_size, args.num_envs):
+        raise ConfigError(
+            f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
+            f"this run has {world_size} x {args.num_envs}"
+        )
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+TAG_EPISODES = 3
+
+
+def main(args: Args) -> dict:
+    comm = MPI.COMM_WORLD
+    rank, world_size = comm.Get_rank(), comm.Get_size()
+    problem, ckpt = None, None
+    try:
+        ckpt = finalize_args(args, world_size, rank)
+    except ConfigError as e:
+        problem = str(e)
+    fail_together(comm, problem)
+
+    default_threads, local_rank = node_threads(comm)
+    torch_threads = args.torch_threads or default_threads
+    env_threads = args.env_threads or default_threads
+    torch.set_num_threads(torch_threads)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
+    use_cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
+    run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
+    run_dir = Path("runs") / run_name
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(
+            f"{ALGO}: {world_size} agent(s) x {args.num_envs} envs on {device} "
+            f"({torch_threads} torch / {env_threads} env threads per rank), lr {args.learning_rate:.3g}, "
+            + (f"{args.gossip_graph} graph, {args.num_peers} peer(s), sync-freq {args.sync_freq}"
+               if world_size > 1 else "one agent: no gossip, this is plain A2C"),
+            flush=True,
+        )  # fmt: skip
+
+    num_actions = envpool.make_spec(args.env_id).action_space.n
+    agent = Agent(num_actions).to(device)
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["model"])
+    if args.resume is None:  # a resumed agent keeps its own parameters
+        broadcast_parameters(comm, agent)
+
+    if args.eval_checkpoint is not None:  # evaluation only
+        results = evaluate_all_ranks(comm, agent, args, ckpt["global_step"], env_threads, device)
+        if rank == 0:
+            report_eval(results, args, run_dir)
+        return {"eval": results}
+
+    flat = flatten_parameters(agent)
+    optimizer = torch.optim.RMSprop(
+        agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps
+    )
+    start_update = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_update = ckpt["update"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if use_cuda and ckpt["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        print(f"[agent {rank}] resumed from {args.resume} at update {start_update}", flush=True)
+    gossip = Gossip(comm.Dup(), flat, args.gossip_graph, args.num_peers, args.sync_freq)
+    metrics = GossipMetrics(comm.Dup(), args.disagreement_every)
+
+    writer = None
+    if rank == 0:
+        if args.track:
+            import wandb
+
+            wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                group=args.wandb_group,
+                tags=[ALGO, f"sims{args.total_envs}", *args.wandb_tags],
+                sync_tensorboard=True,
+                config=asdict(args),
+                name=run_name,
+                save_code=True,
+            )
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir))
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    stop_requested = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
+
+    ckpt_dir = run_dir / "checkpoint"
+
+    def checkpoint(update: int) -> None:
+        """Each agent writes its own file, without communication."""
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
+            "rank": rank, "update": update, "global_step": update * args.batch_size, "model": agent.state_dict(),
+            "optimizer": optimizer.state_dict(), "args": asdict(args),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if use_cuda else None},
+        }  # fmt: skip
+        save_checkpoint(ckpt_dir / f"agent{rank}.pt", state)
+
+    # Rollout storage on the device
+    T, N = args.num_steps, args.num_envs
+    obs = torch.zeros((T, N, 4, 84, 84), dtype=torch.uint8, device=device)
+    actions = torch.zeros((T, N), dtype=torch.long, device=device)
+    values = torch.zeros((T, N), device=device)
+    rewards, terminations, truncations = (np.zeros((T, N), dtype=np.float32) for _ in range(3))
+
+    env_seed = int(np.random.SeedSequence([args.seed, rank, start_update]).generate_state(1)[0] >> 1)
+    envs = make_env(args.env_id, N, env_seed, env_threads, train=True)
+    next_obs = torch.from_numpy(envs.reset()[0]).to(device)
+    next_done = np.zeros(N, dtype=bool)
+    stats = EpisodeStats(N)
+    episodes, recent_returns = [], deque(maxlen=20)
+    episode_sends, episode_messages = [], 0  # episode lists sent to rank 0 (non-blocking, small)
+    episode_lists = [0] * world_size  # rank 0: lists received from each agent
+
+    def log_episodes(found: list) -> None:
+        for step_at, ret, length in sorted(found):
+            writer.add_scalar("charts/episodic_return", ret, step_at)
+            writer.add_scalar("charts/episodic_length", length, step_at)
+            recent_returns.append(ret)
+
+    def receive_episodes() -> None:
+        """Rank 0: read every episode list that has arrived, without waiting."""
+        status = MPI.Status()
+        while comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_EPISODES, status=status):
+            log_episodes(comm.recv(source=status.Get_source(), tag=TAG_EPISODES))
+            episode_lists[status.Get_source()] += 1
+
+    def log_metrics(done: list) -> None:
+        for update_at, disagreement, cosine in done:
+            writer.add_scalar("gossip/disagreement", disagreement, update_at * args.batch_size)
+            if cosine is not None:
+                writer.add_scalar("gossip/grad_cosine", cosine, update_at * args.batch_size)
+
+    start_time = last_print = time.time()
+    warm_time, warm_step = None, 0
+    global_step = start_update * args.batch_size
+    update, stop = start_update, False
+    while update < args.num_updates:
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - update / args.num_updates)
+        prev_done = torch.from_numpy(next_done.astype(np.float32)).to(device)
+        for step in range(T):
+            obs[step] = next_obs
+            with torch.no_grad():
+                logits, value = agent(next_obs)
+            action = Categorical(logits=logits).sample()
+            actions[step], values[step] = action, value
+            valid = ~next_done
+            raw_obs, rewards[step], terminated, truncated, info = envs.step(action.cpu().numpy())
+            terminations[step], truncations[step] = terminated, truncated
+            next_done = terminated | truncated
+            next_obs = torch.from_numpy(raw_obs).to(device)
+            for ret, length in stats.update(info, truncated, valid):
+                episodes.append((global_step + (step + 1) * N * world_size, ret, length))
+        with torch.no_grad():
+            next_value = agent(next_obs)[1]
+        rollout = (torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations))
+        returns, valid = a2c_targets(*rollout, values, next_value, prev_done, args.gamma)
+
+        means = a2c_update(
+            agent, optimizer,
+            obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1), args,
+        )  # fmt: skip
+        update += 1
+        global_step = update * args.batch_size
+        if update == start_update + 10:
+            warm_time, warm_step = time.time(), global_step
+        if rank == args.debug_slow_rank:
+            time.sleep(args.debug_slow_seconds)
+
+        gossip.step(update)
+        metrics.maybe_start(update, agent)
+        measured = metrics.poll()
+        stop = bool(stop_requested)
+        if update % args.log_every == 0 or update == args.num_updates or stop:
+            if rank != 0:
+                if episodes:
+                    episode_sends.append(comm.isend(episodes, dest=0, tag=TAG_EPISODES))
+                    episode_messages += 1
+                episodes = []
+                episode_sends = [r for r in episode_sends if not r.Test()]
+            else:
+                log_episodes(episodes)
+                episodes = []
+                receive_episodes()
+                sps = int((global_step - start_update * args.batch_size) / (time.time() - start_time))
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+                for name, v in zip(("policy_loss", "value_loss", "entropy"), means):
+                    writer.add_scalar(f"losses/{name}", v, global_step)
+                writer.add_scalar("gossip/mix_rate", gossip.mixes / gossip.updates, global_step)
+                writer.add_scalar("gossip/sent", sum(gossip.sent.values()), global_step)
+                writer.add_scalar("gossip/skipped_sends", gossip.skipped, global_step)
+                writer.add_scalar("gossip/staleness", gossip.since_mix, global_step)
+        if rank == 0:
+            log_metrics(measured)
+        if args.save_model and args.checkpoint_every and global_step // args.checkpoint_every != (global_step - args.batch_size) // args.checkpoint_every:
+            checkpoint(update)
+        if rank == 0 and (time.time() - last_print >= args.print_every or update == args.num_updates):
+            last_print = time.time()
+            mean_ret = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            sps = int((global_step - start_update * args.batch_size) / (time.time() - start_time))
+            print(f"global_step {global_step}/{args.num_updates * args.batch_size}  SPS {sps}  recent return {mean_ret}", flush=True)
+        if stop:
+            break
+
+    # Teardown: finish the gossip (every message read), the measurements and the episode lists, then
+    # the exact average of all agents.
+    end_time = time.time()
+    envs.close()
+    gossip.finish()
+    final_metrics = metrics.finish(comm, agent)
+    if episodes and rank != 0:
+        episode_sends.append(comm.isend(episodes, dest=0, tag=TAG_EPISODES))
+        episode_messages += 1
+    counts = comm.gather(episode_messages, root=0)
+    if rank == 0:
+        for src in range(1, world_size):
+            while episode_lists[src] < counts[src]:
+                log_episodes(comm.recv(source=src, tag=TAG_EPISODES))
+                episode_lists[src] += 1
+        log_episodes(episodes)
+        log_metrics(final_metrics)
+    MPI.Request.Waitall(episode_sends)
+    average = average_parameters(comm, agent)
+    total_steps = comm.allreduce(update, op=MPI.SUM) * args.num_steps * args.num_envs
+    if (args.save_model or stop) and update > start_update:
+        checkpoint(update)
+        if rank == 0:
+            averaged = Agent(num_actions)
+            nn.utils.vector_to_parameters(average, averaged.parameters())
+            save_checkpoint(ckpt_dir / "average.pt", {
+                "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
+                "global_step": total_steps, "model": averaged.state_dict(), "args": asdict(args),
+            })  # fmt: skip
+            print(f"{'stopped by signal; ' if stop else ''}checkpoint {ckpt_dir} (every agent + their average), "
+                  f"{total_steps} steps taken by all agents", flush=True)  # fmt: skip
+    summary = {"global_step": total_steps, "run_dir": str(run_dir), "stopped": bool(stop)}
+    summary["sps"] = (global_step - warm_step) / (end_time - warm_time) if warm_time and end_time > warm_time else None
+    summary["gossip"] = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()),
+                         "mixes": gossip.mixes, "skipped": gossip.skipped}  # fmt: skip
+    if args.eval_episodes and not stop:
+        nn.utils.vector_to_parameters(average.to(device), agent.parameters())  # evaluate the average
+        results = evaluate_all_ranks(comm, agent, args, update, env_threads, device)
+        if rank == 0:
+            report_eval(results, args, run_dir, writer, global_step)
+        summary["eval"] = results
+    if rank == 0:
+        writer.close()
+        if args.track:
+            import wandb
+
+            wandb.finish()
+    return summary
+
+
+def report_eval(results: dict, args: Args, run_dir: Path, writer=None, global_step: int = 0) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval.json").write_text(json.dumps({"env_id": args.env_id, **results}, indent=1))
+    for mode, r in results.items():
+        print(f"eval {mode}: mean {r['mean']:.2f} median {r['median']:.2f} over {len(r['returns'])} games", flush=True)
+        if writer is not None:
+            writer.add_scalar(f"eval/{mode}_return_mean", r["mean"], global_step)
+            writer.add_scalar(f"eval/{mode}_return_median", r["median"], global_step)
+
+
+def run(args: Args) -> None:
+    """Any exception on any rank: print it with the rank, then abort the whole MPI job."""
+    try:
+        main(args)
+    except Exception:
+        import traceback
+
+        rank = MPI.COMM_WORLD.Get_rank()
+        print(f"[rank {rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
+        MPI.COMM_WORLD.Abort(1)
+
+
+if __name__ == "__main__":
+    import tyro
+
+    run(tyro.cli(Args))
