@@ -1,8 +1,10 @@
 """Shared helpers: run a script for real (envpool, MPI, W&B offline) in a subprocess and read what it wrote."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,26 @@ def ok(proc: subprocess.CompletedProcess) -> None:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def sigterm_once_training(script: str, *args: str, cwd: Path, np: int) -> tuple[int, str, str]:
+    """Start the script, wait for its first progress line, send SIGTERM to mpirun (which forwards
+    it to every rank, as SLURM's preemption does); returns (exit code, stdout, stderr)."""
+    proc = start(script, *args, cwd=cwd, np=np)
+    deadline = time.time() + 90
+    for line in proc.stdout:
+        if line.startswith("global_step") or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
+def assert_bad_input(script: str, args: list[str], message: str, cwd: Path, np: int = 2) -> None:
+    """Non-zero exit from every rank within a minute, the message said exactly once, no traceback,
+    nothing written."""
+    proc = run(script, *args, cwd=cwd, np=np, timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.count(message) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (cwd / "runs").exists()

@@ -1,7 +1,5 @@
 import json
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +8,7 @@ import torch
 
 import a2c_allreduce_atari as a2c
 from batch import fixed_batch, reference_loss, rmsprop
-from conftest import command, ok, run, run_dirs, scalars, start
+from conftest import assert_bad_input, command, ok, run, run_dirs, scalars, sigterm_once_training
 
 SCRIPT = "a2c_allreduce_atari.py"
 FAST = ["--num-envs", "8", "--print-every", "1"]
@@ -146,14 +144,8 @@ def test_end_to_end_tracked_offline(workdir, np_):
 
 def test_sigterm_checkpoint_then_resume_to_the_same_total(workdir):
     total = 40 * 2 * 8 * 5  # 40 updates of 2 ranks x 8 envs x 5 steps
-    proc = start(SCRIPT, "--total-timesteps", str(total * 100), *FAST, cwd=workdir, np=2)
-    deadline = time.time() + 90
-    for line in proc.stdout:  # wait for training to be under way
-        if line.startswith("global_step") or time.time() > deadline:
-            break
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    code, out, err = sigterm_once_training(SCRIPT, "--total-timesteps", str(total * 100), *FAST, cwd=workdir, np=2)
+    assert code == 0, err
     assert "stopped by signal" in out
     (first,) = run_dirs(workdir)
     saved = torch.load(first / "checkpoint.pt", weights_only=False)
@@ -210,11 +202,4 @@ def corrupt(workdir: Path) -> str:
     ],
 )
 def test_bad_input_exits_nonzero_on_every_rank(workdir, args, message):
-    args = [a(workdir) if callable(a) else a for a in args]
-    began = time.time()
-    proc = run(SCRIPT, *args, cwd=workdir, np=2, timeout=60)
-    assert proc.returncode != 0
-    assert proc.stderr.count(message) == 1, proc.stderr  # said once, by rank 0
-    assert "Traceback" not in proc.stderr
-    assert time.time() - began < 60
-    assert not (workdir / "runs").exists()
+    assert_bad_input(SCRIPT, [a(workdir) if callable(a) else a for a in args], message, workdir)

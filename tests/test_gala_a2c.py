@@ -1,0 +1,158 @@
+import json
+import re
+import subprocess
+
+import pytest
+import torch
+
+import gala_a2c_atari as gala
+from conftest import assert_bad_input, command, ok, run, run_dirs, scalars, sigterm_once_training
+
+SCRIPT = "gala_a2c_atari.py"
+FAST = ["--num-envs", "8", "--print-every", "1"]
+
+
+# --- the peer schedule ------------------------------------------------------------------------------
+@pytest.mark.parametrize("graph", ["ring", "exponential"])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 8])
+def test_in_peers_are_exactly_the_senders(graph, n):
+    most = n - 1 if graph == "ring" else len(gala.exponential_offsets(n))
+    for k in range(1, max(most, 1) + 1):
+        for step in range(6):
+            peers = [gala.gossip_peers(r, n, step, graph, k) for r in range(n)]
+            for r, (out_peers, in_peers) in enumerate(peers):
+                senders = sorted(j for j in range(n) if r in peers[j][0])
+                assert sorted(in_peers) == senders
+                assert r not in out_peers and len(set(out_peers)) == len(out_peers) == (k if n > 1 else 0)
+
+
+def test_exponential_graph_rotates_through_powers_of_two():
+    outs = [gala.gossip_peers(0, 8, step, "exponential", 1)[0] for step in range(4)]
+    assert outs == [[1], [2], [4], [1]]
+
+
+# --- gossip alone: consensus, exact average when synchronous, every message accounted for -----------
+def gossip(tmp_path, graph, num_peers, sync_freq, rounds, sleep) -> dict:
+    out = tmp_path / "gossip.json"
+    cmd = command("tests/gossip_worker.py", str(out), graph, str(num_peers), str(sync_freq), str(rounds), str(sleep), np=4)
+    ok(subprocess.run(cmd, capture_output=True, text=True, timeout=120))
+    result = json.loads(out.read_text())
+    counts = result["counts"]
+    assert sum(c["sent"] for c in counts) == sum(c["received"] for c in counts)  # none lost, none left over
+    return result
+
+
+@pytest.mark.parametrize("graph, num_peers", [("ring", 1), ("ring", 2), ("exponential", 1), ("exponential", 2)])
+def test_synchronous_gossip_reaches_the_exact_initial_average(tmp_path, graph, num_peers):
+    result = gossip(tmp_path, graph, num_peers, sync_freq=1, rounds=40, sleep=0)
+    assert result["final_spread"] < 1e-3 * result["initial_spread"]
+    assert result["average_error"] < 1e-4  # entries are ~N(0, 1): float32 rounding only
+    assert all(c["mixes"] == 40 for c in result["counts"])
+
+
+@pytest.mark.parametrize("graph", ["ring", "exponential"])
+def test_asynchronous_gossip_reaches_consensus(tmp_path, graph):
+    result = gossip(tmp_path, graph, 1, sync_freq=0, rounds=60, sleep=0.002)
+    assert result["final_spread"] < 1e-3 * result["initial_spread"]
+
+
+# --- the script end to end -------------------------------------------------------------------------
+def agent_lines(out: str) -> dict[int, dict[str, int]]:
+    found = re.findall(r"\[agent (\d+)\] (\d+) updates in [\d.]+ s; gossip: sent (\d+), received (\d+), mixes (\d+), skipped (\d+)", out)
+    keys = ("updates", "sent", "received", "mixes", "skipped")
+    return {int(r): dict(zip(keys, map(int, rest))) for r, *rest in found}
+
+
+@pytest.mark.parametrize("np_", [2, 4])
+def test_end_to_end_tracked_offline(workdir, np_):
+    updates = 60  # 300 steps per simulator: random Breakout games end within that
+    proc = run(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(updates * np_ * 8 * 5), "--track",
+               "--save-model", "--log-every", "5", "--disagreement-every", "5", *FAST, cwd=workdir, np=np_, timeout=240)  # fmt: skip
+    ok(proc)
+    agents = agent_lines(proc.stdout)
+    assert sorted(agents) == list(range(np_)) and all(a["updates"] == updates for a in agents.values())
+    assert sum(a["sent"] for a in agents.values()) == sum(a["received"] for a in agents.values()) > 0
+    (run_dir,) = run_dirs(workdir)
+    tags = scalars(run_dir)
+    for tag in ("charts/SPS", "losses/policy_loss", "charts/episodic_return", "gossip/disagreement",
+                "gossip/grad_cosine", "gossip/mix_rate", "gossip/sent", "gossip/skipped_sends", "gossip/staleness"):  # fmt: skip
+        assert tag in tags, tag
+    assert len(tags["gossip/disagreement"]) == updates // 5  # every measurement completed and was logged
+    assert len(tags["charts/episodic_return"]) >= 8 * np_  # games of every agent reached rank 0
+    assert len(list((workdir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    # The average checkpoint is the exact mean of the agents' own checkpoints.
+    agent_states = [torch.load(run_dir / "checkpoint" / f"agent{r}.pt", weights_only=False) for r in range(np_)]
+    average = torch.load(run_dir / "checkpoint" / "average.pt", weights_only=False)
+    assert average["global_step"] == updates * np_ * 8 * 5
+    for name, value in average["model"].items():
+        mean = sum(s["model"][name].double() for s in agent_states) / np_
+        torch.testing.assert_close(value.double(), mean, rtol=0, atol=1e-6)
+    assert any(not torch.equal(agent_states[0]["model"][n], agent_states[1]["model"][n]) for n in average["model"])
+
+
+def test_one_rank_is_plain_a2c(workdir):
+    proc = run(SCRIPT, "--total-timesteps", "400", *FAST, cwd=workdir)
+    ok(proc)
+    assert "one agent: no gossip, this is plain A2C" in proc.stdout
+    assert agent_lines(proc.stdout)[0]["sent"] == 0
+
+
+def test_a_slow_agent_holds_nobody_up(workdir):
+    """Ring 0 -> 1 -> 2 -> 0 with agent 1 sleeping 0.4 s per update: agent 0 skips sends that agent 1
+    has not read, agent 2 mixes only when agent 1's messages come; all end cleanly, nothing lost."""
+    updates = 12
+    proc = run(SCRIPT, "--total-timesteps", str(updates * 3 * 8 * 5), "--debug-slow-rank", "1",
+               "--debug-slow-seconds", "0.4", *FAST, cwd=workdir, np=3, timeout=180)  # fmt: skip
+    ok(proc)
+    agents = agent_lines(proc.stdout)
+    assert all(a["updates"] == updates for a in agents.values())
+    assert agents[0]["skipped"] > 0  # agent 0 did not wait for the slow reader
+    assert agents[2]["mixes"] < updates  # agent 2 did not wait for the slow writer
+    assert agents[2]["mixes"] <= agents[1]["sent"]
+    assert sum(a["sent"] for a in agents.values()) == sum(a["received"] for a in agents.values())
+
+
+def test_sigterm_checkpoint_then_resume(workdir):
+    updates = 30
+    total = updates * 2 * 8 * 5
+    code, out, err = sigterm_once_training(SCRIPT, "--total-timesteps", str(total * 100), *FAST, cwd=workdir, np=2)
+    assert code == 0, err
+    assert "stopped by signal" in out
+    (first,) = run_dirs(workdir)
+    saved = [torch.load(first / "checkpoint" / f"agent{r}.pt", weights_only=False) for r in range(2)]
+    assert all(0 < s["update"] < updates for s in saved)
+
+    proc = run(SCRIPT, "--total-timesteps", str(total), "--resume", str(first / "checkpoint"), "--save-model",
+               *FAST, cwd=workdir, np=2)  # fmt: skip
+    ok(proc)
+    for r in range(2):
+        assert f"[agent {r}] resumed from {first / 'checkpoint'} at update {saved[r]['update']}" in proc.stdout
+    (second,) = [d for d in run_dirs(workdir) if d != first]
+    for r in range(2):
+        final = torch.load(second / "checkpoint" / f"agent{r}.pt", weights_only=False)
+        assert final["update"] == updates  # each agent continued from its own update count
+        assert {float(s["step"]) for s in final["optimizer"]["state"].values()} == {float(updates)}
+
+
+def test_eval_uses_the_average_checkpoint(workdir):
+    ok(run(SCRIPT, "--total-timesteps", "800", "--save-model", *FAST, cwd=workdir, np=2))
+    (run_dir,) = run_dirs(workdir)
+    proc = run(SCRIPT, "--eval-checkpoint", str(run_dir / "checkpoint"), "--eval-episodes", "2", cwd=workdir, np=2)
+    ok(proc)
+    assert "eval argmax" in proc.stdout and "eval sampled" in proc.stdout
+
+
+# --- bad input -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gossip-graph", "star"], "unknown --gossip-graph 'star'"),
+        (["--num-peers", "0"], "--num-peers must be between 1 and 1"),
+        (["--num-peers", "2"], "--num-peers must be between 1 and 1"),
+        (["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'"),
+        (["--total-timesteps", "10"], "is below one update"),
+        (["--resume", "missing"], "checkpoint directory 'missing' does not exist"),
+    ],
+)
+def test_bad_input_exits_nonzero_on_every_rank(workdir, args, message):
+    assert_bad_input(SCRIPT, args, message, workdir)
