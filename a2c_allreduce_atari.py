@@ -17,6 +17,8 @@ Simplifications and choices, stated so nobody has to find them:
 - The loss is the mean over valid samples of *all* ranks (the Allreduce carries the count).
 - A resumed run restores parameters, optimizer, step count and torch RNG, not the emulator states:
   its simulators start new games.
+- A game that ends exactly at the 27,000-step limit is reported by envpool as truncated and
+  bootstrapped (rare).
 """
 
 import json

@@ -22,7 +22,12 @@ Simplifications and choices, stated so nobody has to find them:
   mixes only that update's in-peers, and waits for a send that was skipped K times in a row: K = 1
   is synchronous gossip (every update sends to and mixes with exactly its peers of that update).
 - A resumed run restores each agent's parameters, optimizer, update count and torch RNG, not the
-  emulator states: its simulators start new games.
+  emulator states: its simulators start new games. Agents stopped by a signal may have saved at
+  different updates: after such a resume, the exponential graph's schedule of each agent keeps its
+  own phase, and a disagreement measurement pairs the agents' n-th measurements (labelled with rank
+  0's update), as it does for the measurements topped up by agents that finished early.
+- A game that ends exactly at the 27,000-step limit is reported by envpool as truncated and
+  bootstrapped (rare).
 """
 
 import json
@@ -314,8 +319,9 @@ class Gossip:
             o, i = gossip_peers(self.rank, self.world, t, graph, num_peers)
             outs.update(o)
             ins.update(i)
-        numel = flat.numel()
-        self.host = flat.numpy() if flat.device.type == "cpu" else np.empty(numel, dtype=np.float32)
+        numel, pinned = flat.numel(), flat.device.type == "cuda"
+        self.host = flat.numpy() if flat.device.type == "cpu" else torch.empty(numel, pin_memory=True).numpy()
+        self.total = torch.empty(numel, pin_memory=pinned)  # the sum of the messages being mixed
         self.send_buf = {p: np.empty(numel, dtype=np.float32) for p in outs}
         self.send_req = {p: MPI.REQUEST_NULL for p in outs}
         self.send_misses = dict.fromkeys(outs, 0)
@@ -394,7 +400,8 @@ class Gossip:
             self.since_mix += 1
             return 0
         # theta <- theta/(k+1) + sum of messages when k arrived; uniform over what arrived otherwise.
-        total = self.recv_buf[arrived[0]].copy()
+        total = self.total.numpy()
+        np.copyto(total, self.recv_buf[arrived[0]])
         for p in arrived[1:]:
             total += self.recv_buf[p]
         for p in arrived:
@@ -403,7 +410,7 @@ class Gossip:
             self.recv_req[p] = self.comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS)
         m = len(arrived)
         with torch.no_grad():
-            self.flat.mul_(1.0 / (m + 1)).add_(torch.from_numpy(total).to(self.flat.device), alpha=(self.k + 1) / (m + 1))
+            self.flat.mul_(1.0 / (m + 1)).add_(self.total.to(self.flat.device), alpha=(self.k + 1) / (m + 1))
         self.mixes += 1
         self.since_mix = 0
         return m
@@ -430,13 +437,15 @@ class Gossip:
                 break
             time.sleep(poll_seconds)
         MPI.Request.Waitall(done_sends)
+        self.comm.Free()
 
 
 class GossipMetrics:
     """Every `every` updates, a non-blocking Iallreduce (on its own communicator, so that it adds no
     barrier) of [theta_i, g_i / |g_i|, |theta_i|^2] in float64 gives, when it completes,
-    disagreement = sqrt(mean_i |theta_i - mean theta|^2) and the mean pairwise cosine of the agents'
-    gradients. Agents may stop at different updates: finish() tops up the missing calls."""
+    disagreement = sqrt(mean_i |theta_i - mean theta|^2), the same relative to |mean theta|, and the
+    mean pairwise cosine of the agents' gradients. Agents may stop at different updates: finish()
+    tops up the missing calls."""
 
     def __init__(self, comm, every: int):
         self.comm, self.every, self.world = comm, every, comm.Get_size()
@@ -456,8 +465,8 @@ class GossipMetrics:
         self.pending.append((update, self.comm.Iallreduce(send, recv, op=MPI.SUM), recv, theta.size))
         self.started += 1
 
-    def poll(self, wait: bool = False) -> list[tuple[int, float, Optional[float]]]:
-        """(update, disagreement, grad cosine) of the measurements that have completed."""
+    def poll(self, wait: bool = False) -> list[tuple[int, float, float, Optional[float]]]:
+        """(update, disagreement, relative disagreement, grad cosine) of the completed measurements."""
         done = []
         while self.pending and (wait or self.pending[0][1].Test()):
             update, req, recv, n = self.pending.popleft()
@@ -466,14 +475,16 @@ class GossipMetrics:
             disagreement = np.sqrt(max(recv[-1] / self.world - mean @ mean, 0.0))
             s = recv[n : 2 * n]
             cosine = (s @ s - self.world) / (self.world * (self.world - 1)) if self.world > 1 else None
-            done.append((update, float(disagreement), cosine))
+            done.append((update, float(disagreement), float(disagreement / np.linalg.norm(mean)), cosine))
         return done
 
-    def finish(self, main_comm, agent: nn.Module) -> list[tuple[int, float, Optional[float]]]:
+    def finish(self, main_comm, agent: nn.Module) -> list[tuple[int, float, float, Optional[float]]]:
         most = main_comm.allreduce(self.started, op=MPI.MAX)
         while self.started < most:
             self.start(-1, agent)
-        return [m for m in self.poll(wait=True) if m[0] >= 0]
+        done = [m for m in self.poll(wait=True) if m[0] >= 0]
+        self.comm.Free()
+        return done
 
 
 def flatten_parameters(agent: nn.Module) -> torch.Tensor:
@@ -761,8 +772,9 @@ def main(args: Args) -> dict:
             episode_lists[status.Get_source()] += 1
 
     def log_metrics(done: list) -> None:
-        for update_at, disagreement, cosine in done:
+        for update_at, disagreement, relative, cosine in done:
             writer.add_scalar("gossip/disagreement", disagreement, update_at * args.batch_size)
+            writer.add_scalar("gossip/disagreement_relative", relative, update_at * args.batch_size)
             if cosine is not None:
                 writer.add_scalar("gossip/grad_cosine", cosine, update_at * args.batch_size)
 
@@ -845,6 +857,9 @@ def main(args: Args) -> dict:
     end_time = time.time()
     envs.close()
     gossip.finish()
+    # Agents see a signal at different updates (some may have finished already): agree on whether
+    # this run was stopped, so that all of them checkpoint and none evaluates alone.
+    stop = comm.allreduce(stop, op=MPI.LOR)
     final_metrics = metrics.finish(comm, agent)
     if episodes and rank != 0:
         episode_sends.append(comm.isend(episodes, dest=0, tag=TAG_EPISODES))
@@ -860,7 +875,7 @@ def main(args: Args) -> dict:
     MPI.Request.Waitall(episode_sends)
     average = average_parameters(comm, agent)
     total_steps = comm.allreduce(update, op=MPI.SUM) * args.num_steps * args.num_envs
-    if (args.save_model or stop) and update > start_update:
+    if args.save_model or stop:
         checkpoint(update)
         if rank == 0:
             averaged = Agent(num_actions)

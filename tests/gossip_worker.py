@@ -1,6 +1,7 @@
 """Pure gossip, no learning: each rank starts from its own random vector and runs the script's
 Gossip for a number of rounds (sleeping a little each round, as an agent computes), then finishes.
-Rank 0 writes a JSON summary to the path given. Usage:
+Before gossiping, GossipMetrics measures the starting vectors (with random "gradients"), to be
+checked against numpy. Rank 0 writes a JSON summary to the path given. Usage:
     mpirun -np 4 python gossip_worker.py OUT GRAPH NUM_PEERS SYNC_FREQ ROUNDS SLEEP_SECONDS"""
 
 import json
@@ -18,8 +19,16 @@ import gala_a2c_atari as gala  # noqa: E402
 out, graph, num_peers, sync_freq, rounds, sleep = sys.argv[1:7]
 comm = MPI.COMM_WORLD
 rank = comm.Get_rank()
-start = np.random.default_rng(rank).normal(size=20_000).astype(np.float32)
+rng = np.random.default_rng(rank)
+start = rng.normal(size=20_000).astype(np.float32)
+grad = (rng.normal(size=20_000) + 0.5).astype(np.float32)  # correlated across ranks by the offset
 flat = torch.from_numpy(start.copy())
+holder = torch.nn.Module()
+holder.theta = torch.nn.Parameter(torch.from_numpy(start.copy()))
+holder.theta.grad = torch.from_numpy(grad)
+metrics = gala.GossipMetrics(comm.Dup(), every=1)
+metrics.start(0, holder)
+((_, disagreement, relative, cosine),) = metrics.finish(comm, holder)
 gossip = gala.Gossip(comm.Dup(), flat, graph, int(num_peers), int(sync_freq))
 for t in range(1, int(rounds) + 1):
     time.sleep(float(sleep))
@@ -27,6 +36,7 @@ for t in range(1, int(rounds) + 1):
 gossip.finish()
 counts = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()), "mixes": gossip.mixes}
 starts, finals, all_counts = comm.gather(start, root=0), comm.gather(flat.numpy().copy(), root=0), comm.gather(counts, root=0)
+grads = comm.gather(grad, root=0)
 if rank == 0:
     starts, finals = np.array(starts, dtype=np.float64), np.array(finals, dtype=np.float64)
 
@@ -37,4 +47,12 @@ if rank == 0:
         "initial_spread": spread(starts), "final_spread": spread(finals),
         "average_error": float(np.abs(finals - starts.mean(0)).max()),
         "counts": all_counts,
+        "metrics": {"disagreement": disagreement, "relative": relative, "cosine": cosine},
+        "numpy": {
+            "disagreement": float(np.sqrt(np.mean(np.sum((starts - starts.mean(0)) ** 2, axis=1)))),
+            "relative": float(np.sqrt(np.mean(np.sum((starts - starts.mean(0)) ** 2, axis=1))) / np.linalg.norm(starts.mean(0))),
+            "cosine": float(np.mean([np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)
+                                     for i, a in enumerate(np.array(grads, dtype=np.float64))
+                                     for j, b in enumerate(np.array(grads, dtype=np.float64)) if i != j])),
+        },
     }))  # fmt: skip

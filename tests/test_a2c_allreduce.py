@@ -8,7 +8,8 @@ import torch
 
 import a2c_allreduce_atari as a2c
 from batch import fixed_batch, reference_loss, rmsprop
-from conftest import assert_bad_input, command, ok, run, run_dirs, scalars, sigterm_once_training
+from benchmark.common import command, scalars
+from conftest import assert_bad_input, ok, run, run_dirs, sigterm_once_training
 
 SCRIPT = "a2c_allreduce_atari.py"
 FAST = ["--num-envs", "8", "--print-every", "1"]

@@ -1,12 +1,14 @@
 import json
 import re
+import signal
 import subprocess
 
 import pytest
 import torch
 
 import gala_a2c_atari as gala
-from conftest import assert_bad_input, command, ok, run, run_dirs, scalars, sigterm_once_training
+from benchmark.common import command, scalars
+from conftest import assert_bad_input, ok, run, run_dirs, sigterm_once_training, start
 
 SCRIPT = "gala_a2c_atari.py"
 FAST = ["--num-envs", "8", "--print-every", "1"]
@@ -54,6 +56,9 @@ def test_synchronous_gossip_reaches_the_exact_initial_average(tmp_path, graph, n
 def test_asynchronous_gossip_reaches_consensus(tmp_path, graph):
     result = gossip(tmp_path, graph, 1, sync_freq=0, rounds=60, sleep=0.002)
     assert result["final_spread"] < 1e-3 * result["initial_spread"]
+    # The disagreement and gradient-cosine metrics of the starting point equal numpy's.
+    for name in ("disagreement", "relative", "cosine"):
+        assert result["metrics"][name] == pytest.approx(result["numpy"][name], rel=1e-6)
 
 
 # --- the script end to end -------------------------------------------------------------------------
@@ -75,7 +80,7 @@ def test_end_to_end_tracked_offline(workdir, np_):
     (run_dir,) = run_dirs(workdir)
     tags = scalars(run_dir)
     for tag in ("charts/SPS", "losses/policy_loss", "charts/episodic_return", "gossip/disagreement",
-                "gossip/grad_cosine", "gossip/mix_rate", "gossip/sent", "gossip/skipped_sends", "gossip/staleness"):  # fmt: skip
+                "gossip/disagreement_relative", "gossip/grad_cosine", "gossip/mix_rate", "gossip/sent", "gossip/skipped_sends", "gossip/staleness"):  # fmt: skip
         assert tag in tags, tag
     assert len(tags["gossip/disagreement"]) == updates // 5  # every measurement completed and was logged
     assert len(tags["charts/episodic_return"]) >= 8 * np_  # games of every agent reached rank 0
@@ -132,6 +137,25 @@ def test_sigterm_checkpoint_then_resume(workdir):
         final = torch.load(second / "checkpoint" / f"agent{r}.pt", weights_only=False)
         assert final["update"] == updates  # each agent continued from its own update count
         assert {float(s["step"]) for s in final["optimizer"]["state"].values()} == {float(updates)}
+
+
+def test_sigterm_after_some_agents_finished_still_ends_together(workdir):
+    """Agent 0 has done all its updates (waiting in the teardown) when SIGTERM comes; the slow agent 1
+    is still training. They must agree the run was stopped: both checkpoint, neither evaluates alone."""
+    updates = 16
+    total = updates * 2 * 8 * 5
+    proc = start(SCRIPT, "--total-timesteps", str(total), "--debug-slow-rank", "1", "--debug-slow-seconds", "0.5",
+                 "--eval-episodes", "1", *FAST, cwd=workdir, np=2)  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith(f"global_step {total}/{total}"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped by signal" in out and "eval argmax" not in out
+    (run_dir,) = run_dirs(workdir)
+    saved = {r: torch.load(run_dir / "checkpoint" / f"agent{r}.pt", weights_only=False)["update"] for r in range(2)}
+    assert saved[0] == updates and saved[1] < updates
 
 
 def test_eval_uses_the_average_checkpoint(workdir):

@@ -1,0 +1,93 @@
+"""GALA-A2C against A2C with Allreduce at matched ranks x simulators, measured in one invocation.
+
+For each simulator count per rank, runs a2c_allreduce_atari.py and gala_a2c_atari.py one after the
+other under `mpirun -np RANKS` (1 torch and 1 envpool thread per rank on this 2-core machine) and
+reads each run's final global SPS from its TensorBoard log; then one longer GALA run whose
+`gossip/disagreement` (RMS distance of the agents' parameters to their average) is plotted against
+global steps, to show it stays bounded while the agents learn.
+
+    python -m benchmark.gala_vs_a2c --ranks 2 --num-envs 8 16 --steps 40000 --disagreement-steps 200000
+"""
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+from benchmark.common import command, scalars
+
+
+@dataclass
+class Config:
+    env_id: str = "Pong-v5"
+    """the game"""
+    ranks: int = 2
+    """MPI ranks (agents / workers) of every run"""
+    num_envs: tuple[int, ...] = (8, 16)
+    """simulators per rank, one comparison each"""
+    steps: int = 40_000
+    """global steps of each SPS run"""
+    disagreement_steps: int = 200_000
+    """global steps of the GALA run whose disagreement is plotted (0: skip)"""
+    out: Path = Path("bench_runs/gala_vs_a2c")
+    """where runs, the plot and the table go"""
+
+
+def launch(cfg: Config, script: str, num_envs: int, steps: int, *extra: str) -> Path:
+    """Runs one script to completion in its own directory under cfg.out; returns its run directory."""
+    where = cfg.out / f"{Path(script).stem}_{cfg.ranks}x{num_envs}_{steps}"
+    where.mkdir(parents=True, exist_ok=True)
+    args = ["--env-id", cfg.env_id, "--num-envs", str(num_envs), "--total-timesteps", str(steps),
+            "--torch-threads", "1", "--env-threads", "1", "--print-every", "30", *extra]  # fmt: skip
+    began = time.time()
+    subprocess.run(command(script, *args, np=cfg.ranks), cwd=where, check=True)
+    print(f"  {script} {cfg.ranks}x{num_envs}: {time.time() - began:.0f} s wall", flush=True)
+    return max((where / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+
+
+def main(cfg: Config) -> None:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for num_envs in cfg.num_envs:
+        sps = {}
+        for script in ("a2c_allreduce_atari.py", "gala_a2c_atari.py"):
+            sps[script] = scalars(launch(cfg, script, num_envs, cfg.steps))["charts/SPS"][-1][1]
+        rows.append((num_envs, sps["a2c_allreduce_atari.py"], sps["gala_a2c_atari.py"]))
+    table = [f"{cfg.env_id}, {cfg.ranks} ranks, {cfg.steps} global steps per run, final global SPS",
+             "ranks x envs   A2C-allreduce SPS   GALA-A2C SPS   GALA / A2C"]  # fmt: skip
+    table += [f"{cfg.ranks:5d} x {n:<5d}  {a:17.0f}  {g:13.0f}  {g / a:10.2f}" for n, a, g in rows]
+    if cfg.disagreement_steps:
+        run_dir = launch(cfg, "gala_a2c_atari.py", max(cfg.num_envs), cfg.disagreement_steps, "--disagreement-every", "20")
+        tags = scalars(run_dir)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        steps, values = zip(*tags["gossip/disagreement"])
+        ax.plot(steps, values, lw=1)
+        ax.set_xlabel("global step")
+        ax.set_ylabel("RMS |theta_i - mean theta|")
+        ax.set_title(f"GALA-A2C {cfg.env_id}, {cfg.ranks} agents x {max(cfg.num_envs)} envs, ring")
+        fig.tight_layout()
+        fig.savefig(cfg.out / "gala_disagreement.png", dpi=120)
+        for tag in ("gossip/disagreement", "gossip/disagreement_relative"):
+            v = [x for _, x in tags[tag]]
+            half = v[len(v) // 2 :]
+            table.append(f"{tag} over {len(v)} measurements: first {v[0]:.3g}, min {min(v):.3g}, max {max(v):.3g}, "
+                         f"mean of the first half {sum(v[: len(v) // 2]) / max(len(v) // 2, 1):.3g}, "
+                         f"of the second half {sum(half) / len(half):.3g}, last {v[-1]:.3g}")  # fmt: skip
+        returns = [v for _, v in tags.get("charts/episodic_return", [])]
+        if returns:
+            table.append(f"episodic return: first 10 games {sum(returns[:10]) / len(returns[:10]):.1f}, "
+                         f"last 10 {sum(returns[-10:]) / len(returns[-10:]):.1f}")  # fmt: skip
+        table.append(f"plot: {cfg.out / 'gala_disagreement.png'}")
+    (cfg.out / "table.txt").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Config))
