@@ -1,6 +1,8 @@
 """What the benchmarks and the tests share: launching a script, reading a run's TensorBoard scalars."""
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,3 +27,13 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def launch(where: Path, script: str, np: int, *args: str) -> Path:
+    """Runs `mpirun -np NP python SCRIPT ARGS` to completion in `where` (created); returns the run
+    directory it wrote under runs/."""
+    where.mkdir(parents=True, exist_ok=True)
+    began = time.time()
+    subprocess.run(command(script, *args, np=np), cwd=where, check=True)
+    print(f"  {script} -np {np} {' '.join(args)}: {time.time() - began:.0f} s wall", flush=True)
+    return max((where / "runs").iterdir(), key=lambda p: p.stat().st_mtime)

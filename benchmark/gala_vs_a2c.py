@@ -9,14 +9,12 @@ global steps, to show it stays bounded while the agents learn.
     python -m benchmark.gala_vs_a2c --ranks 2 --num-envs 8 16 --steps 40000 --disagreement-steps 200000
 """
 
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
 
-from benchmark.common import command, scalars
+from benchmark.common import launch, scalars
 
 
 @dataclass
@@ -35,16 +33,10 @@ class Config:
     """where runs, the plot and the table go"""
 
 
-def launch(cfg: Config, script: str, num_envs: int, steps: int, *extra: str) -> Path:
-    """Runs one script to completion in its own directory under cfg.out; returns its run directory."""
-    where = cfg.out / f"{Path(script).stem}_{cfg.ranks}x{num_envs}_{steps}"
-    where.mkdir(parents=True, exist_ok=True)
+def launch_at(cfg: Config, script: str, num_envs: int, steps: int, *extra: str) -> Path:
     args = ["--env-id", cfg.env_id, "--num-envs", str(num_envs), "--total-timesteps", str(steps),
             "--torch-threads", "1", "--env-threads", "1", "--print-every", "30", *extra]  # fmt: skip
-    began = time.time()
-    subprocess.run(command(script, *args, np=cfg.ranks), cwd=where, check=True)
-    print(f"  {script} {cfg.ranks}x{num_envs}: {time.time() - began:.0f} s wall", flush=True)
-    return max((where / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    return launch(cfg.out / f"{Path(script).stem}_{cfg.ranks}x{num_envs}_{steps}", script, cfg.ranks, *args)
 
 
 def main(cfg: Config) -> None:
@@ -53,13 +45,13 @@ def main(cfg: Config) -> None:
     for num_envs in cfg.num_envs:
         sps = {}
         for script in ("a2c_allreduce_atari.py", "gala_a2c_atari.py"):
-            sps[script] = scalars(launch(cfg, script, num_envs, cfg.steps))["charts/SPS"][-1][1]
+            sps[script] = scalars(launch_at(cfg, script, num_envs, cfg.steps))["charts/SPS"][-1][1]
         rows.append((num_envs, sps["a2c_allreduce_atari.py"], sps["gala_a2c_atari.py"]))
     table = [f"{cfg.env_id}, {cfg.ranks} ranks, {cfg.steps} global steps per run, final global SPS",
              "ranks x envs   A2C-allreduce SPS   GALA-A2C SPS   GALA / A2C"]  # fmt: skip
     table += [f"{cfg.ranks:5d} x {n:<5d}  {a:17.0f}  {g:13.0f}  {g / a:10.2f}" for n, a, g in rows]
     if cfg.disagreement_steps:
-        run_dir = launch(cfg, "gala_a2c_atari.py", max(cfg.num_envs), cfg.disagreement_steps, "--disagreement-every", "20")
+        run_dir = launch_at(cfg, "gala_a2c_atari.py", max(cfg.num_envs), cfg.disagreement_steps, "--disagreement-every", "20")
         tags = scalars(run_dir)
         import matplotlib
 

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmark.common import command  # noqa: E402
+from benchmark.common import command, scalars  # noqa: E402
 
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
@@ -31,6 +31,15 @@ def run_dirs(cwd: Path) -> list[Path]:
 
 def ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+
+
+def run_ok(script: str, *args: str, cwd: Path, np: int | None = None, timeout: float = 240):
+    """Runs the script, requires exit 0 and exactly one run directory; returns (process, run
+    directory, its TensorBoard scalars)."""
+    proc = run(script, *args, cwd=cwd, np=np, timeout=timeout)
+    ok(proc)
+    (run_dir,) = run_dirs(cwd)
+    return proc, run_dir, scalars(run_dir)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 import a2c_allreduce_atari as a2c
 from batch import fixed_batch, reference_loss, rmsprop
 from benchmark.common import command, scalars
-from conftest import assert_bad_input, ok, run, run_dirs, sigterm_once_training
+from conftest import assert_bad_input, ok, run, run_dirs, run_ok, sigterm_once_training
 
 SCRIPT = "a2c_allreduce_atari.py"
 FAST = ["--num-envs", "8", "--print-every", "1"]
@@ -125,11 +125,8 @@ def test_allreduce_update_equals_one_process_with_the_whole_batch(tmp_path):
 @pytest.mark.parametrize("np_", [None, 2])
 def test_end_to_end_tracked_offline(workdir, np_):
     """Breakout with random-ish play ends games within a few hundred steps, so returns get logged."""
-    proc = run(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", "6400", "--track", "--log-every", "5",
-               "--check-sync-every", "5", *FAST, cwd=workdir, np=np_)  # fmt: skip
-    ok(proc)
-    (run_dir,) = run_dirs(workdir)
-    tags = scalars(run_dir)
+    proc, _, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", "6400", "--track", "--log-every", "5",
+                           "--check-sync-every", "5", *FAST, cwd=workdir, np=np_)  # fmt: skip
     for tag in ("charts/SPS", "charts/learning_rate", "losses/policy_loss", "losses/value_loss", "losses/entropy",
                 "charts/episodic_return", "charts/episodic_length"):  # fmt: skip
         assert tag in tags, tag

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import gala_a2c_atari as gala
-from benchmark.common import command, scalars
-from conftest import assert_bad_input, ok, run, run_dirs, sigterm_once_training, start
+from benchmark.common import command
+from conftest import assert_bad_input, ok, run, run_dirs, run_ok, sigterm_once_training, start
 
 SCRIPT = "gala_a2c_atari.py"
 FAST = ["--num-envs", "8", "--print-every", "1"]
@@ -71,14 +71,12 @@ def agent_lines(out: str) -> dict[int, dict[str, int]]:
 @pytest.mark.parametrize("np_", [2, 4])
 def test_end_to_end_tracked_offline(workdir, np_):
     updates = 60  # 300 steps per simulator: random Breakout games end within that
-    proc = run(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(updates * np_ * 8 * 5), "--track",
-               "--save-model", "--log-every", "5", "--disagreement-every", "5", *FAST, cwd=workdir, np=np_, timeout=240)  # fmt: skip
-    ok(proc)
+    proc, run_dir, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(updates * np_ * 8 * 5),
+                                 "--track", "--save-model", "--log-every", "5", "--disagreement-every", "5", *FAST,
+                                 cwd=workdir, np=np_)  # fmt: skip
     agents = agent_lines(proc.stdout)
     assert sorted(agents) == list(range(np_)) and all(a["updates"] == updates for a in agents.values())
     assert sum(a["sent"] for a in agents.values()) == sum(a["received"] for a in agents.values()) > 0
-    (run_dir,) = run_dirs(workdir)
-    tags = scalars(run_dir)
     for tag in ("charts/SPS", "losses/policy_loss", "charts/episodic_return", "gossip/disagreement",
                 "gossip/disagreement_relative", "gossip/grad_cosine", "gossip/mix_rate", "gossip/sent", "gossip/skipped_sends", "gossip/staleness"):  # fmt: skip
         assert tag in tags, tag

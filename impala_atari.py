@@ -1,0 +1,820 @@
+"""IMPALA on Atari: actors send unrolls over MPI, one learner corrects them with V-trace.
+
+`mpirun -np N` (N >= 2): rank 0 is the learner, ranks 1..N-1 are actors. Each actor steps
+`num_envs` envpool simulators with the newest parameters it has received and sends unrolls of
+`unroll_length` steps (observations, actions, the behaviour policy's logits, rewards, discounts)
+without waiting for the learner, up to `max_inflight` in flight. The learner batches unrolls as they
+arrive, corrects for the policy lag with V-trace, takes an RMSprop step and publishes the new
+parameters without blocking. Espeholt et al., "IMPALA", ICML 2018 (arXiv 1802.01561), Table G.1.
+
+    mpirun -np 3 python impala_atari.py --env-id Pong-v5
+
+Simplifications and choices, stated so nobody has to find them:
+- Nature CNN (the same network as the A2C-family scripts here), not the paper's deep ResNet.
+- `python impala_atari.py` (one process) runs actor and learner in turn: on-policy, no lag.
+- Losses are sums over T x B as in the reference implementation (the baseline loss is 0.5 x sum of
+  squares, times --vf-coef); Table G.1's learning rate (6e-4, annealed to 0) belongs to that scale.
+- envpool resets on the step *after* an episode (or a life) ends, ignoring the action: that
+  transition is masked out of the loss. Discounts are 0 at every episode end, time limits included
+  (no truncation bootstrap, unlike the A2C scripts).
+- `global_step` counts the steps the learner has learnt from (updates x batch x unroll); steps of
+  unrolls that arrive after the last update are dropped. The learner stamps the episodes it receives
+  with its current global_step.
+- A resumed run restores the learner's parameters, optimizer, step count and RNG; actors start new
+  games with the restored parameters.
+"""
+
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import envpool
+import numpy as np
+import torch
+import torch.nn as nn
+from mpi4py import MPI
+from torch.distributions.categorical import Categorical
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (ranks derive their own simulator and sampling seeds from it)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """use CUDA when it is present (device cuda:{local_rank % device_count})"""
+    track: bool = False
+    """send the run to Weights & Biases (WANDB_MODE=offline writes it locally for `wandb sync`)"""
+    wandb_project_name: str = "gala-rl"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team or user)"""
+    wandb_group: Optional[str] = None
+    """the W&B group (an experiment: one group, many seeds)"""
+    wandb_tags: tuple[str, ...] = ()
+    """extra W&B tags (the algorithm and the total simulators are always added)"""
+    env_id: str = "Pong-v5"
+    """the envpool Atari id (`-v5`: NoFrameskip-v4 with the DeepMind wrappers, no sticky actions)"""
+    total_timesteps: int = 40_000_000
+    """environment steps summed over every simulator of every rank (one step = 4 frames)"""
+    num_envs: int = 16
+    """simulators per rank"""
+    env_threads: Optional[int] = None
+    """envpool threads per rank (default: this node's cores divided among its ranks)"""
+    torch_threads: Optional[int] = None
+    """torch threads per rank (default: this node's cores divided among its ranks)"""
+    learning_rate: Optional[float] = None
+    """RMSprop learning rate (default 6e-4, Table G.1; not scaled with the number of actors)"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly to 0 over total_timesteps (Table G.1)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    ent_coef: float = 0.01
+    """coefficient of the entropy bonus"""
+    vf_coef: float = 0.5
+    """coefficient of the baseline loss (0.5 x sum of squared errors)"""
+    max_grad_norm: float = 40.0
+    """clip of the global gradient norm"""
+    rmsprop_alpha: float = 0.99
+    """RMSprop smoothing constant"""
+    rmsprop_eps: float = 0.01
+    """RMSprop epsilon (Table G.1; torch convention: outside the square root)"""
+    log_every: int = 5
+    """updates between scalar logs"""
+    print_every: float = 10.0
+    """seconds between progress lines on rank 0"""
+    save_model: bool = False
+    """write a checkpoint at the end (and every --checkpoint-every steps) to runs/{run_name}"""
+    checkpoint_every: int = 0
+    """global steps between checkpoints when --save-model (0: only at the end)"""
+    resume: Optional[str] = None
+    """checkpoint to continue from (same algorithm, env id, world size and num_envs)"""
+    eval_episodes: int = 0
+    """after training, play this many full games with the argmax and with the sampled policy"""
+    eval_checkpoint: Optional[str] = None
+    """evaluate this checkpoint for --eval-episodes games (default 10) and exit, without training"""
+
+    # Algorithm specific arguments
+    unroll_length: int = 20
+    """steps per unroll (T)"""
+    batch_size: int = 32
+    """trajectories per learner batch (B, a multiple of --num-envs: whole unrolls)"""
+    rho_bar: float = 1.0
+    """V-trace clip of the importance ratio in the targets and the policy gradient"""
+    c_bar: float = 1.0
+    """V-trace clip of the trace-cutting coefficients"""
+    max_inflight: int = 2
+    """unrolls an actor may have in flight before it waits for the learner"""
+    debug_slow_rank: Optional[int] = None
+    """for tests: this actor rank sleeps --debug-slow-seconds before every unroll"""
+    debug_slow_seconds: float = 0.0
+    """how long the slow actor sleeps per unroll"""
+
+    # filled in at runtime
+    world_size: int = 0
+    """number of MPI ranks"""
+    num_actors: int = 0
+    """actor ranks (world_size - 1; 1 in a world of one)"""
+    total_envs: int = 0
+    """simulators over all actors"""
+    num_updates: int = 0
+    """learner updates in the whole run"""
+
+
+ALGO = "impala"
+
+
+class ConfigError(Exception):
+    """Bad input: reported once by rank 0, then every rank exits with status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------------------------
+def check_env_id(env_id: str) -> None:
+    if env_id not in envpool.list_all_envs():
+        raise ConfigError(f"unknown env id {env_id!r}: envpool.list_all_envs() lists the valid ones")
+    if type(envpool.make_spec(env_id)).__name__ != "AtariEnvSpec":
+        raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
+
+
+def make_env(env_id: str, num_envs: int, seed: int, threads: int, train: bool = True):
+    """envpool Atari with the DeepMind settings: 84x84 gray, 4-frame stack, frame skip 4, up to 30
+    no-ops; for training also episodic life and reward clipping (evaluation plays the real game)."""
+    return envpool.make(
+        env_id,
+        env_type="gymnasium",
+        num_envs=num_envs,
+        batch_size=num_envs,
+        num_threads=threads,
+        seed=seed,
+        episodic_life=train,
+        reward_clip=train,
+        noop_max=30,
+        stack_num=4,
+        img_height=84,
+        img_width=84,
+    )
+
+
+class EpisodeStats:
+    """Raw (unclipped) return and length of the real game, summed across lives until game over."""
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def update(self, info: dict, truncated: np.ndarray, valid: np.ndarray) -> list[tuple[float, int]]:
+        self.returns += info["reward"]
+        self.lengths += valid  # the reset step after a done is not a step of the game
+        game_over = info["terminated"].astype(bool) | truncated
+        finished = [(float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(game_over)]
+        self.returns[game_over] = 0.0
+        self.lengths[game_over] = 0
+        return finished
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """Nature CNN (Mnih et al. 2015) with a policy and a value head."""
+
+    def __init__(self, num_actions: int):
+        super().__init__()
+        self.network = nn.Sequential(
+            layer_init(nn.Conv2d(4, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            nn.ReLU(),
+        )
+        self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.network(x.float() / 255.0)
+        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The distinctive part: V-trace (Espeholt et al. 2018, eq. 1 and Remark 1)
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def vtrace(behaviour_logprobs, target_logprobs, rewards, discounts, values, bootstrap_value, rho_bar=1.0, c_bar=1.0):
+    """V-trace targets and policy-gradient advantages. Tensors are [T, B] (bootstrap_value [B]);
+    discounts[t] is gamma, or 0 where the episode ended at step t.
+
+        rho_t = min(rho_bar, pi/mu), c_t = min(c_bar, pi/mu)
+        v_s = V(x_s) + delta_s + discount_s c_s (v_{s+1} - V(x_{s+1})),
+        delta_s = rho_s (r_s + discount_s V(x_{s+1}) - V(x_s)),
+        pg_advantage_s = rho_s (r_s + discount_s v_{s+1} - V(x_s)).
+    """
+    ratios = torch.exp(target_logprobs - behaviour_logprobs)
+    rhos, cs = ratios.clamp(max=rho_bar), ratios.clamp(max=c_bar)
+    next_values = torch.cat([values[1:], bootstrap_value[None]])
+    deltas = rhos * (rewards + discounts * next_values - values)
+    vs_minus_v = torch.zeros_like(values)
+    acc = torch.zeros_like(bootstrap_value)
+    for t in reversed(range(values.shape[0])):
+        acc = deltas[t] + discounts[t] * cs[t] * acc
+        vs_minus_v[t] = acc
+    vs = vs_minus_v + values
+    next_vs = torch.cat([vs[1:], bootstrap_value[None]])
+    return vs, rhos * (rewards + discounts * next_vs - values)
+
+
+class Unroll:
+    """One unroll of `num_envs` trajectories in one pre-allocated byte buffer, sent as one message:
+    observations [T+1, N, 4, 84, 84] (the last is the bootstrap observation), then float32 fields
+    actions, behaviour logits, rewards, discounts (gamma, 0 where an episode ended), valid (0 for
+    envpool's reset transition) and the version (learner update) of the parameters that acted."""
+
+    def __init__(self, T: int, N: int, num_actions: int):
+        obs_bytes = (T + 1) * N * 4 * 84 * 84
+        sizes = {"actions": T * N, "logits": T * N * num_actions, "rewards": T * N, "discounts": T * N,
+                 "valid": T * N, "version": 1}  # fmt: skip
+        self.buf = np.zeros(obs_bytes + 4 * sum(sizes.values()), dtype=np.uint8)
+        self.obs = self.buf[:obs_bytes].reshape(T + 1, N, 4, 84, 84)
+        floats, offset = self.buf[obs_bytes:].view(np.float32), 0
+        for name, size in sizes.items():
+            view = floats[offset : offset + size]
+            setattr(self, name, view.reshape(T, N, num_actions) if name == "logits" else view.reshape(T, N) if size > 1 else view)
+            offset += size
+
+
+class Actor:
+    """Steps `num_envs` simulators with the agent's current parameters and fills Unrolls."""
+
+    def __init__(self, args: Args, agent: nn.Module, seed: int, threads: int, device: torch.device):
+        self.args, self.agent, self.device = args, agent, device
+        self.envs = make_env(args.env_id, args.num_envs, seed, threads, train=True)
+        self.next_obs = self.envs.reset()[0]
+        self.next_done = np.zeros(args.num_envs, dtype=bool)
+        self.stats = EpisodeStats(args.num_envs)
+
+    def unroll(self, u: Unroll, version: int, progress=lambda: None) -> list[tuple[float, int]]:
+        """Fills `u`; returns the games that ended. `progress` is called after every env step."""
+        finished = []
+        for t in range(self.args.unroll_length):
+            u.obs[t] = self.next_obs
+            with torch.no_grad():
+                logits, _ = self.agent(torch.from_numpy(self.next_obs).to(self.device))
+            action = Categorical(logits=logits).sample()
+            u.actions[t], u.logits[t] = action.cpu().numpy(), logits.cpu().numpy()
+            valid = ~self.next_done
+            self.next_obs, u.rewards[t], terminated, truncated, info = self.envs.step(action.cpu().numpy())
+            self.next_done = terminated | truncated
+            # No bootstrapping across an episode end, nor from envpool's reset transition.
+            u.discounts[t] = self.args.gamma * (~self.next_done & valid)
+            u.valid[t] = valid
+            finished += self.stats.update(info, truncated, valid)
+            progress()
+        u.obs[-1] = self.next_obs
+        u.version[0] = version
+        return finished
+
+
+def impala_update(agent, optimizer, batch: dict, args: Args) -> dict:
+    """One learner step on [T, B] trajectories; the losses are sums over T x B, as in the reference
+    implementation (scalable_agent), for which the learning rate 6e-4 of Table G.1 was tuned."""
+    T, B = batch["rewards"].shape
+    logits, values = agent(batch["obs"].reshape((T + 1) * B, 4, 84, 84))
+    logits, values = logits.reshape(T + 1, B, -1)[:-1], values.reshape(T + 1, B)
+    actions = batch["actions"].long().unsqueeze(-1)
+    target_logprobs = torch.log_softmax(logits, -1).gather(-1, actions).squeeze(-1)
+    behaviour_logprobs = torch.log_softmax(batch["logits"], -1).gather(-1, actions).squeeze(-1)
+    vs, pg_advantages = vtrace(
+        behaviour_logprobs, target_logprobs.detach(), batch["rewards"], batch["discounts"], values[:-1].detach(),
+        values[-1].detach(), args.rho_bar, args.c_bar,
+    )  # fmt: skip
+    valid = batch["valid"]
+    policy = -(valid * pg_advantages * target_logprobs).sum()
+    baseline = 0.5 * (valid * (vs - values[:-1]) ** 2).sum()
+    entropy = (valid * Categorical(logits=logits).entropy()).sum()
+    optimizer.zero_grad()
+    (policy + args.vf_coef * baseline - args.ent_coef * entropy).backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    ratios = torch.exp(target_logprobs.detach() - behaviour_logprobs)[valid.bool()]
+    return {"losses/policy_loss": policy.item(), "losses/value_loss": baseline.item(), "losses/entropy": entropy.item(),
+            "vtrace/rho_mean": ratios.mean().item(), "vtrace/rho_clipped_frac": (ratios > args.rho_bar).float().mean().item()}  # fmt: skip
+
+
+def to_batch(unrolls: list[Unroll], device: torch.device) -> dict:
+    """Concatenates unrolls along the batch axis into device tensors."""
+    cat = lambda name: torch.from_numpy(np.concatenate([getattr(u, name) for u in unrolls], axis=1)).to(device)  # noqa: E731
+    return {name: cat(name) for name in ("obs", "actions", "logits", "rewards", "discounts", "valid")}
+
+
+TAG_UNROLL, TAG_PARAMS, TAG_STOP, TAG_DONE, TAG_EPISODES = 1, 2, 3, 4, 5
+
+
+def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Actor) -> dict:
+    """An actor rank: act with the newest parameters received, send unrolls from `max_inflight`
+    pre-allocated slots without waiting (except when all are in flight), until the learner says stop;
+    then take the parameter messages it announced, report its counts and complete every send."""
+    num_actions = envpool.make_spec(args.env_id).action_space.n
+    slots = [Unroll(args.unroll_length, args.num_envs, num_actions) for _ in range(args.max_inflight)]
+    sends = [MPI.REQUEST_NULL] * args.max_inflight
+    params = np.zeros(flat.numel() + 1, dtype=np.float32)  # parameters, then their version
+    params_req = comm.Irecv(params, source=0, tag=TAG_PARAMS)
+    stop_buf = np.zeros(1, dtype=np.int64)
+    stop_req = comm.Irecv(stop_buf, source=0, tag=TAG_STOP)
+    version, got, unrolls, episode_msgs, episode_sends = 0, 0, 0, 0, []
+
+    def progress():
+        MPI.Request.Testall(sends)
+
+    while not stop_req.Test():
+        if params_req.Test():
+            flat.copy_(torch.from_numpy(params[:-1]))
+            version, got = int(params[-1]), got + 1
+            params_req = comm.Irecv(params, source=0, tag=TAG_PARAMS)
+        free = [i for i, req in enumerate(sends) if req.Test()]
+        i = free[0] if free else MPI.Request.Waitany(sends)  # the --max-inflight bound
+        if rank_is_slow(comm, args):
+            time.sleep(args.debug_slow_seconds)
+        finished = actor.unroll(slots[i], version, progress)
+        sends[i] = comm.Isend(slots[i].buf, dest=0, tag=TAG_UNROLL)
+        unrolls += 1
+        if finished:
+            episode_sends.append(comm.isend(finished, dest=0, tag=TAG_EPISODES))
+            episode_msgs += 1
+    announced = int(stop_buf[0])  # parameter messages the learner sent to this actor
+    while got < announced:
+        params_req.Wait()
+        got += 1
+        if got < announced:
+            params_req = comm.Irecv(params, source=0, tag=TAG_PARAMS)
+        else:
+            params_req = MPI.REQUEST_NULL
+    if params_req != MPI.REQUEST_NULL:
+        params_req.Cancel()
+        params_req.Wait()
+    counts = np.array([unrolls, episode_msgs], dtype=np.int64)
+    MPI.Request.Waitall([comm.Isend(counts, dest=0, tag=TAG_DONE), *sends, *episode_sends])
+    actor.envs.close()
+    return {"unrolls": unrolls}
+
+
+def rank_is_slow(comm, args: Args) -> bool:
+    return comm.Get_rank() == args.debug_slow_rank
+
+
+class Learner:
+    """Rank 0 under MPI: one posted receive per actor (re-posted once its unroll is copied), batches
+    unrolls in arrival order, and publishes parameters to each actor with a synchronous-mode send
+    that is skipped while the actor has not taken the previous one (so actors get the newest)."""
+
+    def __init__(self, comm, args: Args, flat: torch.Tensor, num_actions: int):
+        self.comm, self.args, self.flat = comm, args, flat
+        self.actors = list(range(1, comm.Get_size()))
+        self.slots = {a: Unroll(args.unroll_length, args.num_envs, num_actions) for a in self.actors}
+        self.reqs = {a: comm.Irecv(self.slots[a].buf, source=a, tag=TAG_UNROLL) for a in self.actors}
+        self.ready: deque = deque()  # copies of received unrolls, oldest first
+        self.received = dict.fromkeys(self.actors, 0)
+        self.param_bufs = {a: np.zeros(flat.numel() + 1, dtype=np.float32) for a in self.actors}
+        self.param_reqs = {a: MPI.REQUEST_NULL for a in self.actors}
+        self.param_msgs = dict.fromkeys(self.actors, 0)
+        self.episode_msgs = dict.fromkeys(self.actors, 0)
+        self.idle = 0.0
+
+    def _collect(self, actor: int) -> None:
+        u = self.slots[actor]
+        copy = Unroll(self.args.unroll_length, self.args.num_envs, u.logits.shape[-1])
+        copy.buf[:] = u.buf
+        self.ready.append(copy)
+        self.received[actor] += 1
+        self.reqs[actor] = self.comm.Irecv(u.buf, source=actor, tag=TAG_UNROLL)
+
+    def poll(self) -> None:
+        for a, req in self.reqs.items():
+            if req.Test():
+                self._collect(a)
+
+    def next_batch(self, unrolls: int) -> tuple[list[Unroll], int]:
+        """The oldest `unrolls` unrolls, waiting (inside MPI, counted as idle) until they are there;
+        also returns how many were waiting (the queue depth)."""
+        self.poll()
+        depth = len(self.ready)
+        while len(self.ready) < unrolls:
+            began = time.time()
+            actors = list(self.reqs)
+            index = MPI.Request.Waitany([self.reqs[a] for a in actors])
+            self.idle += time.time() - began
+            self._collect(actors[index])
+            self.poll()
+        return [self.ready.popleft() for _ in range(unrolls)], depth
+
+    def publish(self, version: int) -> None:
+        params = self.flat.detach().cpu().numpy()
+        for a in self.actors:
+            if self.param_reqs[a].Test():
+                buf = self.param_bufs[a]
+                buf[:-1], buf[-1] = params, version
+                self.param_reqs[a] = self.comm.Issend(buf, dest=a, tag=TAG_PARAMS)
+                self.param_msgs[a] += 1
+
+    def receive_episodes(self) -> list[tuple[float, int]]:
+        found, status = [], MPI.Status()
+        while self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_EPISODES, status=status):
+            found += self.comm.recv(source=status.Get_source(), tag=TAG_EPISODES)
+            self.episode_msgs[status.Get_source()] += 1
+        return found
+
+    def stop_actors(self) -> list[tuple[float, int]]:
+        """Tell every actor to stop (with the number of parameter messages sent to it), read and drop
+        the unrolls still coming, exactly as many as each actor reports, and complete every request."""
+        announced = {a: np.array([self.param_msgs[a]], dtype=np.int64) for a in self.actors}
+        stops = [self.comm.Isend(announced[a], dest=a, tag=TAG_STOP) for a in self.actors]
+        done_bufs = {a: np.zeros(2, dtype=np.int64) for a in self.actors}
+        done_reqs = {a: self.comm.Irecv(done_bufs[a], source=a, tag=TAG_DONE) for a in self.actors}
+        reported, episodes = {}, []
+        while True:
+            for a in self.actors:
+                if a not in reported and done_reqs[a].Test():
+                    reported[a] = done_bufs[a]
+                if self.reqs[a] != MPI.REQUEST_NULL and self.reqs[a].Test():
+                    self.received[a] += 1  # arrived after the last update: dropped
+                    self.reqs[a] = MPI.REQUEST_NULL
+                finished = a in reported and self.received[a] == reported[a][0]
+                if self.reqs[a] == MPI.REQUEST_NULL and not finished:
+                    self.reqs[a] = self.comm.Irecv(self.slots[a].buf, source=a, tag=TAG_UNROLL)
+                elif self.reqs[a] != MPI.REQUEST_NULL and finished:
+                    self.reqs[a].Cancel()
+                    self.reqs[a].Wait()
+                    self.reqs[a] = MPI.REQUEST_NULL
+            episodes += self.receive_episodes()
+            if len(reported) == len(self.actors) and all(
+                self.received[a] == reported[a][0] and self.episode_msgs[a] == reported[a][1] for a in self.actors
+            ):
+                break
+            time.sleep(1e-3)
+        MPI.Request.Waitall(stops)
+        MPI.Request.Waitall(list(self.param_reqs.values()))
+        return episodes
+
+
+def flatten_parameters(agent: nn.Module) -> torch.Tensor:
+    """Make the parameters views into one flat tensor (so that an actor loads new ones in place)."""
+    flat = nn.utils.parameters_to_vector(agent.parameters()).detach().clone()
+    offset = 0
+    for p in agent.parameters():
+        p.data = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
+def broadcast_parameters(comm, agent) -> None:
+    """Every rank starts from rank 0's initial parameters."""
+    flat = nn.utils.parameters_to_vector(agent.parameters()).detach().cpu().numpy()
+    comm.Bcast(flat, root=0)
+    nn.utils.vector_to_parameters(torch.from_numpy(flat).to(next(agent.parameters()).device), agent.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints, evaluation, set-up helpers
+# ---------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: write a temporary file beside the target, then rename over it."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, args: Args) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("algorithm") != ALGO:
+        found = ckpt.get("algorithm") if isinstance(ckpt, dict) else None
+        raise ConfigError(f"checkpoint {path!r} is from {found!r}, not {ALGO!r}")
+    if ckpt["env_id"] != args.env_id:
+        raise ConfigError(f"checkpoint {path!r} is for {ckpt['env_id']}, not --env-id {args.env_id}")
+    return ckpt
+
+
+def evaluate(agent, env_id, episodes, greedy, seed, threads, device) -> np.ndarray:
+    """Raw returns of `episodes` full games (no episodic life, no reward clipping), one per simulator,
+    so that short games are not over-counted."""
+    envs = make_env(env_id, episodes, seed, threads, train=False)
+    obs, _ = envs.reset()
+    returns, done = np.zeros(episodes), np.zeros(episodes, dtype=bool)
+    running = np.zeros(episodes)
+    while not done.all():
+        with torch.no_grad():
+            logits, _ = agent(torch.from_numpy(obs).to(device))
+        action = logits.argmax(1) if greedy else Categorical(logits=logits).sample()
+        obs, _, _, truncated, info = envs.step(action.cpu().numpy())
+        running += info["reward"]
+        ended = (info["terminated"].astype(bool) | truncated) & ~done
+        returns[ended] = running[ended]
+        done |= ended
+    envs.close()
+    return returns
+
+
+def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
+    """Rank r plays games r, r + world, ...; rank 0 gathers and summarises (argmax and sampled)."""
+    results = {}
+    mine = len(range(comm.Get_rank(), args.eval_episodes, comm.Get_size()))
+    for mode in ("argmax", "sampled"):
+        seed = int(np.random.SeedSequence([args.seed, comm.Get_rank(), seed_base]).generate_state(1)[0] >> 1)
+        local = evaluate(agent, args.env_id, mine, mode == "argmax", seed, threads, device) if mine else np.zeros(0)
+        gathered = comm.gather(local, root=0)
+        if comm.Get_rank() == 0:
+            returns = np.concatenate(gathered)
+            results[mode] = {"mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()}
+    return results
+
+
+def fail_together(comm, problem: Optional[str]) -> None:
+    """Collective: if any rank found bad input, rank 0 says it once and every rank exits with 2."""
+    problems = comm.allgather(problem)
+    found = sorted({p for p in problems if p})
+    if found:
+        if comm.Get_rank() == 0:
+            for p in found:
+                ranks = [r for r, q in enumerate(problems) if q == p]
+                where = "" if len(ranks) == comm.Get_size() else f" (rank {', '.join(map(str, ranks))})"
+                print(f"error: {p}{where}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def node_threads(comm) -> tuple[int, int]:
+    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_size, local_rank = local.Get_size(), local.Get_rank()
+    local.Free()
+    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
+
+
+def finalize_args(args: Args, world_size: int) -> Optional[dict]:
+    """Checks the input and fills the runtime fields; returns the checkpoint to resume, if any."""
+    check_env_id(args.env_id)
+    if args.num_envs < 1:
+        raise ConfigError(f"--num-envs must be at least 1, got {args.num_envs}")
+    if args.unroll_length < 1:
+        raise ConfigError(f"--unroll-length must be at least 1, got {args.unroll_length}")
+    if args.max_inflight < 1:
+        raise ConfigError(f"--max-inflight must be at least 1, got {args.max_inflight}")
+    if args.batch_size < args.num_envs:
+        raise ConfigError(f"--batch-size {args.batch_size} is below one unroll ({args.num_envs} trajectories, --num-envs)")
+    if args.batch_size % args.num_envs:
+        raise ConfigError(f"--batch-size {args.batch_size} must be a multiple of --num-envs {args.num_envs} (whole unrolls)")
+    args.world_size = world_size
+    args.num_actors = max(world_size - 1, 1)
+    args.total_envs = args.num_actors * args.num_envs
+    if args.learning_rate is None:
+        args.learning_rate = 6e-4
+    if args.eval_checkpoint is not None:
+        args.eval_episodes = args.eval_episodes or 10
+        return load_checkpoint(args.eval_checkpoint, args)
+    args.num_updates = args.total_timesteps // (args.batch_size * args.unroll_length)
+    if args.num_updates < 1:
+        raise ConfigError(
+            f"--total-timesteps {args.total_timesteps} is below one update "
+            f"({args.batch_size} trajectories x {args.unroll_length} steps = {args.batch_size * args.unroll_length})"
+        )
+    if args.resume is None:
+        return None
+    ckpt = load_checkpoint(args.resume, args)
+    if (ckpt["world_size"], ckpt["num_envs"]) != (world_size, args.num_envs):
+        raise ConfigError(
+            f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
+            f"this run has {world_size} x {args.num_envs}"
+        )
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+def main(args: Args) -> dict:
+    comm = MPI.COMM_WORLD
+    rank, world_size = comm.Get_rank(), comm.Get_size()
+    problem, ckpt = None, None
+    try:
+        ckpt = finalize_args(args, world_size)
+    except ConfigError as e:
+        problem = str(e)
+    fail_together(comm, problem)
+
+    default_threads, local_rank = node_threads(comm)
+    torch_threads = args.torch_threads or default_threads
+    env_threads = args.env_threads or default_threads
+    torch.set_num_threads(torch_threads)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
+    use_cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
+    run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
+    run_dir = Path("runs") / run_name
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(
+            f"{ALGO}: " + (f"1 learner + {args.num_actors} actor(s)" if world_size > 1 else
+                           "one process: actor and learner alternate (no MPI)")
+            + f" x {args.num_envs} envs on {device} ({torch_threads} torch / {env_threads} env threads per rank), "
+            f"lr {args.learning_rate:.3g}, batch {args.batch_size} x {args.unroll_length}",
+            flush=True,
+        )  # fmt: skip
+
+    num_actions = envpool.make_spec(args.env_id).action_space.n
+    agent = Agent(num_actions).to(device)
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["model"])
+    broadcast_parameters(comm, agent)
+    flat = flatten_parameters(agent)
+
+    if args.eval_checkpoint is not None:  # evaluation only
+        results = evaluate_all_ranks(comm, agent, args, ckpt["global_step"], env_threads, device)
+        if rank == 0:
+            report_eval(results, args, run_dir)
+        return {"eval": results}
+
+    stop_requested = []
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the learner stops the job; actors wait for its word
+        signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
+    env_seed = int(np.random.SeedSequence([args.seed, rank, ckpt["update"] if ckpt else 0]).generate_state(1)[0] >> 1)
+    actor = Actor(args, agent, env_seed, env_threads, device) if world_size == 1 or rank > 0 else None
+    if rank > 0:
+        summary = run_actor(comm, args, agent, flat, actor)
+        return finish_ranks(comm, args, agent, None, run_dir, env_threads, device, summary, False, 0)
+
+    # The learner (rank 0), or actor and learner in turn in a world of one.
+    optimizer = torch.optim.RMSprop(
+        agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps, momentum=0.0
+    )
+    start_update = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_update = ckpt["update"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
+
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            group=args.wandb_group,
+            tags=[ALGO, f"sims{args.total_envs}", *args.wandb_tags],
+            sync_tensorboard=True,
+            config=asdict(args),
+            name=run_name,
+            save_code=True,
+        )
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    def checkpoint(update: int) -> None:
+        state = {
+            "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
+            "update": update, "global_step": update * steps_per_update, "model": agent.state_dict(),
+            "optimizer": optimizer.state_dict(), "args": asdict(args), "rng": {"torch": torch.get_rng_state()},
+        }  # fmt: skip
+        save_checkpoint(run_dir / "checkpoint.pt", state)
+
+    learner = Learner(comm, args, flat, num_actions) if world_size > 1 else None
+    local = [Unroll(args.unroll_length, args.num_envs, num_actions) for _ in range(args.batch_size // args.num_envs)]
+    steps_per_update = args.batch_size * args.unroll_length
+    recent_returns = deque(maxlen=20)
+
+    def log_episodes(found: list, step: int) -> None:
+        for ret, length in found:
+            writer.add_scalar("charts/episodic_return", ret, step)
+            writer.add_scalar("charts/episodic_length", length, step)
+            recent_returns.append(ret)
+
+    start_time = last_print = time.time()
+    warm_time, warm_step = None, 0
+    update, stop = start_update, False
+    global_step = update * steps_per_update
+    while update < args.num_updates and not stop:
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - update / args.num_updates)
+        if learner is None:
+            found = [e for u in local for e in actor.unroll(u, update)]
+            unrolls, depth = local, 0
+        else:
+            unrolls, depth = learner.next_batch(len(local))
+            found = learner.receive_episodes()
+        batch = to_batch(unrolls, device)
+        metrics = impala_update(agent, optimizer, batch, args)
+        lag = update - float(np.mean([u.version[0] for u in unrolls]))
+        update += 1
+        global_step = update * steps_per_update
+        if learner is not None:
+            learner.publish(update)
+        if update == start_update + 10:
+            warm_time, warm_step = time.time(), global_step
+        log_episodes(found, global_step)
+        stop = bool(stop_requested)
+        if update % args.log_every == 0 or update == args.num_updates or stop:
+            elapsed = time.time() - start_time
+            writer.add_scalar("charts/SPS", int((global_step - start_update * steps_per_update) / elapsed), global_step)
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            for name, value in metrics.items():
+                writer.add_scalar(name, value, global_step)
+            writer.add_scalar("impala/policy_lag", lag, global_step)
+            writer.add_scalar("impala/queue_depth", depth, global_step)
+            writer.add_scalar("impala/learner_idle_frac", (learner.idle if learner else 0.0) / elapsed, global_step)
+        if args.save_model and args.checkpoint_every and global_step // args.checkpoint_every != (global_step - steps_per_update) // args.checkpoint_every:
+            checkpoint(update)
+        if time.time() - last_print >= args.print_every or update == args.num_updates:
+            last_print = time.time()
+            mean_ret = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            sps = int((global_step - start_update * steps_per_update) / (time.time() - start_time))
+            print(f"global_step {global_step}/{args.num_updates * steps_per_update}  SPS {sps}  recent return {mean_ret}", flush=True)
+
+    end_time = time.time()
+    if learner is not None:
+        log_episodes(learner.stop_actors(), global_step)
+        print("learner: unrolls received per actor " + ", ".join(f"{a}: {n}" for a, n in learner.received.items())
+              + f"; idle {learner.idle / (end_time - start_time):.0%} of the time", flush=True)  # fmt: skip
+    if args.save_model or stop:
+        checkpoint(update)
+        print(f"{'stopped by signal; ' if stop else ''}checkpoint {run_dir / 'checkpoint.pt'}", flush=True)
+    summary = {"global_step": global_step, "run_dir": str(run_dir), "stopped": stop,
+               "idle_frac": (learner.idle if learner else 0.0) / (end_time - start_time)}  # fmt: skip
+    summary["sps"] = (global_step - warm_step) / (end_time - warm_time) if warm_time and end_time > warm_time else None
+    if actor is not None:
+        actor.envs.close()
+    return finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary, stop, global_step)
+
+
+def finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary, stop, global_step) -> dict:
+    """Collective teardown: the learner's final parameters reach every rank, which all evaluate."""
+    stop = comm.bcast(stop, root=0)
+    broadcast_parameters(comm, agent)
+    if args.eval_episodes and not stop:
+        results = evaluate_all_ranks(comm, agent, args, args.num_updates, env_threads, device)
+        if comm.Get_rank() == 0:
+            report_eval(results, args, run_dir, writer, global_step)
+        summary["eval"] = results
+    if writer is not None:
+        writer.close()
+        if args.track:
+            import wandb
+
+            wandb.finish()
+    return summary
+
+
+def report_eval(results: dict, args: Args, run_dir: Path, writer=None, global_step: int = 0) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval.json").write_text(json.dumps({"env_id": args.env_id, **results}, indent=1))
+    for mode, r in results.items():
+        print(f"eval {mode}: mean {r['mean']:.2f} median {r['median']:.2f} over {len(r['returns'])} games", flush=True)
+        if writer is not None:
+            writer.add_scalar(f"eval/{mode}_return_mean", r["mean"], global_step)
+            writer.add_scalar(f"eval/{mode}_return_median", r["median"], global_step)
+
+
+def run(args: Args) -> None:
+    """Any exception on any rank: print it with the rank, then abort the whole MPI job."""
+    try:
+        main(args)
+    except Exception:
+        import traceback
+
+        rank = MPI.COMM_WORLD.Get_rank()
+        print(f"[rank {rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
+        MPI.COMM_WORLD.Abort(1)
+
+
+if __name__ == "__main__":
+    import tyro
+
+    run(tyro.cli(Args))

@@ -1,0 +1,144 @@
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import impala_atari as impala
+from conftest import assert_bad_input, ok, run, run_dirs, run_ok, sigterm_once_training
+
+SCRIPT = "impala_atari.py"
+FAST = ["--num-envs", "4", "--batch-size", "8", "--unroll-length", "10", "--print-every", "1"]
+
+
+# --- V-trace -----------------------------------------------------------------------------------------
+def naive_vtrace(log_rhos, rewards, discounts, values, bootstrap, rho_bar, c_bar):
+    """Eq. (1) of the paper, summed term by term for every s (per-step discounts in place of gamma):
+    v_s = V(x_s) + sum_{t>=s} (prod_{s<=i<t} discount_i c_i) rho_t (r_t + discount_t V(x_{t+1}) - V(x_t))."""
+    T, B = rewards.shape
+    rhos = np.exp(log_rhos)
+    values_ext = np.concatenate([values, bootstrap[None]])
+    vs = np.zeros((T, B))
+    for b in range(B):
+        for s in range(T):
+            total, trace = values[s, b], 1.0
+            for t in range(s, T):
+                delta = min(rho_bar, rhos[t, b]) * (rewards[t, b] + discounts[t, b] * values_ext[t + 1, b] - values[t, b])
+                total += trace * delta
+                trace *= discounts[t, b] * min(c_bar, rhos[t, b])
+            vs[s, b] = total
+    vs_ext = np.concatenate([vs, bootstrap[None]])
+    pg = np.minimum(rho_bar, rhos) * (rewards + discounts * vs_ext[1:] - values)
+    return vs, pg
+
+
+def random_inputs(seed, T=7, B=5):
+    rng = np.random.default_rng(seed)
+    # log ratios in [-2.5, 2.5]: importance ratios from ~0.08 to ~12, as the reference test.
+    log_rhos = rng.uniform(-2.5, 2.5, size=(T, B))
+    behaviour = rng.normal(size=(T, B)) - 1.0
+    discounts = 0.9 * (rng.random((T, B)) > 0.2)  # some episode ends
+    return {"behaviour": behaviour, "target": behaviour + log_rhos, "log_rhos": log_rhos,
+            "rewards": rng.normal(size=(T, B)), "discounts": discounts, "values": rng.normal(size=(T, B)),
+            "bootstrap": rng.normal(size=B)}  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("rho_bar, c_bar", [(3.7, 2.2), (1.0, 1.0), (float("inf"), float("inf"))])
+def test_vtrace_matches_naive_evaluation_of_eq_1(seed, rho_bar, c_bar):
+    x = random_inputs(seed)
+    t = {k: torch.tensor(v) for k, v in x.items()}
+    vs, pg = impala.vtrace(t["behaviour"], t["target"], t["rewards"], t["discounts"], t["values"], t["bootstrap"],
+                           rho_bar, c_bar)  # fmt: skip
+    exp_vs, exp_pg = naive_vtrace(x["log_rhos"], x["rewards"], x["discounts"], x["values"], x["bootstrap"], rho_bar, c_bar)
+    np.testing.assert_allclose(vs.numpy(), exp_vs, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(pg.numpy(), exp_pg, rtol=1e-10, atol=1e-10)
+
+
+def test_vtrace_on_policy_is_the_n_step_bootstrapped_return():
+    x = random_inputs(7)
+    t = {k: torch.tensor(v) for k, v in x.items()}
+    vs, pg = impala.vtrace(t["behaviour"], t["behaviour"], t["rewards"], t["discounts"], t["values"], t["bootstrap"])
+    returns, ret = np.zeros_like(x["rewards"]), x["bootstrap"]
+    for s in reversed(range(len(returns))):
+        ret = x["rewards"][s] + x["discounts"][s] * ret
+        returns[s] = ret
+    np.testing.assert_allclose(vs.numpy(), returns, rtol=1e-10)
+    next_returns = np.concatenate([returns[1:], x["bootstrap"][None]])
+    np.testing.assert_allclose(pg.numpy(), x["rewards"] + x["discounts"] * next_returns - x["values"], rtol=1e-10)
+
+
+def test_unroll_fields_do_not_overlap():
+    u = impala.Unroll(T=3, N=2, num_actions=4)
+    fields = ["obs", "actions", "logits", "rewards", "discounts", "valid", "version"]
+    for i, name in enumerate(fields):
+        getattr(u, name)[...] = i + 1
+    for i, name in enumerate(fields):
+        assert (getattr(u, name) == i + 1).all(), name
+    # (T+1) x N observations; actions, rewards, discounts, valid: T x N each; logits T x N x 4; version
+    assert u.buf.nbytes == (3 + 1) * 2 * 4 * 84 * 84 + 4 * (4 * 3 * 2 + 3 * 2 * 4 + 1)
+
+
+# --- the script end to end -------------------------------------------------------------------------
+def test_end_to_end_learner_and_two_actors_tracked_offline(workdir):
+    proc, _, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", "16000", "--track", "--log-every", "2",
+                           *FAST, cwd=workdir, np=3)  # fmt: skip
+    assert "1 learner + 2 actor(s)" in proc.stdout
+    for tag in ("charts/SPS", "charts/episodic_return", "losses/policy_loss", "vtrace/rho_mean",
+                "vtrace/rho_clipped_frac", "impala/policy_lag", "impala/learner_idle_frac", "impala/queue_depth"):  # fmt: skip
+        assert tag in tags, tag
+    assert tags["charts/SPS"][-1][0] == 16000 // 80 * 80
+    assert all(0.0 <= v <= 1.0 for _, v in tags["impala/learner_idle_frac"])
+    assert any(v > 0 for _, v in tags["impala/policy_lag"])  # actors act with older parameters
+    assert len(list((workdir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+
+
+def test_single_process_is_on_policy(workdir):
+    proc, run_dir, tags = run_ok(SCRIPT, "--total-timesteps", "1600", "--log-every", "1", "--save-model",
+                                 "--eval-episodes", "1", *FAST, cwd=workdir)  # fmt: skip
+    assert "one process: actor and learner alternate" in proc.stdout
+    assert all(v == 0 for _, v in tags["impala/policy_lag"])
+    assert all(abs(v - 1.0) < 1e-5 for _, v in tags["vtrace/rho_mean"])  # pi = mu: every ratio is 1
+    assert "eval argmax" in proc.stdout and (run_dir / "checkpoint.pt").exists()
+
+
+def test_sigterm_checkpoint_then_resume(workdir):
+    total = 60 * 80
+    code, out, err = sigterm_once_training(SCRIPT, "--total-timesteps", str(total * 100), *FAST, cwd=workdir, np=3)
+    assert code == 0, err
+    assert "stopped by signal" in out
+    (first,) = run_dirs(workdir)
+    saved = torch.load(first / "checkpoint.pt", weights_only=False)
+    assert 0 < saved["update"] < 60
+    proc = run(SCRIPT, "--total-timesteps", str(total), "--resume", str(first / "checkpoint.pt"), "--save-model",
+               *FAST, cwd=workdir, np=3)  # fmt: skip
+    ok(proc)
+    (second,) = [d for d in run_dirs(workdir) if d != first]
+    final = torch.load(second / "checkpoint.pt", weights_only=False)
+    assert final["update"] == 60 and final["global_step"] == total
+    assert {float(s["step"]) for s in final["optimizer"]["state"].values()} == {60.0}
+
+
+def test_a_slow_actor_does_not_stop_the_learner(workdir):
+    proc = run(SCRIPT, "--total-timesteps", "8000", "--debug-slow-rank", "2", "--debug-slow-seconds", "0.5",
+               *FAST, cwd=workdir, np=3, timeout=180)  # fmt: skip
+    ok(proc)
+    assert "global_step 8000/8000" in proc.stdout
+    fast, slow = map(int, re.search(r"unrolls received per actor 1: (\d+), 2: (\d+)", proc.stdout).groups())
+    assert fast > 2 * slow  # the learner kept learning from the actor that kept up
+
+
+# --- bad input -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "2", "--num-envs", "4"], "--batch-size 2 is below one unroll"),
+        (["--batch-size", "6", "--num-envs", "4"], "must be a multiple of --num-envs 4"),
+        (["--unroll-length", "0"], "--unroll-length must be at least 1"),
+        (["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'"),
+        (["--total-timesteps", "10"], "is below one update"),
+        (["--resume", "missing.pt"], "'missing.pt' does not exist"),
+    ],
+)
+def test_bad_input_exits_nonzero_on_every_rank(workdir, args, message):
+    assert_bad_input(SCRIPT, args, message, workdir, np=3)
