@@ -22,6 +22,10 @@ Simplifications and choices, stated so nobody has to find them:
   with its current global_step.
 - A resumed run restores the learner's parameters, optimizer, step count and RNG; actors start new
   games with the restored parameters.
+- torch's RMSprop, not TF's: Table G.1's epsilon 0.01 sits outside the square root here (inside in
+  the reference), and the square average starts at 0 (1 in TF), so early steps are larger.
+- The learner's queue is bounded by a pool of (actors + 2 batches) unroll buffers; when it is full,
+  actors' sends wait, and an actor with --max-inflight sends waiting waits too.
 """
 
 import json
@@ -88,7 +92,8 @@ class Args:
     rmsprop_alpha: float = 0.99
     """RMSprop smoothing constant"""
     rmsprop_eps: float = 0.01
-    """RMSprop epsilon (Table G.1; torch convention: outside the square root)"""
+    """RMSprop epsilon (Table G.1's value, but torch puts it outside the square root and starts the
+    average at 0, where the reference TF RMSProp puts it inside and starts at 1)"""
     log_every: int = 5
     """updates between scalar logs"""
     print_every: float = 10.0
@@ -116,7 +121,7 @@ class Args:
     max_inflight: int = 2
     """unrolls an actor may have in flight before it waits for the learner"""
     debug_slow_rank: Optional[int] = None
-    """for tests: this actor rank sleeps --debug-slow-seconds before every unroll"""
+    """for tests: this rank sleeps --debug-slow-seconds before every unroll (actor) or update (learner)"""
     debug_slow_seconds: float = 0.0
     """how long the slow actor sleeps per unroll"""
 
@@ -330,7 +335,7 @@ def to_batch(unrolls: list[Unroll], device: torch.device) -> dict:
 TAG_UNROLL, TAG_PARAMS, TAG_STOP, TAG_DONE, TAG_EPISODES = 1, 2, 3, 4, 5
 
 
-def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Actor) -> dict:
+def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Actor, version: int) -> dict:
     """An actor rank: act with the newest parameters received, send unrolls from `max_inflight`
     pre-allocated slots without waiting (except when all are in flight), until the learner says stop;
     then take the parameter messages it announced, report its counts and complete every send."""
@@ -341,7 +346,7 @@ def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Act
     params_req = comm.Irecv(params, source=0, tag=TAG_PARAMS)
     stop_buf = np.zeros(1, dtype=np.int64)
     stop_req = comm.Irecv(stop_buf, source=0, tag=TAG_STOP)
-    version, got, unrolls, episode_msgs, episode_sends = 0, 0, 0, 0, []
+    got, unrolls, episode_msgs, episode_sends = 0, 0, 0, []
 
     def progress():
         MPI.Request.Testall(sends)
@@ -361,6 +366,7 @@ def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Act
         if finished:
             episode_sends.append(comm.isend(finished, dest=0, tag=TAG_EPISODES))
             episode_msgs += 1
+        episode_sends = [req for req in episode_sends if not req.Test()]
     announced = int(stop_buf[0])  # parameter messages the learner sent to this actor
     while got < announced:
         params_req.Wait()
@@ -383,49 +389,63 @@ def rank_is_slow(comm, args: Args) -> bool:
 
 
 class Learner:
-    """Rank 0 under MPI: one posted receive per actor (re-posted once its unroll is copied), batches
-    unrolls in arrival order, and publishes parameters to each actor with a synchronous-mode send
-    that is skipped while the actor has not taken the previous one (so actors get the newest)."""
+    """Rank 0 under MPI. Unrolls land straight in a fixed pool of buffers: each actor has at most one
+    receive posted, re-posted only while a buffer is free, so the queue is bounded (a full queue holds
+    the actors' sends and, through --max-inflight, the actors). Batches are taken in arrival order.
+    Parameters go to each actor with a synchronous-mode send that is skipped while the actor has not
+    taken the previous one (so actors get the newest)."""
 
     def __init__(self, comm, args: Args, flat: torch.Tensor, num_actions: int):
         self.comm, self.args, self.flat = comm, args, flat
         self.actors = list(range(1, comm.Get_size()))
-        self.slots = {a: Unroll(args.unroll_length, args.num_envs, num_actions) for a in self.actors}
-        self.reqs = {a: comm.Irecv(self.slots[a].buf, source=a, tag=TAG_UNROLL) for a in self.actors}
-        self.ready: deque = deque()  # copies of received unrolls, oldest first
+        per_batch = args.batch_size // args.num_envs
+        self.pool = [Unroll(args.unroll_length, args.num_envs, num_actions) for _ in range(len(self.actors) + 2 * per_batch)]
+        self.posted: dict[int, Unroll] = {}  # actor -> the buffer its posted receive writes into
+        self.reqs = {a: MPI.REQUEST_NULL for a in self.actors}
+        self.waiting: deque = deque(self.actors)  # actors with no receive posted
+        self.ready: deque = deque()  # received unrolls, oldest first
         self.received = dict.fromkeys(self.actors, 0)
         self.param_bufs = {a: np.zeros(flat.numel() + 1, dtype=np.float32) for a in self.actors}
         self.param_reqs = {a: MPI.REQUEST_NULL for a in self.actors}
         self.param_msgs = dict.fromkeys(self.actors, 0)
         self.episode_msgs = dict.fromkeys(self.actors, 0)
         self.idle = 0.0
+        self._post()
+
+    def _post(self) -> None:
+        while self.waiting and self.pool:
+            a = self.waiting.popleft()
+            self.posted[a] = self.pool.pop()
+            self.reqs[a] = self.comm.Irecv(self.posted[a].buf, source=a, tag=TAG_UNROLL)
 
     def _collect(self, actor: int) -> None:
-        u = self.slots[actor]
-        copy = Unroll(self.args.unroll_length, self.args.num_envs, u.logits.shape[-1])
-        copy.buf[:] = u.buf
-        self.ready.append(copy)
+        self.ready.append(self.posted.pop(actor))
         self.received[actor] += 1
-        self.reqs[actor] = self.comm.Irecv(u.buf, source=actor, tag=TAG_UNROLL)
+        self.waiting.append(actor)
+        self._post()
 
     def poll(self) -> None:
-        for a, req in self.reqs.items():
-            if req.Test():
+        for a in list(self.posted):
+            if self.reqs[a].Test():
                 self._collect(a)
 
     def next_batch(self, unrolls: int) -> tuple[list[Unroll], int]:
         """The oldest `unrolls` unrolls, waiting (inside MPI, counted as idle) until they are there;
-        also returns how many were waiting (the queue depth)."""
+        also returns how many were waiting (the queue depth). Give them back with release()."""
         self.poll()
         depth = len(self.ready)
-        while len(self.ready) < unrolls:
+        while len(self.ready) < unrolls:  # some receive is posted: the pool outnumbers actors + a batch
             began = time.time()
-            actors = list(self.reqs)
+            actors = list(self.posted)
             index = MPI.Request.Waitany([self.reqs[a] for a in actors])
             self.idle += time.time() - began
             self._collect(actors[index])
             self.poll()
         return [self.ready.popleft() for _ in range(unrolls)], depth
+
+    def release(self, unrolls: list[Unroll]) -> None:
+        self.pool.extend(unrolls)
+        self._post()
 
     def publish(self, version: int) -> None:
         params = self.flat.detach().cpu().numpy()
@@ -451,20 +471,24 @@ class Learner:
         done_bufs = {a: np.zeros(2, dtype=np.int64) for a in self.actors}
         done_reqs = {a: self.comm.Irecv(done_bufs[a], source=a, tag=TAG_DONE) for a in self.actors}
         reported, episodes = {}, []
+        self.pool.extend(self.ready)  # unrolls not learnt from are dropped
+        self.ready.clear()
+        self.waiting.clear()
         while True:
             for a in self.actors:
                 if a not in reported and done_reqs[a].Test():
                     reported[a] = done_bufs[a]
-                if self.reqs[a] != MPI.REQUEST_NULL and self.reqs[a].Test():
+                if a in self.posted and self.reqs[a].Test():
                     self.received[a] += 1  # arrived after the last update: dropped
-                    self.reqs[a] = MPI.REQUEST_NULL
+                    self.pool.append(self.posted.pop(a))
                 finished = a in reported and self.received[a] == reported[a][0]
-                if self.reqs[a] == MPI.REQUEST_NULL and not finished:
-                    self.reqs[a] = self.comm.Irecv(self.slots[a].buf, source=a, tag=TAG_UNROLL)
-                elif self.reqs[a] != MPI.REQUEST_NULL and finished:
+                if a not in self.posted and not finished:
+                    self.posted[a] = self.pool.pop()
+                    self.reqs[a] = self.comm.Irecv(self.posted[a].buf, source=a, tag=TAG_UNROLL)
+                elif a in self.posted and finished:
                     self.reqs[a].Cancel()
                     self.reqs[a].Wait()
-                    self.reqs[a] = MPI.REQUEST_NULL
+                    self.pool.append(self.posted.pop(a))
             episodes += self.receive_episodes()
             if len(reported) == len(self.actors) and all(
                 self.received[a] == reported[a][0] and self.episode_msgs[a] == reported[a][1] for a in self.actors
@@ -608,6 +632,12 @@ def finalize_args(args: Args, world_size: int) -> Optional[dict]:
             f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
             f"this run has {world_size} x {args.num_envs}"
         )
+    saved = (ckpt["args"]["batch_size"], ckpt["args"]["unroll_length"])
+    if saved != (args.batch_size, args.unroll_length):
+        raise ConfigError(
+            f"checkpoint {args.resume!r} counts updates of {saved[0]} x {saved[1]} steps, "
+            f"this run has --batch-size {args.batch_size} --unroll-length {args.unroll_length}"
+        )
     return ckpt
 
 
@@ -666,7 +696,7 @@ def main(args: Args) -> dict:
     env_seed = int(np.random.SeedSequence([args.seed, rank, ckpt["update"] if ckpt else 0]).generate_state(1)[0] >> 1)
     actor = Actor(args, agent, env_seed, env_threads, device) if world_size == 1 or rank > 0 else None
     if rank > 0:
-        summary = run_actor(comm, args, agent, flat, actor)
+        summary = run_actor(comm, args, agent, flat, actor, ckpt["update"] if ckpt else 0)
         return finish_ranks(comm, args, agent, None, run_dir, env_threads, device, summary, False, 0)
 
     # The learner (rank 0), or actor and learner in turn in a world of one.
@@ -731,8 +761,12 @@ def main(args: Args) -> dict:
             unrolls, depth = learner.next_batch(len(local))
             found = learner.receive_episodes()
         batch = to_batch(unrolls, device)
+        if learner is not None:
+            learner.release(unrolls)
         metrics = impala_update(agent, optimizer, batch, args)
         lag = update - float(np.mean([u.version[0] for u in unrolls]))
+        if rank_is_slow(comm, args) and world_size > 1:
+            time.sleep(args.debug_slow_seconds)
         update += 1
         global_step = update * steps_per_update
         if learner is not None:

@@ -128,6 +128,20 @@ def test_a_slow_actor_does_not_stop_the_learner(workdir):
     assert fast > 2 * slow  # the learner kept learning from the actor that kept up
 
 
+def test_the_learner_queue_is_bounded_when_actors_outpace_it(workdir):
+    """Three actors, one unroll per batch, a learner sleeping 0.2 s per update: unrolls arrive faster
+    than they are learnt from. The queue stays within its pool (3 actors + 2 batches = 5 unrolls), so
+    the actors wait instead of the learner's memory and the policy lag growing."""
+    _, _, tags = run_ok(SCRIPT, "--total-timesteps", str(40 * 40), "--batch-size", "4", "--num-envs", "4",
+                        "--unroll-length", "10", "--log-every", "1", "--debug-slow-rank", "0",
+                        "--debug-slow-seconds", "0.2", "--print-every", "1", cwd=workdir, np=4)  # fmt: skip
+    depths = [v for _, v in tags["impala/queue_depth"]]
+    assert max(depths) <= 5 and max(depths) >= 2  # bounded, and the actors did outpace the learner
+    # Lag is bounded too: 5 queued + 3 actors x 2 in flight, plus a few updates before new parameters
+    # reach an actor (unbounded, the queue reached 67 unrolls here).
+    assert max(v for _, v in tags["impala/policy_lag"]) <= 5 + 3 * 2 + 5
+
+
 # --- bad input -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "args, message",
