@@ -600,6 +600,8 @@ def finalize_args(args: Args, world_size: int, rank: int) -> Optional[dict]:
     check_env_id(args.env_id)
     if args.num_envs < 1:
         raise ConfigError(f"--num-envs must be at least 1, got {args.num_envs}")
+    if args.log_every < 1:
+        raise ConfigError(f"--log-every must be at least 1, got {args.log_every}")
     if args.num_steps < 1:
         raise ConfigError(f"--num-steps must be at least 1, got {args.num_steps}")
     if args.gossip_graph not in ("ring", "exponential"):

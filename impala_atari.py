@@ -602,6 +602,8 @@ def finalize_args(args: Args, world_size: int) -> Optional[dict]:
     check_env_id(args.env_id)
     if args.num_envs < 1:
         raise ConfigError(f"--num-envs must be at least 1, got {args.num_envs}")
+    if args.log_every < 1:
+        raise ConfigError(f"--log-every must be at least 1, got {args.log_every}")
     if args.unroll_length < 1:
         raise ConfigError(f"--unroll-length must be at least 1, got {args.unroll_length}")
     if args.max_inflight < 1:

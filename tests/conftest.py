@@ -60,6 +60,25 @@ def sigterm_once_training(script: str, *args: str, cwd: Path, np: int) -> tuple[
     return proc.returncode, out, err
 
 
+def interrupt_then_resume(script: str, total: int, updates: int, *args: str, cwd: Path, np: int):
+    """SIGTERM a run of 100 x `total` steps once it trains: it must exit 0, say so, and leave a
+    checkpoint.pt of fewer than `updates` updates; resume it to `total` with --save-model. Returns
+    (interrupted checkpoint, final checkpoint, the resumed run's process)."""
+    import torch
+
+    code, out, err = sigterm_once_training(script, "--total-timesteps", str(total * 100), *args, cwd=cwd, np=np)
+    assert code == 0, err
+    assert "stopped by signal" in out
+    (first,) = run_dirs(cwd)
+    saved = torch.load(first / "checkpoint.pt", weights_only=False)
+    assert 0 < saved["update"] < updates
+    proc = run(script, "--total-timesteps", str(total), "--resume", str(first / "checkpoint.pt"), "--save-model",
+               *args, cwd=cwd, np=np)  # fmt: skip
+    ok(proc)
+    (second,) = [d for d in run_dirs(cwd) if d != first]
+    return saved, torch.load(second / "checkpoint.pt", weights_only=False), proc, second
+
+
 def assert_bad_input(script: str, args: list[str], message: str, cwd: Path, np: int = 2) -> None:
     """Non-zero exit from every rank within a minute, the message said exactly once, no traceback,
     nothing written."""

@@ -9,7 +9,7 @@ import torch
 import a2c_allreduce_atari as a2c
 from batch import fixed_batch, reference_loss, rmsprop
 from benchmark.common import command, scalars
-from conftest import assert_bad_input, ok, run, run_dirs, run_ok, sigterm_once_training
+from conftest import assert_bad_input, interrupt_then_resume, ok, run, run_dirs, run_ok
 
 SCRIPT = "a2c_allreduce_atari.py"
 FAST = ["--num-envs", "8", "--print-every", "1"]
@@ -142,20 +142,9 @@ def test_end_to_end_tracked_offline(workdir, np_):
 
 def test_sigterm_checkpoint_then_resume_to_the_same_total(workdir):
     total = 40 * 2 * 8 * 5  # 40 updates of 2 ranks x 8 envs x 5 steps
-    code, out, err = sigterm_once_training(SCRIPT, "--total-timesteps", str(total * 100), *FAST, cwd=workdir, np=2)
-    assert code == 0, err
-    assert "stopped by signal" in out
-    (first,) = run_dirs(workdir)
-    saved = torch.load(first / "checkpoint.pt", weights_only=False)
-    assert 0 < saved["update"] < 40 and saved["global_step"] == saved["update"] * 80
-    assert len(saved["rng"]) == 2
-
-    proc = run(SCRIPT, "--total-timesteps", str(total), "--resume", str(first / "checkpoint.pt"), "--save-model",
-               *FAST, cwd=workdir, np=2)  # fmt: skip
-    ok(proc)
+    saved, final, proc, second = interrupt_then_resume(SCRIPT, total, 40, *FAST, cwd=workdir, np=2)
+    assert saved["global_step"] == saved["update"] * 80 and len(saved["rng"]) == 2
     assert f"at global_step {saved['global_step']}" in proc.stdout
-    (second,) = [d for d in run_dirs(workdir) if d != first]
-    final = torch.load(second / "checkpoint.pt", weights_only=False)
     assert final["global_step"] == total and final["update"] == 40
     # The optimizer state carried over: RMSprop counted every update of both runs.
     steps = {float(s["step"]) for s in final["optimizer"]["state"].values()}

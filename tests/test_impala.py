@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import impala_atari as impala
-from conftest import assert_bad_input, ok, run, run_dirs, run_ok, sigterm_once_training
+from conftest import assert_bad_input, interrupt_then_resume, ok, run, run_ok
 
 SCRIPT = "impala_atari.py"
 FAST = ["--num-envs", "4", "--batch-size", "8", "--unroll-length", "10", "--print-every", "1"]
@@ -103,19 +103,8 @@ def test_single_process_is_on_policy(workdir):
 
 
 def test_sigterm_checkpoint_then_resume(workdir):
-    total = 60 * 80
-    code, out, err = sigterm_once_training(SCRIPT, "--total-timesteps", str(total * 100), *FAST, cwd=workdir, np=3)
-    assert code == 0, err
-    assert "stopped by signal" in out
-    (first,) = run_dirs(workdir)
-    saved = torch.load(first / "checkpoint.pt", weights_only=False)
-    assert 0 < saved["update"] < 60
-    proc = run(SCRIPT, "--total-timesteps", str(total), "--resume", str(first / "checkpoint.pt"), "--save-model",
-               *FAST, cwd=workdir, np=3)  # fmt: skip
-    ok(proc)
-    (second,) = [d for d in run_dirs(workdir) if d != first]
-    final = torch.load(second / "checkpoint.pt", weights_only=False)
-    assert final["update"] == 60 and final["global_step"] == total
+    _, final, _, _ = interrupt_then_resume(SCRIPT, 60 * 80, 60, *FAST, cwd=workdir, np=3)
+    assert final["update"] == 60 and final["global_step"] == 60 * 80
     assert {float(s["step"]) for s in final["optimizer"]["state"].values()} == {60.0}
 
 

@@ -1,12 +1,13 @@
-"""GALA-A2C against A2C with Allreduce at matched ranks x simulators, measured in one invocation.
+"""A2C with Allreduce, GALA-A2C and A3C at matched workers x simulators, measured in one invocation.
 
-For each simulator count per rank, runs a2c_allreduce_atari.py and gala_a2c_atari.py one after the
-other under `mpirun -np RANKS` (1 torch and 1 envpool thread per rank on this 2-core machine) and
-reads each run's final global SPS from its TensorBoard log; then one longer GALA run whose
+For each simulator count per worker, runs a2c_allreduce_atari.py and gala_a2c_atari.py under
+`mpirun -np RANKS` and a3c_gpu_atari.py under `mpirun -np RANKS+1` (its store rank holds no
+simulators), one after the other, with 1 torch and 1 envpool thread per rank, and reads each run's
+final global SPS (and A3C's mean staleness) from its TensorBoard log; then one longer GALA run whose
 `gossip/disagreement` (RMS distance of the agents' parameters to their average) is plotted against
-global steps, to show it stays bounded while the agents learn.
+global steps.
 
-    python -m benchmark.gala_vs_a2c --ranks 2 --num-envs 8 16 --steps 40000 --disagreement-steps 200000
+    python -m benchmark.a2c_family --ranks 2 --num-envs 8 16 --steps 40000 --disagreement-steps 200000
 """
 
 from dataclasses import dataclass
@@ -29,27 +30,31 @@ class Config:
     """global steps of each SPS run"""
     disagreement_steps: int = 200_000
     """global steps of the GALA run whose disagreement is plotted (0: skip)"""
-    out: Path = Path("bench_runs/gala_vs_a2c")
+    out: Path = Path("bench_runs/a2c_family")
     """where runs, the plot and the table go"""
 
 
 def launch_at(cfg: Config, script: str, num_envs: int, steps: int, *extra: str) -> Path:
     args = ["--env-id", cfg.env_id, "--num-envs", str(num_envs), "--total-timesteps", str(steps),
             "--torch-threads", "1", "--env-threads", "1", "--print-every", "30", *extra]  # fmt: skip
-    return launch(cfg.out / f"{Path(script).stem}_{cfg.ranks}x{num_envs}_{steps}", script, cfg.ranks, *args)
+    ranks = cfg.ranks + 1 if script == "a3c_gpu_atari.py" else cfg.ranks
+    return launch(cfg.out / f"{Path(script).stem}_{cfg.ranks}x{num_envs}_{steps}", script, ranks, *args)
 
 
 def main(cfg: Config) -> None:
     cfg.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for num_envs in cfg.num_envs:
-        sps = {}
-        for script in ("a2c_allreduce_atari.py", "gala_a2c_atari.py"):
-            sps[script] = scalars(launch_at(cfg, script, num_envs, cfg.steps))["charts/SPS"][-1][1]
-        rows.append((num_envs, sps["a2c_allreduce_atari.py"], sps["gala_a2c_atari.py"]))
-    table = [f"{cfg.env_id}, {cfg.ranks} ranks, {cfg.steps} global steps per run, final global SPS",
-             "ranks x envs   A2C-allreduce SPS   GALA-A2C SPS   GALA / A2C"]  # fmt: skip
-    table += [f"{cfg.ranks:5d} x {n:<5d}  {a:17.0f}  {g:13.0f}  {g / a:10.2f}" for n, a, g in rows]
+        tags = {script: scalars(launch_at(cfg, script, num_envs, cfg.steps))
+                for script in ("a2c_allreduce_atari.py", "gala_a2c_atari.py", "a3c_gpu_atari.py")}  # fmt: skip
+        sps = {script: t["charts/SPS"][-1][1] for script, t in tags.items()}
+        staleness = [v for _, v in tags["a3c_gpu_atari.py"]["async/staleness"]]
+        rows.append((num_envs, sps["a2c_allreduce_atari.py"], sps["gala_a2c_atari.py"], sps["a3c_gpu_atari.py"],
+                     sum(staleness) / len(staleness)))  # fmt: skip
+    table = [f"{cfg.env_id}, {cfg.ranks} workers (A3C: + 1 store rank), {cfg.steps} global steps per run, final global SPS",
+             "workers x envs   A2C-allreduce   GALA-A2C   A3C   GALA/A2C   A3C/A2C   A3C mean staleness"]  # fmt: skip
+    table += [f"{cfg.ranks:7d} x {n:<5d}  {a:13.0f}  {g:9.0f}  {c:4.0f}  {g / a:9.2f}  {c / a:8.2f}  {st:18.2f}"
+              for n, a, g, c, st in rows]  # fmt: skip
     if cfg.disagreement_steps:
         run_dir = launch_at(cfg, "gala_a2c_atari.py", max(cfg.num_envs), cfg.disagreement_steps, "--disagreement-every", "20")
         tags = scalars(run_dir)

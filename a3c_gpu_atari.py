@@ -1,0 +1,771 @@
+"""GPU-style A3C on Atari (Stooke & Abbeel 2018): workers update one central copy of the parameters
+and RMSprop statistics asynchronously, through MPI one-sided communication.
+
+Every worker rank loops: read the latest central parameters, roll out `num_steps` on its `num_envs`
+envpool simulators, compute the clipped A2C gradient on its own device, apply RMSprop to the central
+copy chunk by chunk (each chunk under its own lock), repeat; no barrier, no Allreduce. The central
+store lives on rank 0, which only serves (see `CentralStore`). This is the "A3C" baseline of GALA
+(Assran et al., NeurIPS 2019), as in astooke/accel_rl's mA3C.
+
+    mpirun -np 5 python a3c_gpu_atari.py --env-id Pong-v5    # store rank + 4 workers x 16 envs
+
+Simplifications and choices, stated so nobody has to find them:
+- With N ranks there are N - 1 workers: the store rank holds no simulators. `python a3c_gpu_atari.py`
+  alone is plain A2C with RMSprop (the store is local).
+- Hyperparameters are the A2C foundation's (RMSprop alpha 0.99, eps 1e-5, value coefficient 0.5,
+  lr 7e-4 x sqrt(total simulators / 16)), not accel_rl's (rho 0.9, eps 1e-6, value 0.25), so that
+  the three A2C-family scripts differ in their communication only.
+- accel_rl's workers try each chunk's lock with a timeout and take whichever is free; MPI has no
+  try-lock, so each worker walks the chunks starting at its own (rank mod chunks).
+- Chunks are read one by one: the parameters a worker acts with may mix versions across chunks (as
+  in accel_rl). `async/staleness` counts central updates between a worker's read and its write.
+- The run ends when the central count reaches num_updates; workers in the middle of an update
+  finish it (up to workers - 1 extra updates).
+- Nature CNN with 64 filters in the third conv. envpool's reset transition is masked out of the
+  loss; a truncation bootstraps from the episode's last observation (as the A2C script).
+- A resumed run restores the central parameters, square averages and update count, not the
+  emulator states or the workers' RNG.
+"""
+
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import envpool
+import numpy as np
+import torch
+import torch.nn as nn
+from mpi4py import MPI
+from torch.distributions.categorical import Categorical
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (ranks derive their own simulator and sampling seeds from it)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """use CUDA when it is present (device cuda:{local_rank % device_count})"""
+    track: bool = False
+    """send the run to Weights & Biases (WANDB_MODE=offline writes it locally for `wandb sync`)"""
+    wandb_project_name: str = "gala-rl"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team or user)"""
+    wandb_group: Optional[str] = None
+    """the W&B group (an experiment: one group, many seeds)"""
+    wandb_tags: tuple[str, ...] = ()
+    """extra W&B tags (the algorithm and the total simulators are always added)"""
+    env_id: str = "Pong-v5"
+    """the envpool Atari id (`-v5`: NoFrameskip-v4 with the DeepMind wrappers, no sticky actions)"""
+    total_timesteps: int = 40_000_000
+    """environment steps summed over every simulator of every rank (one step = 4 frames)"""
+    num_envs: int = 16
+    """simulators per rank"""
+    env_threads: Optional[int] = None
+    """envpool threads per rank (default: this node's cores divided among its ranks)"""
+    torch_threads: Optional[int] = None
+    """torch threads per rank (default: this node's cores divided among its ranks)"""
+    learning_rate: Optional[float] = None
+    """RMSprop learning rate (default: 7e-4 x sqrt(total simulators / 16))"""
+    anneal_lr: bool = False
+    """anneal the learning rate linearly to 0 over total_timesteps"""
+    num_steps: int = 5
+    """steps per simulator per update (the n of the n-step return)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    ent_coef: float = 0.01
+    """coefficient of the entropy bonus"""
+    vf_coef: float = 0.5
+    """coefficient of the value loss (mean squared error)"""
+    max_grad_norm: float = 0.5
+    """clip of the global gradient norm (by each worker, before it applies its update)"""
+    rmsprop_alpha: float = 0.99
+    """RMSprop smoothing constant"""
+    rmsprop_eps: float = 1e-5
+    """RMSprop epsilon (torch convention: outside the square root)"""
+    log_every: int = 20
+    """updates between scalar logs (and the gathering of episode statistics on rank 0)"""
+    print_every: float = 10.0
+    """seconds between progress lines on rank 0"""
+    save_model: bool = False
+    """write a checkpoint at the end (and every --checkpoint-every steps) to runs/{run_name}"""
+    checkpoint_every: int = 0
+    """global steps between checkpoints when --save-model (0: only at the end)"""
+    resume: Optional[str] = None
+    """checkpoint to continue from (same algorithm, env id, world size and num_envs)"""
+    eval_episodes: int = 0
+    """after training, play this many full games with the argmax and with the sampled policy"""
+    eval_checkpoint: Optional[str] = None
+    """evaluate this checkpoint for --eval-episodes games (default 10) and exit, without training"""
+
+    # Algorithm specific arguments
+    update_chunks: int = 3
+    """pieces of the central state, each under its own lock (accel_rl: 3)"""
+    debug_slow_rank: Optional[int] = None
+    """for tests: this worker rank sleeps --debug-slow-seconds after every update"""
+    debug_slow_seconds: float = 0.0
+    """how long the slow worker sleeps per update"""
+
+    # filled in at runtime
+    world_size: int = 0
+    """number of MPI ranks"""
+    num_workers: int = 0
+    """worker ranks (world_size - 1; 1 in a world of one)"""
+    total_envs: int = 0
+    """simulators over all workers"""
+    batch_size: int = 0
+    """samples per central update (num_steps x num_envs of one worker)"""
+    num_updates: int = 0
+    """central updates in the whole run"""
+
+
+ALGO = "a3c_gpu"
+
+
+class ConfigError(Exception):
+    """Bad input: reported once by rank 0, then every rank exits with status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------------------------
+def check_env_id(env_id: str) -> None:
+    if env_id not in envpool.list_all_envs():
+        raise ConfigError(f"unknown env id {env_id!r}: envpool.list_all_envs() lists the valid ones")
+    if type(envpool.make_spec(env_id)).__name__ != "AtariEnvSpec":
+        raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
+
+
+def make_env(env_id: str, num_envs: int, seed: int, threads: int, train: bool = True):
+    """envpool Atari with the DeepMind settings: 84x84 gray, 4-frame stack, frame skip 4, up to 30
+    no-ops; for training also episodic life and reward clipping (evaluation plays the real game)."""
+    return envpool.make(
+        env_id,
+        env_type="gymnasium",
+        num_envs=num_envs,
+        batch_size=num_envs,
+        num_threads=threads,
+        seed=seed,
+        episodic_life=train,
+        reward_clip=train,
+        noop_max=30,
+        stack_num=4,
+        img_height=84,
+        img_width=84,
+    )
+
+
+class EpisodeStats:
+    """Raw (unclipped) return and length of the real game, summed across lives until game over."""
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def update(self, info: dict, truncated: np.ndarray, valid: np.ndarray) -> list[tuple[float, int]]:
+        self.returns += info["reward"]
+        self.lengths += valid  # the reset step after a done is not a step of the game
+        game_over = info["terminated"].astype(bool) | truncated
+        finished = [(float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(game_over)]
+        self.returns[game_over] = 0.0
+        self.lengths[game_over] = 0
+        return finished
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """Nature CNN (Mnih et al. 2015) with a policy and a value head."""
+
+    def __init__(self, num_actions: int):
+        super().__init__()
+        self.network = nn.Sequential(
+            layer_init(nn.Conv2d(4, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            nn.ReLU(),
+        )
+        self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.network(x.float() / 255.0)
+        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# A2C targets and loss (shared by the A2C-family scripts)
+# ---------------------------------------------------------------------------------------------
+def a2c_targets(rewards, terminations, truncations, values, next_value, prev_done, gamma):
+    """n-step bootstrapped returns and the mask of transitions that carry a learning signal.
+
+    Tensors are [T, N]: rewards[t], terminations[t], truncations[t] come from the step taken from
+    obs[t]; values[t] = V(obs[t]); next_value = V(obs[T]); prev_done[n] says whether the step
+    before obs[0] ended an episode. envpool resets on the step after a done, ignoring the action:
+    that transition is invalid. A termination stops the return; a truncation bootstraps from the
+    value of the episode's last observation, obs[t+1] (next-step autoreset keeps it there).
+    """
+    dones = torch.maximum(terminations, truncations)
+    valid = 1.0 - torch.cat([prev_done[None], dones[:-1]])
+    next_values = torch.cat([values[1:], next_value[None]])
+    bootstrap_truncated = truncations * (1.0 - terminations) * next_values
+    returns = torch.zeros_like(rewards)
+    ret = next_value
+    for t in reversed(range(rewards.shape[0])):
+        ret = rewards[t] + gamma * ((1.0 - dones[t]) * ret + bootstrap_truncated[t])
+        returns[t] = ret
+    return returns, valid
+
+
+def a2c_loss_sums(agent, obs, actions, returns, valid):
+    """Policy, value and entropy terms *summed* over valid samples (ranks add sums exactly)."""
+    logits, values = agent(obs)
+    dist = Categorical(logits=logits)
+    advantages = (returns - values).detach()
+    policy = -(valid * advantages * dist.log_prob(actions)).sum()
+    value = (valid * (returns - values) ** 2).sum()
+    entropy = (valid * dist.entropy()).sum()
+    return policy, value, entropy
+
+
+# ---------------------------------------------------------------------------------------------
+# The distinctive part: a central parameter + RMSprop store in MPI windows, updated asynchronously
+# ---------------------------------------------------------------------------------------------
+def rmsprop_step(params: np.ndarray, square_avg: np.ndarray, grad: np.ndarray, lr: float, alpha: float, eps: float) -> None:
+    """torch.optim.RMSprop (no momentum, not centered), in place on one chunk of the central state."""
+    square_avg *= alpha
+    square_avg += (1.0 - alpha) * grad * grad
+    params -= lr * grad / (np.sqrt(square_avg) + eps)
+
+
+class CentralStore:
+    """The parameters and RMSprop square averages of the whole run, hosted by the store rank (0) in
+    `chunks` MPI windows [params_c, square_avg_c], each with its own passive-target lock, plus an
+    int64 window counting the updates applied. Workers read the parameters chunk by chunk under a
+    shared lock, and apply an update chunk by chunk under an exclusive lock (get, RMSprop, put), each
+    starting at a different chunk, so that workers update different chunks at the same time.
+
+    Where it lives and why: MPICH moves passive-target RMA only while the target rank is inside MPI.
+    Measured here: a lock/get/put of 6.8 MB on a window hosted by a rank computing for 4 s took 3.5 s;
+    hosted by a rank that polls MPI every 0.5 ms, 8.5 ms. So with more than one rank the store lives
+    on a rank of its own that only serves (`serve` polls with sleeps, using little CPU) and holds no
+    simulators; windows make it work across nodes too. In a world of one, rank 0 hosts and uses it.
+    """
+
+    def __init__(self, comm, numel: int, chunks: int, host: int = 0):
+        self.comm, self.host, self.numel = comm, host, numel
+        hosting = comm.Get_rank() == host
+        edges = np.linspace(0, numel, chunks + 1).astype(int)
+        self.bounds = list(zip(edges[:-1], edges[1:]))
+        self.wins = [MPI.Win.Allocate(2 * (hi - lo) * 4 if hosting else 0, 4, comm=comm) for lo, hi in self.bounds]
+        self.counter = MPI.Win.Allocate(8 if hosting else 0, 8, comm=comm)
+        self.scratch = [np.empty(2 * (hi - lo), dtype=np.float32) for lo, hi in self.bounds]
+        self.one, self.previous = np.ones(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
+
+    def local(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """On the host: its own window memory ([params_c, square_avg_c] per chunk, the counter)."""
+        chunks = [np.frombuffer(w.tomemory(), dtype=np.float32) for w in self.wins]
+        return chunks, np.frombuffer(self.counter.tomemory(), dtype=np.int64)
+
+    def count(self) -> int:
+        self.counter.Lock(self.host, MPI.LOCK_SHARED)
+        self.counter.Fetch_and_op(self.one, self.previous, self.host, op=MPI.NO_OP)
+        self.counter.Unlock(self.host)
+        return int(self.previous[0])
+
+    def read_params(self, out: np.ndarray) -> int:
+        """Copies the central parameters into `out`; returns the update count seen before reading."""
+        version = self.count()
+        for (lo, hi), win in zip(self.bounds, self.wins):
+            win.Lock(self.host, MPI.LOCK_SHARED)
+            win.Get(out[lo:hi], self.host, target=(0, hi - lo, MPI.FLOAT))
+            win.Unlock(self.host)
+        return version
+
+    def apply(self, grad: np.ndarray, step, start: int = 0) -> tuple[int, float]:
+        """Applies `step(params_chunk, square_avg_chunk, grad_chunk)` to every chunk under its exclusive
+        lock, starting at chunk `start`; returns (updates applied before this one, seconds spent
+        waiting for locks and data)."""
+        waited = 0.0
+        for i in range(len(self.wins)):
+            c = (start + i) % len(self.wins)
+            (lo, hi), win, buf = self.bounds[c], self.wins[c], self.scratch[c]
+            began = time.perf_counter()
+            win.Lock(self.host, MPI.LOCK_EXCLUSIVE)
+            win.Get(buf, self.host)
+            win.Flush(self.host)
+            waited += time.perf_counter() - began
+            step(buf[: hi - lo], buf[hi - lo :], grad[lo:hi])
+            win.Put(buf, self.host)
+            win.Unlock(self.host)
+        self.counter.Lock(self.host, MPI.LOCK_SHARED)
+        self.counter.Fetch_and_op(self.one, self.previous, self.host, op=MPI.SUM)
+        self.counter.Unlock(self.host)
+        return int(self.previous[0]), waited
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """A consistent copy of (parameters, square averages, count), chunk by chunk under shared locks
+        (any rank may call it; the store rank uses it for checkpoints while workers keep updating)."""
+        params, square_avg = np.empty(self.numel, dtype=np.float32), np.empty(self.numel, dtype=np.float32)
+        count = self.count()
+        for (lo, hi), win, buf in zip(self.bounds, self.wins, self.scratch):
+            win.Lock(self.host, MPI.LOCK_SHARED)
+            win.Get(buf, self.host)
+            win.Unlock(self.host)
+            params[lo:hi], square_avg[lo:hi] = buf[: hi - lo], buf[hi - lo :]
+        return params, square_avg, count
+
+    def free(self) -> None:
+        for win in (*self.wins, self.counter):
+            win.Free()
+
+
+def broadcast_parameters(comm, agent) -> None:
+    """Every rank starts from rank 0's initial parameters."""
+    flat = nn.utils.parameters_to_vector(agent.parameters()).detach().cpu().numpy()
+    comm.Bcast(flat, root=0)
+    nn.utils.vector_to_parameters(torch.from_numpy(flat).to(next(agent.parameters()).device), agent.parameters())
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints, evaluation, set-up helpers
+# ---------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: write a temporary file beside the target, then rename over it."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, args: Args) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("algorithm") != ALGO:
+        found = ckpt.get("algorithm") if isinstance(ckpt, dict) else None
+        raise ConfigError(f"checkpoint {path!r} is from {found!r}, not {ALGO!r}")
+    if ckpt["env_id"] != args.env_id:
+        raise ConfigError(f"checkpoint {path!r} is for {ckpt['env_id']}, not --env-id {args.env_id}")
+    return ckpt
+
+
+def evaluate(agent, env_id, episodes, greedy, seed, threads, device) -> np.ndarray:
+    """Raw returns of `episodes` full games (no episodic life, no reward clipping), one per simulator,
+    so that short games are not over-counted."""
+    envs = make_env(env_id, episodes, seed, threads, train=False)
+    obs, _ = envs.reset()
+    returns, done = np.zeros(episodes), np.zeros(episodes, dtype=bool)
+    running = np.zeros(episodes)
+    while not done.all():
+        with torch.no_grad():
+            logits, _ = agent(torch.from_numpy(obs).to(device))
+        action = logits.argmax(1) if greedy else Categorical(logits=logits).sample()
+        obs, _, _, truncated, info = envs.step(action.cpu().numpy())
+        running += info["reward"]
+        ended = (info["terminated"].astype(bool) | truncated) & ~done
+        returns[ended] = running[ended]
+        done |= ended
+    envs.close()
+    return returns
+
+
+def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
+    """Rank r plays games r, r + world, ...; rank 0 gathers and summarises (argmax and sampled)."""
+    results = {}
+    mine = len(range(comm.Get_rank(), args.eval_episodes, comm.Get_size()))
+    for mode in ("argmax", "sampled"):
+        seed = int(np.random.SeedSequence([args.seed, comm.Get_rank(), seed_base]).generate_state(1)[0] >> 1)
+        local = evaluate(agent, args.env_id, mine, mode == "argmax", seed, threads, device) if mine else np.zeros(0)
+        gathered = comm.gather(local, root=0)
+        if comm.Get_rank() == 0:
+            returns = np.concatenate(gathered)
+            results[mode] = {"mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()}
+    return results
+
+
+def fail_together(comm, problem: Optional[str]) -> None:
+    """Collective: if any rank found bad input, rank 0 says it once and every rank exits with 2."""
+    problems = comm.allgather(problem)
+    found = sorted({p for p in problems if p})
+    if found:
+        if comm.Get_rank() == 0:
+            for p in found:
+                ranks = [r for r, q in enumerate(problems) if q == p]
+                where = "" if len(ranks) == comm.Get_size() else f" (rank {', '.join(map(str, ranks))})"
+                print(f"error: {p}{where}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def node_threads(comm) -> tuple[int, int]:
+    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_size, local_rank = local.Get_size(), local.Get_rank()
+    local.Free()
+    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
+
+
+TAG_WORKER = 7
+
+
+def serve(comm, workers: int, handle=lambda source, message: None, poll_seconds: float = 5e-4) -> None:
+    """The store rank's loop: keep MPI progressing for the workers' one-sided operations (Iprobe,
+    then a short sleep), hand their messages ("stats", ...) / ("done", ...) to `handle`, and return
+    when every worker is done. Messages of one worker arrive in order (one tag)."""
+    status, done = MPI.Status(), 0
+    while done < workers:
+        if comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_WORKER, status=status):
+            message = comm.recv(source=status.Get_source(), tag=TAG_WORKER)
+            done += message[0] == "done"
+            handle(status.Get_source(), message)
+        else:
+            time.sleep(poll_seconds)
+
+
+def a2c_gradient(agent, obs, actions, returns, valid, args) -> np.ndarray:
+    """The clipped gradient of the mean A2C loss over this worker's valid samples, as one flat vector,
+    and the mean losses."""
+    agent.zero_grad()
+    policy, value, entropy = a2c_loss_sums(agent, obs, actions, returns, valid)
+    count = max(valid.sum().item(), 1.0)
+    ((policy + args.vf_coef * value - args.ent_coef * entropy) / count).backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    grad = torch.cat([p.grad.reshape(-1) for p in agent.parameters()]).cpu().numpy()
+    return grad, np.array([policy.item(), value.item(), entropy.item()]) / count
+
+
+def finalize_args(args: Args, world_size: int) -> Optional[dict]:
+    """Checks the input and fills the runtime fields; returns the checkpoint to resume, if any."""
+    check_env_id(args.env_id)
+    if args.num_envs < 1:
+        raise ConfigError(f"--num-envs must be at least 1, got {args.num_envs}")
+    if args.log_every < 1:
+        raise ConfigError(f"--log-every must be at least 1, got {args.log_every}")
+    if args.num_steps < 1:
+        raise ConfigError(f"--num-steps must be at least 1, got {args.num_steps}")
+    if args.update_chunks < 1:
+        raise ConfigError(f"--update-chunks must be at least 1, got {args.update_chunks}")
+    args.world_size = world_size
+    args.num_workers = max(world_size - 1, 1)
+    args.total_envs = args.num_workers * args.num_envs
+    args.batch_size = args.num_steps * args.num_envs
+    if args.learning_rate is None:
+        args.learning_rate = 7e-4 * float(np.sqrt(args.total_envs / 16))
+    if args.eval_checkpoint is not None:
+        args.eval_episodes = args.eval_episodes or 10
+        return load_checkpoint(args.eval_checkpoint, args)
+    args.num_updates = args.total_timesteps // args.batch_size
+    if args.num_updates < 1:
+        raise ConfigError(
+            f"--total-timesteps {args.total_timesteps} is below one update "
+            f"({args.num_steps} steps x {args.num_envs} envs = {args.batch_size})"
+        )
+    if args.resume is None:
+        return None
+    ckpt = load_checkpoint(args.resume, args)
+    if (ckpt["world_size"], ckpt["num_envs"]) != (world_size, args.num_envs):
+        raise ConfigError(
+            f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
+            f"this run has {world_size} x {args.num_envs}"
+        )
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+def main(args: Args) -> dict:
+    comm = MPI.COMM_WORLD
+    rank, world_size = comm.Get_rank(), comm.Get_size()
+    problem, ckpt = None, None
+    try:
+        ckpt = finalize_args(args, world_size)
+    except ConfigError as e:
+        problem = str(e)
+    fail_together(comm, problem)
+
+    default_threads, local_rank = node_threads(comm)
+    torch_threads = args.torch_threads or default_threads
+    env_threads = args.env_threads or default_threads
+    torch.set_num_threads(torch_threads)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
+    use_cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
+    run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
+    run_dir = Path("runs") / run_name
+    is_store, is_worker = rank == 0, rank > 0 or world_size == 1
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(
+            f"{ALGO}: " + (f"store rank + {args.num_workers} worker(s)" if world_size > 1 else
+                           "one process: plain A2C with RMSprop (the store is local)")
+            + f" x {args.num_envs} envs on {device} ({torch_threads} torch / {env_threads} env threads per rank), "
+            f"lr {args.learning_rate:.3g}, {args.update_chunks} chunk(s)",
+            flush=True,
+        )  # fmt: skip
+
+    num_actions = envpool.make_spec(args.env_id).action_space.n
+    agent = Agent(num_actions).to(device)
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["model"])
+
+    if args.eval_checkpoint is not None:  # evaluation only
+        results = evaluate_all_ranks(comm, agent, args, ckpt["global_step"], env_threads, device)
+        if rank == 0:
+            report_eval(results, args, run_dir)
+        return {"eval": results}
+
+    numel = sum(p.numel() for p in agent.parameters())
+    store = CentralStore(comm, numel, args.update_chunks)
+    start_count = 0
+    if is_store:  # the initial central state: rank 0's parameters (or the checkpoint's), zero averages
+        chunks, counter = store.local()
+        flat = nn.utils.parameters_to_vector(agent.parameters()).detach().cpu().numpy()
+        for (lo, hi), chunk in zip(store.bounds, chunks):
+            chunk[: hi - lo] = flat[lo:hi]
+            chunk[hi - lo :] = 0.0 if ckpt is None else ckpt["square_avg"][lo:hi]
+        counter[0] = start_count = 0 if ckpt is None else ckpt["update"]
+        if ckpt is not None:
+            print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
+    start_count = comm.bcast(start_count, root=0)
+    comm.Barrier()  # the central state is initialised before anyone reads it
+
+    stop_requested = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
+
+    writer, recent_returns, reports = None, deque(maxlen=20), {}
+    if is_store:
+        if args.track:
+            import wandb
+
+            wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                group=args.wandb_group,
+                tags=[ALGO, f"sims{args.total_envs}", *args.wandb_tags],
+                sync_tensorboard=True,
+                config=asdict(args),
+                name=run_name,
+                save_code=True,
+            )
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir))
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+
+    start_time = last_print = time.time()
+    last_checkpoint = start_count * args.batch_size
+
+    def checkpoint(message: Optional[str] = None) -> int:
+        """Store rank: save a consistent snapshot of the central state; returns its update count."""
+        central, square_avg, count = store.snapshot()
+        nn.utils.vector_to_parameters(torch.from_numpy(central).to(device), agent.parameters())
+        save_checkpoint(run_dir / "checkpoint.pt", {
+            "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
+            "update": count, "global_step": count * args.batch_size, "model": agent.state_dict(),
+            "square_avg": square_avg, "args": asdict(args),
+        })  # fmt: skip
+        if message is not None:
+            print(f"{message}checkpoint {run_dir / 'checkpoint.pt'}", flush=True)
+        return count
+
+    def handle(source: int, message: tuple) -> None:
+        """Store rank: log a worker's report (its episodes, mean losses and async statistics), and
+        checkpoint every --checkpoint-every steps when --save-model."""
+        nonlocal last_print, last_checkpoint
+        if message[0] != "stats":
+            return
+        _, step, episodes, stats = message
+        if args.save_model and args.checkpoint_every and step // args.checkpoint_every > last_checkpoint // args.checkpoint_every:
+            last_checkpoint = checkpoint() * args.batch_size
+        for ret, length in episodes:
+            writer.add_scalar("charts/episodic_return", ret, step)
+            writer.add_scalar("charts/episodic_length", length, step)
+            recent_returns.append(ret)
+        reports[source] = stats
+        if source == min(reports):  # one worker's reports pace the scalar logs
+            elapsed = time.time() - start_time
+            done = step - start_count * args.batch_size
+            writer.add_scalar("charts/SPS", int(done / elapsed), step)
+            writer.add_scalar("charts/learning_rate", stats["lr"], step)
+            for name in ("policy_loss", "value_loss", "entropy"):
+                writer.add_scalar(f"losses/{name}", float(np.mean([r[name] for r in reports.values()])), step)
+            writer.add_scalar("async/staleness", float(np.mean([r["staleness"] for r in reports.values()])), step)
+            writer.add_scalar("async/lock_wait_ms", float(np.mean([r["lock_wait_ms"] for r in reports.values()])), step)
+            writer.add_scalar("async/updates_per_s", done / args.batch_size / elapsed, step)
+            if time.time() - last_print >= args.print_every:
+                last_print = time.time()
+                mean_ret = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+                print(f"global_step {step}/{args.num_updates * args.batch_size}  SPS {int(done / elapsed)}  "
+                      f"recent return {mean_ret}", flush=True)  # fmt: skip
+
+    summary = {}
+    if is_worker:
+        summary = run_worker(comm, args, agent, store, rank, world_size, env_threads, device, stop_requested,
+                             handle if world_size == 1 else None)  # fmt: skip
+    else:
+        serve(comm, args.num_workers, handle)
+    end_time = time.time()
+
+    # Teardown: every worker is done (the store rank saw their "done"); save and evaluate the central state.
+    stop = comm.allreduce(bool(summary.get("stopped")), op=MPI.LOR)
+    final_count = comm.bcast(store.count() if is_store else None, root=0)
+    global_step = int(final_count) * args.batch_size
+    if is_store:
+        if args.save_model or stop:
+            checkpoint("stopped by signal; " if stop else "")
+        else:
+            nn.utils.vector_to_parameters(torch.from_numpy(store.snapshot()[0]).to(device), agent.parameters())
+        print(f"store: {int(final_count) - start_count} central updates in {end_time - start_time:.1f} s", flush=True)
+    store.free()
+    broadcast_parameters(comm, agent)  # everyone evaluates the central parameters
+    summary.update(global_step=global_step, run_dir=str(run_dir), stopped=stop)
+    if args.eval_episodes and not stop:
+        results = evaluate_all_ranks(comm, agent, args, int(final_count), env_threads, device)
+        if rank == 0:
+            report_eval(results, args, run_dir, writer, global_step)
+        summary["eval"] = results
+    if writer is not None:
+        writer.close()
+        if args.track:
+            import wandb
+
+            wandb.finish()
+    return summary
+
+
+def run_worker(comm, args, agent, store, rank, world_size, env_threads, device, stop_requested, handle) -> dict:
+    """A worker: read the central parameters, roll out, compute the clipped gradient, apply RMSprop to
+    the central copy; repeat until the central count reaches num_updates (workers still updating then
+    finish their update: a run may end up to workers - 1 updates over) or a signal."""
+    T, N = args.num_steps, args.num_envs
+    obs = torch.zeros((T, N, 4, 84, 84), dtype=torch.uint8, device=device)
+    actions = torch.zeros((T, N), dtype=torch.long, device=device)
+    values = torch.zeros((T, N), device=device)
+    rewards, terminations, truncations = (np.zeros((T, N), dtype=np.float32) for _ in range(3))
+    env_seed = int(np.random.SeedSequence([args.seed, rank, store.count()]).generate_state(1)[0] >> 1)
+    envs = make_env(args.env_id, N, env_seed, env_threads, train=True)
+    next_obs = torch.from_numpy(envs.reset()[0]).to(device)
+    next_done = np.zeros(N, dtype=bool)
+    stats = EpisodeStats(N)
+    params = np.empty(sum(p.numel() for p in agent.parameters()), dtype=np.float32)
+    episodes, sends, window, last_stats = [], [], {"staleness": [], "lock_wait_ms": []}, None
+    updates, warm = 0, None
+    start = rank % args.update_chunks
+    while True:
+        version = store.read_params(params)
+        if version >= args.num_updates or stop_requested:
+            break
+        nn.utils.vector_to_parameters(torch.from_numpy(params).to(device), agent.parameters())
+        lr = args.learning_rate * (1.0 - version / args.num_updates) if args.anneal_lr else args.learning_rate
+        prev_done = torch.from_numpy(next_done.astype(np.float32)).to(device)
+        for step in range(T):
+            obs[step] = next_obs
+            with torch.no_grad():
+                logits, value = agent(next_obs)
+            action = Categorical(logits=logits).sample()
+            actions[step], values[step] = action, value
+            valid = ~next_done
+            raw_obs, rewards[step], terminated, truncated, info = envs.step(action.cpu().numpy())
+            terminations[step], truncations[step] = terminated, truncated
+            next_done = terminated | truncated
+            next_obs = torch.from_numpy(raw_obs).to(device)
+            episodes += stats.update(info, truncated, valid)
+        with torch.no_grad():
+            next_value = agent(next_obs)[1]
+        rollout = (torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations))
+        returns, valid = a2c_targets(*rollout, values, next_value, prev_done, args.gamma)
+        grad, means = a2c_gradient(
+            agent, obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1), args
+        )
+        step_fn = lambda p, s, g: rmsprop_step(p, s, g, lr, args.rmsprop_alpha, args.rmsprop_eps)  # noqa: E731
+        previous, waited = store.apply(grad, step_fn, start)
+        updates += 1
+        if rank == args.debug_slow_rank:
+            time.sleep(args.debug_slow_seconds)
+        if updates == 10:
+            warm = (time.time(), updates)
+        window["staleness"].append(previous - version)
+        window["lock_wait_ms"].append(1000 * waited)
+        if updates % args.log_every == 0:
+            report = ("stats", (previous + 1) * args.batch_size, episodes, {
+                "policy_loss": means[0], "value_loss": means[1], "entropy": means[2], "lr": lr,
+                "staleness": float(np.mean(window["staleness"])), "lock_wait_ms": float(np.mean(window["lock_wait_ms"])),
+            })  # fmt: skip
+            episodes, window, last_stats = [], {"staleness": [], "lock_wait_ms": []}, report[3]
+            if handle is not None:
+                handle(rank, report)
+            else:
+                sends.append(comm.isend(report, dest=0, tag=TAG_WORKER))
+                sends = [r for r in sends if not r.Test()]
+    if episodes and last_stats:  # the games that ended after the last report
+        report = ("stats", version * args.batch_size, episodes, last_stats)
+        if handle is not None:
+            handle(rank, report)
+        else:
+            sends.append(comm.isend(report, dest=0, tag=TAG_WORKER))
+    envs.close()
+    if handle is None:
+        MPI.Request.Waitall([*sends, comm.isend(("done",), dest=0, tag=TAG_WORKER)])
+    sps = (updates - warm[1]) * args.batch_size / (time.time() - warm[0]) if warm else None
+    print(f"[worker {rank}] {updates} updates", flush=True)
+    return {"stopped": bool(stop_requested), "updates": updates, "sps": sps}
+
+
+def report_eval(results: dict, args: Args, run_dir: Path, writer=None, global_step: int = 0) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval.json").write_text(json.dumps({"env_id": args.env_id, **results}, indent=1))
+    for mode, r in results.items():
+        print(f"eval {mode}: mean {r['mean']:.2f} median {r['median']:.2f} over {len(r['returns'])} games", flush=True)
+        if writer is not None:
+            writer.add_scalar(f"eval/{mode}_return_mean", r["mean"], global_step)
+            writer.add_scalar(f"eval/{mode}_return_median", r["median"], global_step)
+
+
+def run(args: Args) -> None:
+    """Any exception on any rank: print it with the rank, then abort the whole MPI job."""
+    try:
+        main(args)
+    except Exception:
+        import traceback
+
+        rank = MPI.COMM_WORLD.Get_rank()
+        print(f"[rank {rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
+        MPI.COMM_WORLD.Abort(1)
+
+
+if __name__ == "__main__":
+    import tyro
+
+    run(tyro.cli(Args))

@@ -1,0 +1,101 @@
+import json
+import re
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.common import command
+from conftest import assert_bad_input, interrupt_then_resume, ok, run_ok
+
+SCRIPT = "a3c_gpu_atari.py"
+FAST = ["--num-envs", "8", "--print-every", "1", "--log-every", "5"]
+
+
+# --- the central store -----------------------------------------------------------------------------
+def store(tmp_path, mode: str, np_: int) -> tuple[dict, dict]:
+    out = tmp_path / "store.json"
+    ok(subprocess.run(command("tests/a3c_store_worker.py", str(out), mode, np=np_), capture_output=True, text=True, timeout=120))
+    return json.loads(out.read_text()), dict(np.load(str(out) + ".npz"))
+
+
+def test_one_update_equals_torch_rmsprop(tmp_path):
+    summary, state = store(tmp_path, "rmsprop", 2)
+    param = torch.nn.Parameter(torch.from_numpy(state["initial"]).clone())
+    optimizer = torch.optim.RMSprop([param], lr=1e-3, alpha=0.99, eps=1e-5)
+    param.grad = torch.from_numpy(state["gradients"][0][0]).clone()
+    optimizer.step()
+    assert summary["count"] == 1
+    np.testing.assert_allclose(state["params"], param.detach().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(state["square_avg"], optimizer.state[param]["square_avg"].numpy(), rtol=1e-6)
+
+
+def test_an_update_is_not_held_up_by_a_computing_rank(tmp_path):
+    """Rank 1 computes for 3 s without calling MPI; rank 2's update and read of the store (hosted by
+    the serving rank 0) take well under a second (MPICH would make it wait on a busy host)."""
+    summary, _ = store(tmp_path, "held_up", 3)
+    assert summary["workers"][1]["update_seconds"] < 1.0
+
+
+def test_no_update_is_lost_by_concurrent_workers(tmp_path):
+    summary, state = store(tmp_path, "sum", 5)
+    assert summary["count"] == 80
+    expected = state["initial"].astype(np.float64) - state["gradients"].astype(np.float64).sum(axis=(0, 1))
+    np.testing.assert_allclose(state["params"], expected, rtol=1e-5, atol=1e-4)
+
+
+# --- the script end to end -------------------------------------------------------------------------
+def worker_updates(out: str) -> dict[int, int]:
+    return {int(r): int(n) for r, n in re.findall(r"\[worker (\d+)\] (\d+) updates", out)}
+
+
+def test_end_to_end_store_and_two_workers_tracked_offline(workdir):
+    total = 120 * 40  # 120 central updates of 8 envs x 5 steps
+    proc, run_dir, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(total), "--track",
+                                 "--save-model", *FAST, cwd=workdir, np=3)  # fmt: skip
+    assert "store rank + 2 worker(s)" in proc.stdout
+    updates = worker_updates(proc.stdout)
+    assert sorted(updates) == [1, 2] and 120 <= sum(updates.values()) <= 121  # at most workers - 1 over
+    for tag in ("charts/SPS", "charts/episodic_return", "losses/policy_loss", "async/staleness",
+                "async/lock_wait_ms", "async/updates_per_s"):  # fmt: skip
+        assert tag in tags, tag
+    assert any(v > 0 for _, v in tags["async/staleness"])  # the other worker updated in between
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert saved["update"] == sum(updates.values()) and saved["square_avg"].max() > 0
+    assert len(list((workdir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+
+
+def test_one_process_is_plain_a2c(workdir):
+    proc, _, _ = run_ok(SCRIPT, "--total-timesteps", "800", "--eval-episodes", "1", *FAST, cwd=workdir)
+    assert "one process: plain A2C with RMSprop" in proc.stdout and "eval argmax" in proc.stdout
+    assert worker_updates(proc.stdout) == {0: 20}
+
+
+def test_a_slow_worker_holds_nobody_up(workdir):
+    proc, _, _ = run_ok(SCRIPT, "--total-timesteps", str(60 * 40), "--debug-slow-rank", "1", "--debug-slow-seconds",
+                        "0.5", *FAST, cwd=workdir, np=3)  # fmt: skip
+    updates = worker_updates(proc.stdout)
+    assert updates[2] > 2 * updates[1]
+
+
+def test_sigterm_checkpoint_then_resume(workdir):
+    saved, final, proc, _ = interrupt_then_resume(SCRIPT, 60 * 40, 60, *FAST, cwd=workdir, np=3)
+    assert f"at global_step {saved['global_step']}" in proc.stdout
+    assert 60 <= final["update"] <= 61 and final["square_avg"].max() > 0
+
+
+# --- bad input -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--update-chunks", "0"], "--update-chunks must be at least 1"),
+        (["--log-every", "0"], "--log-every must be at least 1"),
+        (["--num-envs", "0"], "--num-envs must be at least 1"),
+        (["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'"),
+        (["--total-timesteps", "10"], "is below one update"),
+        (["--resume", "missing.pt"], "'missing.pt' does not exist"),
+    ],
+)
+def test_bad_input_exits_nonzero_on_every_rank(workdir, args, message):
+    assert_bad_input(SCRIPT, args, message, workdir, np=3)
