@@ -285,10 +285,10 @@ class Actor:
             u.obs[t] = self.next_obs
             with torch.no_grad():
                 logits, _ = self.agent(torch.from_numpy(self.next_obs).to(self.device))
-            action = Categorical(logits=logits).sample()
-            u.actions[t], u.logits[t] = action.cpu().numpy(), logits.cpu().numpy()
+            action = Categorical(logits=logits).sample().cpu().numpy()
+            u.actions[t], u.logits[t] = action, logits.cpu().numpy()
             valid = ~self.next_done
-            self.next_obs, u.rewards[t], terminated, truncated, info = self.envs.step(action.cpu().numpy())
+            self.next_obs, u.rewards[t], terminated, truncated, info = self.envs.step(action)
             self.next_done = terminated | truncated
             # No bootstrapping across an episode end, nor from envpool's reset transition.
             u.discounts[t] = self.args.gamma * (~self.next_done & valid)

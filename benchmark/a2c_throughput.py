@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import tyro
+from mpi4py import MPI
 
 import a2c_allreduce_atari as a2c
 
@@ -68,23 +69,20 @@ def measure_parts(cfg: Config, threads: int) -> tuple[float, float, float]:
             torch.distributions.Categorical(logits=logits).sample()
 
     inference_rate = rate(infer, cfg.num_envs, cfg.seconds)
-    optimizer = torch.optim.RMSprop(agent.parameters(), lr=7e-4, alpha=0.99, eps=1e-5)
+    # The train step is the script's own update (a world of one: its Allreduce sums one rank).
+    args = a2c.Args(num_envs=cfg.num_envs, num_steps=cfg.num_steps)
+    optimizer = torch.optim.RMSprop(agent.parameters(), lr=7e-4, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps)
+    reduce_grads = a2c.AllreduceGradients(MPI.COMM_WORLD, list(agent.parameters()), torch.device("cpu"))
     actions = torch.zeros(len(batch), dtype=torch.long)
     returns, valid = torch.zeros(len(batch)), torch.ones(len(batch))
 
     def train():
-        optimizer.zero_grad()
-        policy, value, entropy = a2c.a2c_loss_sums(agent, batch, actions, returns, valid)
-        (policy + 0.5 * value - 0.01 * entropy).backward()
-        torch.nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
-        optimizer.step()
+        a2c.a2c_update(agent, optimizer, reduce_grads, batch, actions, returns, valid, args)
 
     return env_rate, inference_rate, rate(train, len(batch), cfg.seconds)
 
 
 def main(cfg: Config) -> None:
-    from mpi4py import MPI
-
     threads = cfg.threads or a2c.node_threads(MPI.COMM_WORLD)[0]
     torch.set_num_threads(threads)
     args = a2c.Args(
