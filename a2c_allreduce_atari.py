@@ -309,9 +309,16 @@ def check_in_sync(comm, agent) -> None:
 # Checkpoints, evaluation, set-up helpers
 # ---------------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: write a temporary file beside the target, then rename over it."""
+    """Atomic: write a temporary file beside the target, flush it to disk, then rename it over the
+    target. A kill at any point leaves either the previous checkpoint or the new one, never a mix;
+    the next save removes a temporary file left by a killed writer."""
+    for stale in path.parent.glob(path.name + ".tmp*"):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -498,6 +505,7 @@ def main(args: Args) -> dict:
 
         writer = SummaryWriter(str(run_dir))
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+        (run_dir / "config.json").write_text(json.dumps({"algorithm": ALGO, **asdict(args)}, indent=1))
 
     stop_requested = []
     for sig in (signal.SIGTERM, signal.SIGINT):

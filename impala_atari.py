@@ -11,7 +11,9 @@ parameters without blocking. Espeholt et al., "IMPALA", ICML 2018 (arXiv 1802.01
 
 Simplifications and choices, stated so nobody has to find them:
 - Nature CNN (the same network as the A2C-family scripts here), not the paper's deep ResNet.
-- `python impala_atari.py` (one process) runs actor and learner in turn: on-policy, no lag.
+- `python impala_atari.py --single-process` runs actor and learner in turn in one process: on-policy,
+  no lag (for debugging and tests). Without the flag, a world of one is refused: IMPALA needs a
+  learner and at least one actor.
 - Losses are sums over T x B as in the reference implementation (the baseline loss is 0.5 x sum of
   squares, times --vf-coef); Table G.1's learning rate (6e-4, annealed to 0) belongs to that scale.
 - envpool resets on the step *after* an episode (or a life) ends, ignoring the action: that
@@ -120,6 +122,8 @@ class Args:
     """V-trace clip of the trace-cutting coefficients"""
     max_inflight: int = 2
     """unrolls an actor may have in flight before it waits for the learner"""
+    single_process: bool = False
+    """run without MPI: one process alternates acting and learning (on-policy; for debugging)"""
     debug_slow_rank: Optional[int] = None
     """for tests: this rank sleeps --debug-slow-seconds before every unroll (actor) or update (learner)"""
     debug_slow_seconds: float = 0.0
@@ -521,9 +525,16 @@ def broadcast_parameters(comm, agent) -> None:
 # Checkpoints, evaluation, set-up helpers
 # ---------------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: write a temporary file beside the target, then rename over it."""
+    """Atomic: write a temporary file beside the target, flush it to disk, then rename it over the
+    target. A kill at any point leaves either the previous checkpoint or the new one, never a mix;
+    the next save removes a temporary file left by a killed writer."""
+    for stale in path.parent.glob(path.name + ".tmp*"):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -612,6 +623,13 @@ def finalize_args(args: Args, world_size: int) -> Optional[dict]:
         raise ConfigError(f"--batch-size {args.batch_size} is below one unroll ({args.num_envs} trajectories, --num-envs)")
     if args.batch_size % args.num_envs:
         raise ConfigError(f"--batch-size {args.batch_size} must be a multiple of --num-envs {args.num_envs} (whole unrolls)")
+    if world_size == 1 and not args.single_process and args.eval_checkpoint is None:
+        raise ConfigError(
+            "IMPALA needs at least 2 ranks, a learner (rank 0) and an actor: `mpirun -np 3 python impala_atari.py`; "
+            "--single-process alternates acting and learning in one process"
+        )
+    if world_size > 1 and args.single_process:
+        raise ConfigError(f"--single-process runs without mpirun, not on {world_size} ranks")
     args.world_size = world_size
     args.num_actors = max(world_size - 1, 1)
     args.total_envs = args.num_actors * args.num_envs
@@ -729,6 +747,7 @@ def main(args: Args) -> dict:
 
     writer = SummaryWriter(str(run_dir))
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+    (run_dir / "config.json").write_text(json.dumps({"algorithm": ALGO, **asdict(args)}, indent=1))
 
     def checkpoint(update: int) -> None:
         state = {

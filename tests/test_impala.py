@@ -95,7 +95,7 @@ def test_end_to_end_learner_and_two_actors_tracked_offline(workdir):
 
 def test_single_process_is_on_policy(workdir):
     proc, run_dir, tags = run_ok(SCRIPT, "--total-timesteps", "1600", "--log-every", "1", "--save-model",
-                                 "--eval-episodes", "1", *FAST, cwd=workdir)  # fmt: skip
+                                 "--eval-episodes", "1", "--single-process", *FAST, cwd=workdir)  # fmt: skip
     assert "one process: actor and learner alternate" in proc.stdout
     assert all(v == 0 for _, v in tags["impala/policy_lag"])
     assert all(abs(v - 1.0) < 1e-5 for _, v in tags["vtrace/rho_mean"])  # pi = mu: every ratio is 1
