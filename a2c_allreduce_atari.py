@@ -106,6 +106,10 @@ class Args:
     # Algorithm specific arguments
     check_sync_every: int = 1000
     """updates between checks that all ranks hold identical parameters (0: never)"""
+    debug_slow_rank: Optional[int] = None
+    """for tests: this rank sleeps --debug-slow-seconds before every update (the others wait for it)"""
+    debug_slow_seconds: float = 0.0
+    """how long the slow rank sleeps per update"""
 
     # filled in at runtime
     world_size: int = 0
@@ -563,6 +567,8 @@ def main(args: Args) -> dict:
         rollout = (torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations))
         returns, valid = a2c_targets(*rollout, values, next_value, prev_done, args.gamma)
 
+        if rank == args.debug_slow_rank:
+            time.sleep(args.debug_slow_seconds)
         means, stop = a2c_update(
             agent, optimizer, reduce_grads,
             obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1),

@@ -529,21 +529,24 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str, args: Args, rank: int, file: Optional[str] = None) -> dict:
-    """A GALA checkpoint is a directory: agent{r}.pt for each agent, average.pt for the average."""
+    """A GALA checkpoint is a directory: agent{r}.pt for each agent, average.pt for the average.
+    Messages name the agent file as agent<rank>.pt so that ranks with the same fault say the same
+    thing once (fail_together adds which ranks)."""
     target = Path(path) / (file or f"agent{rank}.pt")
+    name = repr(str(Path(path) / (file or "agent<rank>.pt")))
     if not Path(path).is_dir():
         raise ConfigError(f"checkpoint directory {path!r} does not exist")
     if not target.is_file():
-        raise ConfigError(f"checkpoint {str(target)!r} does not exist")
+        raise ConfigError(f"checkpoint {name} does not exist")
     try:
         ckpt = torch.load(target, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ConfigError(f"checkpoint {str(target)!r} cannot be read ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"checkpoint {name} cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("algorithm") != ALGO:
         found = ckpt.get("algorithm") if isinstance(ckpt, dict) else None
-        raise ConfigError(f"checkpoint {str(target)!r} is from {found!r}, not {ALGO!r}")
+        raise ConfigError(f"checkpoint {name} is from {found!r}, not {ALGO!r}")
     if ckpt["env_id"] != args.env_id:
-        raise ConfigError(f"checkpoint {str(target)!r} is for {ckpt['env_id']}, not --env-id {args.env_id}")
+        raise ConfigError(f"checkpoint {name} is for {ckpt['env_id']}, not --env-id {args.env_id}")
     return ckpt
 
 

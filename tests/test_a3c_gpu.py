@@ -98,4 +98,4 @@ def test_sigterm_checkpoint_then_resume(workdir):
     ],
 )
 def test_bad_input_exits_nonzero_on_every_rank(workdir, args, message):
-    assert_bad_input(SCRIPT, args, message, workdir, np=3)
+    assert_bad_input(SCRIPT, args, message, workdir, np=2)

@@ -144,4 +144,4 @@ def test_the_learner_queue_is_bounded_when_actors_outpace_it(workdir):
     ],
 )
 def test_bad_input_exits_nonzero_on_every_rank(workdir, args, message):
-    assert_bad_input(SCRIPT, args, message, workdir, np=3)
+    assert_bad_input(SCRIPT, args, message, workdir, np=2)

@@ -1,0 +1,162 @@
+"""Faults, for every script: a rank killed mid-run, a kill during a checkpoint write, resume files
+that cannot work, a world of one where IMPALA needs two ranks, a slow A2C rank.
+
+SIGTERM -> checkpoint -> resume and the stragglers of GALA, A3C and IMPALA are tested beside each
+script (test_<script>.py); this file holds what is the same for all four.
+"""
+
+import importlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from conftest import ENV, ROOT, assert_bad_input, run, run_ok, start
+
+SCRIPTS = {
+    "a2c_allreduce_atari.py": "a2c_allreduce",
+    "gala_a2c_atari.py": "gala_a2c",
+    "a3c_gpu_atari.py": "a3c_gpu",
+    "impala_atari.py": "impala",
+}
+FAST = ["--num-envs", "4", "--log-every", "1", "--torch-threads", "1", "--env-threads", "1"]
+IMPALA_FAST = ["--batch-size", "4", "--unroll-length", "10"]
+
+
+def fast(script: str) -> list[str]:
+    return FAST + (IMPALA_FAST if script == "impala_atari.py" else [])
+
+
+# --- a rank killed with SIGKILL --------------------------------------------------------------------
+def rank_process(family: list[psutil.Process], rank: int) -> psutil.Process:
+    """The Python process of MPI rank `rank` among mpirun's descendants (Hydra sets PMI_RANK)."""
+    for p in family:
+        try:
+            if p.environ().get("PMI_RANK") == str(rank) and "python" in p.name():
+                return p
+        except psutil.NoSuchProcess:
+            continue
+    raise AssertionError(f"no process of rank {rank} among {[p.cmdline() for p in family]}")
+
+
+@pytest.mark.parametrize(
+    "script, np_, rank, track",
+    [
+        ("a2c_allreduce_atari.py", 2, 1, False),  # the other rank is blocked in the Allreduce
+        ("gala_a2c_atari.py", 3, 0, False),  # the others go on gossiping
+        ("a3c_gpu_atari.py", 3, 2, False),  # a worker: the store and the other worker go on
+        ("a3c_gpu_atari.py", 3, 0, False),  # the store rank: workers wait in a window lock
+        ("impala_atari.py", 3, 2, False),  # an actor: the learner goes on with the other
+        ("impala_atari.py", 3, 0, True),  # the learner, with a W&B service: actors wait for parameters
+    ],
+)
+def test_a_killed_rank_ends_the_whole_job(workdir, script, np_, rank, track):
+    """SIGKILL one rank mid-run: mpirun (Hydra) ends the job non-zero within 30 s, and every process
+    it started (ranks, proxies, the W&B service) is gone."""
+    proc = start(script, "--total-timesteps", "10000000", "--print-every", "0", *fast(script), *(["--track"] if track else []),
+                 cwd=workdir, np=np_)  # fmt: skip
+    deadline = time.time() + 90
+    for line in proc.stdout:  # training has begun once rank 0 prints progress
+        if line.startswith("global_step") or time.time() > deadline:
+            break
+    family = psutil.Process(proc.pid).children(recursive=True)
+    victim = rank_process(family, rank)
+    began = time.monotonic()
+    victim.kill()
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the job was still running 30 s after rank {rank} was killed")
+    took = time.monotonic() - began
+    assert proc.returncode != 0
+    assert took < 30
+    _, alive = psutil.wait_procs(family, timeout=5)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
+    print(f"{script} rank {rank} killed: job ended with {proc.returncode} after {took:.1f} s")
+
+
+# --- a kill during a checkpoint write ---------------------------------------------------------------
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, script):
+    """The script's own save_checkpoint, killed halfway through writing: the previous checkpoint is
+    untouched and loads with the script's own load_checkpoint; the next save cleans up."""
+    module = importlib.import_module(script[: -len(".py")])
+    is_gala = script == "gala_a2c_atari.py"
+    path = tmp_path / ("agent0.pt" if is_gala else "checkpoint.pt")
+
+    def load() -> dict:
+        args = module.Args(env_id="Pong-v5")
+        return module.load_checkpoint(str(tmp_path), args, 0) if is_gala else module.load_checkpoint(str(path), args)
+
+    module.save_checkpoint(path, {"algorithm": module.ALGO, "env_id": "Pong-v5", "update": 1, "w": torch.zeros(3)})
+    before = path.read_bytes()
+    worker = subprocess.run([sys.executable, str(ROOT / "tests" / "checkpoint_kill_worker.py"), module.__name__,
+                             str(path)], env=ENV, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert worker.returncode == -9, worker.stderr  # killed, not finished
+    (partial,) = tmp_path.glob(path.name + ".tmp*")  # the write was under way
+    assert 0 < partial.stat().st_size
+    assert path.read_bytes() == before
+    assert load()["update"] == 1
+
+    module.save_checkpoint(path, {"algorithm": module.ALGO, "env_id": "Pong-v5", "update": 3, "w": torch.zeros(3)})
+    assert load()["update"] == 3
+    assert not list(tmp_path.glob(path.name + ".tmp*"))
+
+
+# --- resume files that cannot work -------------------------------------------------------------------
+def resume_file(workdir: Path, script: str, kind: str) -> str:
+    """A checkpoint in the script's layout (one file, or GALA's directory of agent files) that is
+    corrupt or was written by another algorithm, for another game, or by another world size."""
+    state = {"algorithm": SCRIPTS[script], "env_id": "Pong-v5", "world_size": 2, "num_envs": 4, "args": {}}
+    if kind == "algorithm":
+        state["algorithm"] = "impala" if script != "impala_atari.py" else "a2c_allreduce"
+    elif kind == "env":
+        state["env_id"] = "Breakout-v5"
+    elif kind == "world":
+        state["world_size"] = 3
+    names = ["agent0.pt", "agent1.pt"] if script == "gala_a2c_atari.py" else ["checkpoint.pt"]
+    folder = workdir / "old"
+    folder.mkdir()
+    for name in names:
+        if kind == "corrupt":
+            (folder / name).write_bytes(b"\x80\x02 half a checkpoint")
+        else:
+            torch.save(state, folder / name)
+    return str(folder if script == "gala_a2c_atari.py" else folder / names[0])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("corrupt", "cannot be read"),
+        ("algorithm", "is from '"),
+        ("env", "is for Breakout-v5, not --env-id Pong-v5"),
+        ("world", "was written by 3 ranks x 4 envs, this run has 2 x 4"),
+    ],
+)
+def test_a_resume_file_that_cannot_work_is_refused(workdir, script, kind, message):
+    path = resume_file(workdir, script, kind)
+    assert_bad_input(script, ["--resume", path, *fast(script)], message, workdir, np=2)
+
+
+def test_impala_refuses_a_world_of_one(workdir):
+    proc = run("impala_atari.py", *fast("impala_atari.py"), cwd=workdir, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("IMPALA needs at least 2 ranks") == 1 and "Traceback" not in proc.stderr
+
+
+# --- a slow rank ------------------------------------------------------------------------------------
+def test_a2c_waits_for_a_slow_rank_and_ends_cleanly(workdir):
+    """A2C is synchronous by design: every update waits for the slowest rank. With rank 1 sleeping
+    0.5 s before each update of 40 samples, the run's SPS cannot exceed 80 (unslowed it is several
+    hundred); the run still ends normally."""
+    proc, _, tags = run_ok("a2c_allreduce_atari.py", "--total-timesteps", str(12 * 5 * 8), "--debug-slow-rank", "1",
+                           "--debug-slow-seconds", "0.5", *FAST, cwd=workdir, np=2)  # fmt: skip
+    assert "global_step 480/480" in proc.stdout
+    assert 0 < tags["charts/SPS"][-1][1] <= 80
