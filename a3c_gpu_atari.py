@@ -689,7 +689,7 @@ def run_worker(comm, args, agent, store, rank, world_size, env_threads, device, 
     stats = EpisodeStats(N)
     params = np.empty(sum(p.numel() for p in agent.parameters()), dtype=np.float32)
     episodes, sends, window, last_stats = [], [], {"staleness": [], "lock_wait_ms": []}, None
-    updates, warm = 0, None
+    updates, warm, began = 0, None, time.time()
     start = rank % args.update_chunks
     while True:
         version = store.read_params(params)
@@ -747,7 +747,7 @@ def run_worker(comm, args, agent, store, rank, world_size, env_threads, device, 
     if handle is None:
         MPI.Request.Waitall([*sends, comm.isend(("done",), dest=0, tag=TAG_WORKER)])
     sps = (updates - warm[1]) * args.batch_size / (time.time() - warm[0]) if warm else None
-    print(f"[worker {rank}] {updates} updates", flush=True)
+    print(f"[worker {rank}] {updates} updates in {time.time() - began:.1f} s", flush=True)
     return {"stopped": bool(stop_requested), "updates": updates, "sps": sps}
 
 

@@ -1,4 +1,54 @@
-"""What the benchmarks and the tests share: launching a script, reading a run's TensorBoard scalars."""
+"""What the benchmarks and the tests share: launching a script, reading a run's TensorBoard scalars.
+
+What `python -m benchmark run` (benchmark/run.py) writes and `python -m benchmark report`
+(benchmark/report.py) reads.
+
+The four scripts at the repository's root:
+`gala_a2c_atari.py` (ALGO "gala_a2c"), `a2c_allreduce_atari.py` ("a2c_allreduce"),
+`a3c_gpu_atari.py` ("a3c_gpu"), `impala_atari.py` ("impala"). All take tyro flags:
+`--env-id Pong-v5 --seed 1 --total-timesteps N --num-envs S (simulators per rank) --track
+--wandb-project-name P --wandb-entity E --wandb-group G --wandb-tags a b c --eval-episodes K
+--save-model --torch-threads T --env-threads T --log-every U`. Launch shapes:
+- gala_a2c / a2c_allreduce: `mpirun -np R python X.py --num-envs S`, R x S = total simulators.
+- a3c_gpu: rank 0 is a store rank with NO simulators that only serves; ranks 1..R are workers:
+  `mpirun -np R+1 python a3c_gpu_atari.py --num-envs S`, R x S = total (world of one = plain A2C).
+- impala: rank 0 learner (no simulators), ranks 1..A actors: `mpirun -np A+1 python impala_atari.py
+  --num-envs S --batch-size B` with A x S = total simulators; --batch-size (trajectories) must be a
+  multiple of --num-envs and >= --num-envs (default 32, unroll 20). A world of one is refused
+  (`--single-process` exists for debugging only).
+- The `mpirun` to use is `benchmark.common.mpirun()`; `benchmark.common.command(script, *args, np=)`
+  builds the argv; `benchmark.common.scalars(run_dir)` reads TensorBoard scalars (tag -> [(step, value)]).
+
+Each script run, launched with cwd = WORKDIR, writes `WORKDIR/runs/<run_name>/` containing:
+- `config.json`: {"algorithm": ALGO, **all args} (args include env_id, seed, num_envs, total_envs
+  (total simulators), world_size, total_timesteps, ...);
+- TensorBoard event files with tags: `charts/episodic_return`, `charts/episodic_length` (one point
+  per finished game, step = global env steps), `charts/SPS`, `charts/learning_rate`, `losses/*`;
+  GALA also `gossip/disagreement`, `gossip/disagreement_relative`, `gossip/grad_cosine`,
+  `gossip/mix_rate`; A3C `async/staleness`; IMPALA `impala/policy_lag`; with --eval-episodes also
+  `eval/argmax_return_mean`, `eval/sampled_return_mean`. The event wall_time gives wall-clock.
+- `eval.json` when --eval-episodes K > 0: {"env_id", "argmax": {"mean","median","returns":[...]},
+  "sampled": {...}} (argmax = Table 1 style evaluation).
+- with --track and WANDB_MODE=offline: `WORKDIR/wandb/offline-run-*/` (W&B run, synced later with
+  `wandb sync`); online, the W&B run has config = the same args, group, tags, and (sync_tensorboard)
+  the same scalar keys in its history.
+
+Runner layout: `bench_runs/<experiment>/` (experiment name defaults to the preset name; `--name`
+overrides). Each run's WORKDIR is `bench_runs/<experiment>/<algorithm>/<env_id>/sims<S>/seed<k>/`.
+The runner keeps `bench_runs/<experiment>/manifest.json`, a JSON list with one entry per run,
+rewritten atomically after every run finishes:
+{"experiment": str, "preset": str, "algorithm": ALGO str, "script": "gala_a2c_atari.py",
+ "env_id": str, "seed": int, "simulators": int (total), "ranks": int (mpirun -np),
+ "envs_per_rank": int, "workers": int (ranks that hold simulators), "total_timesteps": int,
+ "command": [argv], "workdir": path relative to the experiment dir, "run_dir": path relative to the
+ experiment dir of runs/<run_name> or null, "status": "ok" | "failed", "returncode": int,
+ "wall_seconds": float, "git_commit": str, "wandb_project": str, "wandb_group": str,
+ "utilisation": null or {"interval_s": float, "cpu_percent": [samples of whole-machine CPU %],
+ "gpu_percent": [samples] or null}}
+W&B tagging by the runner: project (default "gala-rl-benchmark"), group = experiment name, tags
+passed with --wandb-tags: the preset name and "commit-<short sha>"; the scripts add ALGO and
+"sims<S>" themselves.
+"""
 
 import subprocess
 import sys

@@ -13,7 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmark.common import command, scalars  # noqa: E402
 
-
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
 
 
@@ -87,3 +86,20 @@ def assert_bad_input(script: str, args: list[str], message: str, cwd: Path, np: 
     assert proc.stderr.count(message) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (cwd / "runs").exists()
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """bench_runs/tiny made by `python -m benchmark run`: an A2C and a GALA run (2 ranks x 2
+    simulators, Pong, 6000 steps, so every simulator finishes a game; side by side; W&B offline),
+    and the same two on an unknown game, which fail. Returns the experiment directory and the
+    runner's process."""
+    out = tmp_path_factory.mktemp("bench_runs")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark", "run", "--name", "tiny", "--out", str(out),
+         "--algorithms", "a2c_allreduce", "gala_a2c", "--env-ids", "Pong-v5", "Pongg-v5", "--seeds", "1",
+         "--simulators", "4", "--workers", "2", "--total-timesteps", "6000", "--max-parallel", "2",
+         "--extra=--eval-episodes 1 --log-every 5"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return out / "tiny", proc

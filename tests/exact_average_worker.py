@@ -11,9 +11,9 @@ import torch
 from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import a2c_allreduce_atari as a2c  # noqa: E402
-
 from batch import fixed_batch, rmsprop  # noqa: E402
+
+import a2c_allreduce_atari as a2c  # noqa: E402
 
 comm = MPI.COMM_WORLD
 rank, world = comm.Get_rank(), comm.Get_size()

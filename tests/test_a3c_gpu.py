@@ -5,9 +5,9 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from conftest import assert_bad_input, interrupt_then_resume, ok, run_ok
 
 from benchmark.common import command
-from conftest import assert_bad_input, interrupt_then_resume, ok, run_ok
 
 SCRIPT = "a3c_gpu_atari.py"
 FAST = ["--num-envs", "8", "--print-every", "1", "--log-every", "5"]

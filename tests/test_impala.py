@@ -3,9 +3,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import assert_bad_input, interrupt_then_resume, ok, run, run_ok
 
 import impala_atari as impala
-from conftest import assert_bad_input, interrupt_then_resume, ok, run, run_ok
 
 SCRIPT = "impala_atari.py"
 FAST = ["--num-envs", "4", "--batch-size", "8", "--unroll-length", "10", "--print-every", "1"]
@@ -81,13 +81,13 @@ def test_unroll_fields_do_not_overlap():
 
 # --- the script end to end -------------------------------------------------------------------------
 def test_end_to_end_learner_and_two_actors_tracked_offline(workdir):
-    proc, _, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", "16000", "--track", "--log-every", "2",
+    proc, _, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", "8000", "--track", "--log-every", "2",
                            *FAST, cwd=workdir, np=3)  # fmt: skip
     assert "1 learner + 2 actor(s)" in proc.stdout
     for tag in ("charts/SPS", "charts/episodic_return", "losses/policy_loss", "vtrace/rho_mean",
                 "vtrace/rho_clipped_frac", "impala/policy_lag", "impala/learner_idle_frac", "impala/queue_depth"):  # fmt: skip
         assert tag in tags, tag
-    assert tags["charts/SPS"][-1][0] == 16000 // 80 * 80
+    assert tags["charts/SPS"][-1][0] == 8000 // 80 * 80
     assert all(0.0 <= v <= 1.0 for _, v in tags["impala/learner_idle_frac"])
     assert any(v > 0 for _, v in tags["impala/policy_lag"])  # actors act with older parameters
     assert len(list((workdir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1

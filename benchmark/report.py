@@ -1,0 +1,785 @@
+"""`python -m benchmark report`: the paper's figures and tables from the runs of an experiment.
+
+Reads the runs of `python -m benchmark run` — locally from `bench_runs/<experiment>/manifest.json`
+and each run's TensorBoard events, config.json and eval.json (the contract in benchmark/common.py),
+or online from W&B (`--wandb`: the runs of one group, their config and history) — normalises them
+into one `RunRecord` each, and writes into `--out` (default `<experiment>/report/`):
+
+- `returns_vs_steps.png`, `returns_vs_time.png` (GALA paper Fig 1b–g): episodic return per game,
+  one line per algorithm (and simulator count), mean over seeds with a 95% t-interval band;
+- `success_vs_simulators.png` (Fig 1a): share of runs whose final score reaches a fraction of the
+  game's nominal score, against the number of simulators;
+- `disagreement.png` (Fig 2): GALA's gossip/disagreement(_relative) against global steps;
+- `throughput.png` (Fig 3): steps per second and CPU (GPU) utilisation per algorithm;
+- `report.md`: runs found, final scores (mean, std, IQM with rliable's stratified-bootstrap CI),
+  success shares, paired t-tests of GALA vs A2C (as the authors' rebuttal did for Fig 1a), the argmax
+  evaluation (Table 1), SPS ratios to A2C at matched simulators, and the figures written.
+
+`--wandb-report` also builds the same view as a W&B report (wandb_workspaces) and prints its URL.
+The statistics are small pure functions (`final_score`, `iqm_with_ci`, `paired_ttest`,
+`success_share`, `run_sps`) so that tests call them directly.
+
+    python -m benchmark report                                  # the newest bench_runs/<experiment>
+    python -m benchmark report --experiment bench_runs/paper --nominal Pong=18 Breakout=400
+    python -m benchmark report --wandb --wandb-group paper --wandb-report
+"""
+
+import json
+import math
+import os
+import sys
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+import tyro
+
+ALGORITHMS = ("a2c_allreduce", "gala_a2c", "a3c_gpu", "impala")
+"""the `algorithm` of config.json and the manifest, in the order tables and legends use"""
+GALA, A2C = "gala_a2c", "a2c_allreduce"
+
+RANDOM_SCORES = {
+    "BeamRider": 363.9,
+    "Breakout": 1.7,
+    "Pong": -20.7,
+    "Qbert": 163.9,
+    "Seaquest": 68.4,
+    "SpaceInvaders": 148.0,
+}
+"""Random-play scores of the GALA games: Mnih et al. 2015 ("Human-level control through deep
+reinforcement learning", Nature 518, Extended Data Table 2, "Random Play"), the values also used by
+Dopamine/rliable (checked against google-research/reincarnating_rl, atari_scores.py). A game not
+listed counts as 0."""
+
+
+# ---------------------------------------------------------------------------------------------
+# One record per run, whatever the source
+
+
+@dataclass
+class Series:
+    """One logged scalar of a run: global steps, wall seconds since the run's first event, values."""
+
+    step: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    wall: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    value: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+
+@dataclass
+class RunRecord:
+    """A run as the report sees it; `status` is "ok" or "failed" (failed runs are listed in the
+    report and left out of every statistic)."""
+
+    name: str
+    """where it came from: the workdir in the experiment, or the W&B run path"""
+    algorithm: str
+    env_id: str
+    seed: int
+    simulators: int
+    total_timesteps: int
+    status: str
+    returns: Series = field(default_factory=Series)
+    """charts/episodic_return: one point per finished game"""
+    sps: Series = field(default_factory=Series)
+    disagreement: Series = field(default_factory=Series)
+    disagreement_relative: Series = field(default_factory=Series)
+    eval_argmax: Optional[float] = None
+    eval_sampled: Optional[float] = None
+    cpu_percent: list[float] = field(default_factory=list)
+    gpu_percent: Optional[list[float]] = None
+    note: str = ""
+    """why a run failed, or what is missing"""
+
+    @property
+    def game(self) -> str:
+        return game_of(self.env_id)
+
+    @property
+    def final(self) -> float:
+        """The run's final score (nan when it logged no episode)."""
+        return final_score(self.returns.step, self.returns.value, self.total_timesteps)
+
+
+def game_of(env_id: str) -> str:
+    """`Pong-v5` -> `Pong`: the key of RANDOM_SCORES and of --nominal."""
+    return env_id.split("-")[0]
+
+
+TAGS = {
+    "returns": "charts/episodic_return",
+    "sps": "charts/SPS",
+    "disagreement": "gossip/disagreement",
+    "disagreement_relative": "gossip/disagreement_relative",
+}
+"""RunRecord series <- TensorBoard tag (= W&B history key under sync_tensorboard)"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the runs: local (manifest + TensorBoard) and W&B
+
+
+def read_events(run_dir: Path) -> dict[str, Series]:
+    """Every TensorBoard scalar of a run directory, with wall seconds since its first event (the
+    writer's creation). benchmark.common.scalars drops wall_time, which Fig 1d–g needs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    start = acc.FirstEventTimestamp()
+    out = {}
+    for tag in acc.Tags()["scalars"]:
+        events = acc.Scalars(tag)
+        out[tag] = Series(np.array([e.step for e in events], dtype=float),
+                          np.array([e.wall_time - start for e in events]),
+                          np.array([e.value for e in events], dtype=float))  # fmt: skip
+    return out
+
+
+def load_local(experiment: Path) -> list[RunRecord]:
+    """The runs of one experiment directory, from its manifest. A manifest entry with status ok
+    whose run directory is missing counts as failed."""
+    records = []
+    for entry in json.loads((experiment / "manifest.json").read_text()):
+        run_dir = experiment / entry["run_dir"] if entry.get("run_dir") else None
+        status, note = entry["status"], "" if entry["status"] == "ok" else f"exit {entry.get('returncode')}"
+        if run_dir is None or not run_dir.is_dir():
+            status, note = "failed", note or "no run directory"
+        events = read_events(run_dir) if status == "ok" else {}
+        config = json.loads((run_dir / "config.json").read_text()) if status == "ok" and (run_dir / "config.json").exists() else {}
+        evaluation = json.loads((run_dir / "eval.json").read_text()) if status == "ok" and (run_dir / "eval.json").exists() else {}
+        utilisation = entry.get("utilisation") or {}
+        records.append(RunRecord(
+            name=f"{experiment.name}/{entry['workdir']}", algorithm=entry["algorithm"], env_id=entry["env_id"],
+            seed=entry["seed"], simulators=entry["simulators"],
+            total_timesteps=config.get("total_timesteps", entry["total_timesteps"]), status=status, note=note,
+            **{key: events.get(tag, Series()) for key, tag in TAGS.items()},
+            eval_argmax=evaluation.get("argmax", {}).get("mean", last_value(events, "eval/argmax_return_mean")),
+            eval_sampled=evaluation.get("sampled", {}).get("mean", last_value(events, "eval/sampled_return_mean")),
+            cpu_percent=list(utilisation.get("cpu_percent") or []), gpu_percent=utilisation.get("gpu_percent"),
+        ))  # fmt: skip
+    return records
+
+
+def last_value(series: dict[str, Series], tag: str) -> Optional[float]:
+    return float(series[tag].value[-1]) if tag in series and len(series[tag]) else None
+
+
+def wandb_unavailable() -> Optional[str]:
+    """Why W&B cannot be reached (offline mode, no API key), or None."""
+    mode = os.environ.get("WANDB_MODE", "")
+    if mode in ("offline", "disabled", "dryrun"):
+        return f"WANDB_MODE={mode}: W&B is not reachable; report on the local runs instead (--experiment)"
+    try:
+        import wandb
+
+        wandb.Api()
+    except Exception as e:  # noqa: BLE001 -- no API key, no network: wandb raises several types
+        return f"cannot use the W&B API ({type(e).__name__}: {e})"
+    return None
+
+
+def load_wandb(project: str, entity: Optional[str], group: Optional[str]) -> list[RunRecord]:
+    """The runs of a W&B project (one group if given): config, the TensorBoard keys of their history
+    (scan_history: every row, not a sample) with `_runtime` as wall seconds, and the machine's CPU
+    (mean over cores of system.cpu.<i>.cpu_percent) and GPU from the system metrics. A run that
+    did not finish counts as failed."""
+    import wandb
+
+    api = wandb.Api()
+    path = f"{entity}/{project}" if entity else project
+    records = []
+    for run in api.runs(path, filters={"group": group} if group else None):
+        config = dict(run.config)
+        algorithm = next((t for t in run.tags if t in ALGORITHMS), config.get("exp_name", "?").removesuffix("_atari"))
+        series = {}
+        for key, tag in TAGS.items():
+            rows = [r for r in run.scan_history(keys=["global_step", tag, "_runtime"])]
+            series[key] = Series(np.array([r["global_step"] for r in rows], dtype=float),
+                                 np.array([r["_runtime"] for r in rows], dtype=float),
+                                 np.array([r[tag] for r in rows], dtype=float))  # fmt: skip
+        cpu, gpu = [], None
+        try:
+            system = run.history(stream="events", pandas=True)
+            cores = [c for c in system.columns if c.startswith("system.cpu.") and c.endswith(".cpu_percent")]
+            gpus = [c for c in system.columns if c.startswith("system.gpu.") and c.endswith(".gpu")]
+            cpu = system[cores].mean(axis=1).dropna().tolist() if cores else []
+            gpu = system[gpus].mean(axis=1).dropna().tolist() if gpus else None
+        except Exception as e:  # noqa: BLE001 -- system metrics are optional; the report says none were found
+            print(f"note: no W&B system metrics for {run.id}: {type(e).__name__}: {e}", file=sys.stderr)
+        records.append(RunRecord(
+            name=f"{path}/{run.id}", algorithm=algorithm, env_id=config.get("env_id", "?"),
+            seed=int(config.get("seed", 0)), simulators=int(config.get("total_envs", 0)),
+            total_timesteps=int(config.get("total_timesteps", 0)),
+            status="ok" if run.state == "finished" else "failed", note="" if run.state == "finished" else f"state {run.state}",
+            eval_argmax=run.summary.get("eval/argmax_return_mean"), eval_sampled=run.summary.get("eval/sampled_return_mean"),
+            cpu_percent=cpu, gpu_percent=gpu, **series,
+        ))  # fmt: skip
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics: pure functions of arrays
+
+
+def final_score(steps: np.ndarray, returns: np.ndarray, total_steps: int, window: float = 0.1) -> float:
+    """Mean of the episodic returns logged in the last `window` of the run's global steps (steps >=
+    (1 - window) x total); if none was, those of the last logged step. nan if no episode at all."""
+    steps, returns = np.asarray(steps, dtype=float), np.asarray(returns, dtype=float)
+    if len(returns) == 0:
+        return math.nan
+    late = steps >= (1 - window) * total_steps
+    return float(returns[late].mean() if late.any() else returns[steps == steps.max()].mean())
+
+
+def iqm_with_ci(scores: dict[str, np.ndarray], reps: int, seed: int) -> dict[str, tuple[float, float, float]]:
+    """Interquartile mean and its 95% stratified-bootstrap confidence interval (rliable), per key:
+    scores[key] is (runs x tasks), or 1-D for one task. Returns key -> (IQM, low, high).
+    rliable 1.2's StratifiedBootstrap draws its resamples from numpy's global generator (np.random.choice),
+    not from the random_state it is given, so that one is seeded too (and restored afterwards)."""
+    from rliable import library, metrics
+
+    matrices = {k: np.asarray(v, dtype=float).reshape(len(v), -1) for k, v in scores.items() if len(v)}
+    if not matrices:
+        return {}
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # arch >= 7 deprecates the random_state that rliable passes
+            warnings.simplefilter("ignore", FutureWarning)
+            points, intervals = library.get_interval_estimates(
+                matrices, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps, random_state=np.random.RandomState(seed)
+            )
+    finally:
+        np.random.set_state(saved)
+    return {k: (float(points[k][0]), float(intervals[k][0, 0]), float(intervals[k][1, 0])) for k in matrices}
+
+
+class TTest(NamedTuple):
+    n: int
+    t: float
+    p: float
+
+
+def paired_ttest(a: np.ndarray, b: np.ndarray) -> Optional[TTest]:
+    """Two-sided paired t-test of a vs b (scipy.stats.ttest_rel); None with fewer than 2 pairs."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2:
+        return None
+    result = scipy.stats.ttest_rel(a, b)
+    return TTest(len(a), float(result.statistic), float(result.pvalue))
+
+
+def success_threshold(nominal: float, random: float, fraction: float) -> float:
+    """The final score a run must reach: `fraction` of the way from random play to the nominal score
+    (for games with negative scores such as Pong, "half the nominal score" is meaningless)."""
+    return random + fraction * (nominal - random)
+
+
+def success_share(finals: np.ndarray, nominal: float, random: float, fraction: float) -> float:
+    """Share of the runs whose final score reaches success_threshold."""
+    finals = np.asarray(finals, dtype=float)
+    return float(np.mean(finals >= success_threshold(nominal, random, fraction))) if len(finals) else math.nan
+
+
+def run_sps(values: np.ndarray) -> float:
+    """A run's throughput: the median of its logged SPS after the first point (the first covers
+    start-up); the only point if there is one; nan if none."""
+    values = np.asarray(values, dtype=float)
+    return float(np.median(values[1:] if len(values) > 1 else values)) if len(values) else math.nan
+
+
+def t_band(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over the rows of (seeds x points), ignoring nan, with its 95% t-interval (nan where fewer
+    than 2 seeds have a value)."""
+    n = np.sum(np.isfinite(samples), axis=0)
+    with warnings.catch_warnings():  # nanmean / nanstd of columns without a value
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(samples, axis=0)
+        half = scipy.stats.t.ppf(0.975, n - 1) * np.nanstd(samples, axis=0, ddof=1) / np.sqrt(n)
+    half[n < 2] = np.nan
+    return mean, mean - half, mean + half
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouping and the nominal scores
+
+
+def label(algorithm: str, simulators: int, several: bool) -> str:
+    return f"{algorithm} ({simulators} sims)" if several else algorithm
+
+
+def order(records: list[RunRecord]) -> list[RunRecord]:
+    rank = {a: i for i, a in enumerate(ALGORITHMS)}
+    return sorted(records, key=lambda r: (r.game, rank.get(r.algorithm, 99), r.algorithm, r.simulators, r.seed))
+
+
+def groups(records: list[RunRecord], *keys: str) -> dict[tuple, list[RunRecord]]:
+    """Records by the tuple of their attributes `keys`, in table order."""
+    out = defaultdict(list)
+    for r in order(records):
+        out[tuple(getattr(r, k) for k in keys)].append(r)
+    return dict(out)
+
+
+def nominal_scores(ok: list[RunRecord], given: dict[str, float]) -> dict[str, tuple[float, str]]:
+    """game -> (nominal score, where it came from): --nominal if given, else the mean final score
+    of the A2C runs with the fewest simulators of that game ("the nominal score is with respect to
+    standard 16-simulator A2C scores", the authors' rebuttal)."""
+    out = {}
+    for (game,), runs in groups(ok, "game").items():
+        if game in given:
+            out[game] = (given[game], "--nominal")
+            continue
+        a2c = [r for r in runs if r.algorithm == A2C and math.isfinite(r.final)]
+        if a2c:
+            fewest = min(r.simulators for r in a2c)
+            finals = [r.final for r in a2c if r.simulators == fewest]
+            out[game] = (float(np.mean(finals)), f"mean final score of {len(finals)} A2C run(s) at {fewest} simulators")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures (matplotlib, Agg)
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def subplots(count: int, rows: int = 1, width: float = 4.5, height: float = 3.4):
+    plt = pyplot()
+    fig, axes = plt.subplots(rows, count, figsize=(width * count, height * rows), squeeze=False)
+    return plt, fig, axes
+
+
+def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Path) -> bool:
+    """Episodic return (trailing mean over `smooth` games) of each run, interpolated on a common grid
+    of its game from the run's first game to its end (the last game's value held to the last logged
+    point of the run: it is the latest known return), mean over seeds and 95% t-interval; one subplot
+    per game, one line per algorithm (x simulators). x: "step" or "wall"."""
+    with_episodes = [r for r in ok if len(r.returns)]
+    if not with_episodes:
+        return False
+    games = groups(with_episodes, "game")
+    several = len({r.simulators for r in with_episodes}) > 1
+    end = {id(r): max(getattr(s, x).max() for s in (r.returns, r.sps) if len(s)) for r in with_episodes}
+    plt, fig, axes = subplots(len(games))
+    for ax, ((game,), runs) in zip(axes[0], games.items()):
+        grid = np.linspace(0, max(end[id(r)] for r in runs), points)
+        for (algorithm, simulators), same in groups(runs, "algorithm", "simulators").items():
+            curves = []
+            for r in same:
+                smoothed = pd.Series(r.returns.value).rolling(smooth, min_periods=1).mean().to_numpy()
+                xs, ys = np.append(getattr(r.returns, x), end[id(r)]), np.append(smoothed, smoothed[-1])
+                curves.append(np.interp(grid, xs, ys, left=np.nan, right=np.nan))
+            mean, low, high = t_band(np.array(curves))
+            name = f"{label(algorithm, simulators, several)}, {len(same)} seed(s)"
+            (line,) = ax.plot(grid, mean, label=name, marker="o" if np.isfinite(mean).sum() < 2 else None)
+            ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, lw=0)
+        ax.set_title(game)
+        ax.set_xlabel("global steps" if x == "step" else "wall-clock seconds")
+        ax.set_ylabel(f"episodic return (mean of last {smooth} games)")
+        ax.legend(fontsize=7)
+    fig.suptitle("mean over seeds, band: 95% t-interval", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_success(shares: dict[tuple, tuple[float, int]], path: Path) -> bool:
+    """shares[(game, algorithm, simulators)] = (share, runs): one subplot per game, share vs
+    simulators on a log2 axis, one line per algorithm."""
+    if not shares:
+        return False
+    games = sorted({g for g, _, _ in shares})
+    plt, fig, axes = subplots(len(games))
+    for ax, game in zip(axes[0], games):
+        for algorithm in sorted({a for g, a, _ in shares if g == game}, key=lambda a: (ALGORITHMS + (a,)).index(a)):
+            sims = sorted(s for g, a, s in shares if g == game and a == algorithm)
+            ax.plot(sims, [shares[game, algorithm, s][0] for s in sims], marker="o", label=algorithm)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(game)
+        ax.set_xlabel("simulators")
+        ax.set_ylabel("share of successful runs")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_disagreement(ok: list[RunRecord], path: Path) -> bool:
+    """GALA runs: relative (top) and absolute (bottom) disagreement vs global steps, one line per run."""
+    gala = [r for r in ok if r.algorithm == GALA and len(r.disagreement_relative) + len(r.disagreement)]
+    if not gala:
+        return False
+    games = groups(gala, "game")
+    plt, fig, axes = subplots(len(games), rows=2)
+    for column, ((game,), runs) in enumerate(games.items()):
+        for row, (key, ylabel) in enumerate((("disagreement_relative", "RMS |θ_i − θ̄| / |θ̄|"), ("disagreement", "RMS |θ_i − θ̄|"))):
+            ax = axes[row][column]
+            for r in runs:
+                series = getattr(r, key)
+                ax.plot(series.step, series.value, lw=1, marker="." if len(series) < 3 else None,
+                        label=f"{r.simulators} sims, seed {r.seed}")  # fmt: skip
+            ax.set_title(f"GALA-A2C {game}: gossip/{key}", fontsize=9)
+            ax.set_xlabel("global steps")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_throughput(rows: list[dict], path: Path) -> bool:
+    """Bars per algorithm at each simulator count: median SPS (left), mean CPU % and GPU % (right)."""
+    rows = [row for row in rows if math.isfinite(row["sps"])]
+    if not rows:
+        return False
+    sims = sorted({row["simulators"] for row in rows})
+    algorithms = [a for a in ALGORITHMS if any(row["algorithm"] == a for row in rows)]
+    algorithms += sorted({row["algorithm"] for row in rows} - set(algorithms))
+    width = 0.8 / len(algorithms)
+    plt, fig, axes = subplots(2, width=5.5)
+    for i, algorithm in enumerate(algorithms):
+        found = {row["simulators"]: row for row in rows if row["algorithm"] == algorithm}
+        xs = [j + i * width for j, s in enumerate(sims) if s in found]
+        axes[0][0].bar(xs, [found[s]["sps"] for s in sims if s in found], width, label=algorithm)
+        cpu = [found[s]["cpu"] for s in sims if s in found]
+        axes[0][1].bar(xs, [c if c is not None else 0 for c in cpu], width, label=f"{algorithm} CPU")
+        gpu = [found[s]["gpu"] for s in sims if s in found]
+        if any(g is not None for g in gpu):
+            axes[0][1].bar(xs, [g or 0 for g in gpu], width * 0.5, hatch="//", fill=False, label=f"{algorithm} GPU")
+    for ax, ylabel in zip(axes[0], ("steps per second (median over runs)", "mean utilisation %")):
+        ax.set_xticks([j + width * (len(algorithms) - 1) / 2 for j in range(len(sims))], [f"{s} sims" for s in sims])
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    if not any(row["cpu"] is not None for row in rows):
+        axes[0][1].text(0.5, 0.5, "no utilisation samples", ha="center", transform=axes[0][1].transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# report.md
+
+
+def fmt(x: Optional[float], digits: int = 2) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def ttest_line(what: str, test: Optional[TTest]) -> str:
+    if test is None:
+        return f"- {what}: n/a (need >= 2 pairs)"
+    return f"- {what}: n = {test.n}, t = {fmt(test.t, 3)}, p = {test.p:.4g}"
+
+
+@dataclass
+class Report:
+    """What main writes: report.md's lines, and the rows the figures are drawn from."""
+
+    lines: list[str]
+    shares: dict[tuple, tuple[float, int]]
+    throughput: list[dict]
+
+
+def build_report(records: list[RunRecord], cfg: "Config", source: str) -> Report:
+    """report.md (without its figure list) from the records."""
+    ok = [r for r in records if r.status == "ok"]
+    scored = [r for r in ok if math.isfinite(r.final)]
+    lines = ["# Benchmark report", "", f"Source: {source}.", ""]
+
+    # Runs found
+    lines += ["## Runs", ""]
+    rows = [[a, g, s, sum(r.status == "ok" for r in rs), sum(r.status != "ok" for r in rs),
+             sum(r.status == "ok" and not math.isfinite(r.final) for r in rs)]
+            for (g, a, s), rs in groups(records, "game", "algorithm", "simulators").items()]  # fmt: skip
+    lines += table(["algorithm", "game", "simulators", "ok", "failed", "ok without an episode"], rows) + [""]
+    failed = [r for r in order(records) if r.status != "ok"]
+    lines += [f"Failed runs (excluded from every statistic): {len(failed) or 'none'}"]
+    lines += [f"- {r.name}: {r.note}" for r in failed] + [""]
+    for r in order(ok):
+        if not math.isfinite(r.final):
+            lines.append(f"- {r.name}: logged no episode, final score missing")
+
+    # Final scores
+    lines += ["## Final scores", "",
+              (f"Final score of a run: mean of the episodic returns (raw game score) logged in the last "
+               f"{cfg.final_window:.0%} of its global steps (at least its last logged episode). IQM: 25% "
+               f"trimmed mean over runs with a 95% stratified-bootstrap CI (rliable, {cfg.bootstrap_reps} "
+               f"reps, seed {cfg.seed}); each game is one task."), ""]  # fmt: skip
+    rows = []
+    for (game,), runs in groups(scored, "game").items():
+        cells = groups(runs, "algorithm", "simulators")
+        iqm = iqm_with_ci({k: np.array([r.final for r in rs]) for k, rs in cells.items()}, cfg.bootstrap_reps, cfg.seed)
+        for (algorithm, simulators), rs in cells.items():
+            finals = np.array([r.final for r in rs])
+            point, low, high = iqm[algorithm, simulators]
+            rows.append([game, algorithm, simulators, len(finals), fmt(finals.mean()),
+                         fmt(finals.std(ddof=1) if len(finals) > 1 else None), f"{fmt(point)} [{fmt(low)}, {fmt(high)}]"])  # fmt: skip
+    lines += table(["game", "algorithm", "simulators", "n", "mean", "std", "IQM [95% CI]"], rows) + [""]
+
+    # Nominal scores, success, aggregate
+    given = dict(parse_nominal(cfg.nominal))
+    nominal = nominal_scores(scored, given)
+    lines += ["## Success (Fig 1a)", "",
+              (f"A run succeeds when its final score >= random + {cfg.success_fraction} x (nominal − random), "
+               "random = random-play score of Mnih et al. 2015 (Extended Data Table 2; 0 for games not listed)."), ""]  # fmt: skip
+    rows = []
+    for game in sorted({r.game for r in scored}):
+        random = RANDOM_SCORES.get(game, 0.0)
+        if game not in nominal:
+            rows.append([game, "n/a", "no A2C run and no --nominal", fmt(random), "n/a"])
+            continue
+        value, where = nominal[game]
+        warn = " (not above random play: no success share, no normalised score)" if value <= random else ""
+        rows.append([game, fmt(value), where + warn, fmt(random), fmt(success_threshold(value, random, cfg.success_fraction))])
+    lines += table(["game", "nominal", "nominal from", "random", "success threshold"], rows) + [""]
+    shares = {}  # only where success means something: a nominal score above random play
+    usable = [g for g, (v, _) in nominal.items() if v > RANDOM_SCORES.get(g, 0.0)]
+    for (game, algorithm, simulators), rs in groups(scored, "game", "algorithm", "simulators").items():
+        if game in usable:
+            finals = [r.final for r in rs]
+            shares[game, algorithm, simulators] = (success_share(finals, nominal[game][0], RANDOM_SCORES.get(game, 0.0), cfg.success_fraction), len(finals))
+    lines += table(["game", "algorithm", "simulators", "successful share (runs)"],
+                   [[g, a, s, f"{fmt(v)} ({n})"] for (g, a, s), (v, n) in shares.items()]) + [""]  # fmt: skip
+
+    lines += [("Aggregate over games: IQM of nominal-normalised final scores (final − random) / (nominal − random) "
+               "(1 = the nominal A2C score), over the seeds present in every game of that algorithm and simulator "
+               "count; games whose nominal is not above random play are left out."), ""]  # fmt: skip
+    matrices = {}
+    for (algorithm, simulators), rs in groups([r for r in scored if r.game in usable], "algorithm", "simulators").items():
+        games = sorted({r.game for r in rs})
+        seeds = sorted(set.intersection(*({r.seed for r in rs if r.game == g} for g in games)))
+        by = {(r.game, r.seed): r.final for r in rs}
+        norm = [[(by[g, s] - RANDOM_SCORES.get(g, 0.0)) / (nominal[g][0] - RANDOM_SCORES.get(g, 0.0)) for g in games] for s in seeds]
+        if seeds:
+            matrices[label(algorithm, simulators, True), ", ".join(games), len(seeds)] = np.array(norm)
+    aggregate = iqm_with_ci(matrices, cfg.bootstrap_reps, cfg.seed)
+    lines += table(["algorithm", "games", "seeds", "normalised IQM [95% CI]"],
+                   [[k[0], k[1], k[2], f"{fmt(p)} [{fmt(lo)}, {fmt(hi)}]"] for k, (p, lo, hi) in aggregate.items()]
+                   ) if aggregate else ["n/a: no game with a nominal score above random play"]  # fmt: skip
+    lines.append("")
+
+    # Paired t-tests
+    cells = sorted({(g, s) for g, a, s in shares if (g, GALA, s) in shares and (g, A2C, s) in shares})
+    by_seed = {(r.game, r.simulators, r.seed, r.algorithm): r.final for r in scored}
+    pairs = sorted({k[:3] for k in by_seed if (*k[:3], GALA) in by_seed and (*k[:3], A2C) in by_seed})
+    lines += ["## GALA-A2C vs A2C: paired t-tests (two-sided, scipy.stats.ttest_rel)", "",
+              ttest_line("success share, paired over (game, simulators) cells (as the authors did for Fig 1a)",
+                         paired_ttest([shares[g, GALA, s][0] for g, s in cells], [shares[g, A2C, s][0] for g, s in cells])),
+              ttest_line("final score, paired over (game, simulators, seed)",
+                         paired_ttest([by_seed[(*k, GALA)] for k in pairs], [by_seed[(*k, A2C)] for k in pairs])),
+              ""]  # fmt: skip
+
+    # Evaluation, Table 1 style
+    lines += ["## Evaluation (Table 1 style: full games after training, mean ± std over seeds of each run's mean)", ""]
+    rows = []
+    for (game, algorithm, simulators), rs in groups(ok, "game", "algorithm", "simulators").items():
+        argmax = [r.eval_argmax for r in rs if r.eval_argmax is not None]
+        sampled = [r.eval_sampled for r in rs if r.eval_sampled is not None]
+        if argmax or sampled:
+            rows.append([game, algorithm, simulators, len(argmax), mean_std(argmax), mean_std(sampled)])
+    lines += (table(["game", "algorithm", "simulators", "n", "argmax", "sampled"], rows) if rows else ["no evaluation found (runs without --eval-episodes)"]) + [""]
+
+    # Throughput
+    throughput = []
+    for (algorithm, simulators), rs in sorted(groups(ok, "algorithm", "simulators").items(), key=lambda kv: kv[0][1]):
+        per_run = [run_sps(r.sps.value) for r in rs if len(r.sps)]
+        cpu = [float(np.mean(r.cpu_percent)) for r in rs if r.cpu_percent]
+        gpu = [float(np.mean(r.gpu_percent)) for r in rs if r.gpu_percent]
+        throughput.append({"algorithm": algorithm, "simulators": simulators, "runs": len(per_run),
+                           "sps": float(np.median(per_run)) if per_run else math.nan,
+                           "cpu": float(np.mean(cpu)) if cpu else None, "gpu": float(np.mean(gpu)) if gpu else None})  # fmt: skip
+    base = {row["simulators"]: row["sps"] for row in throughput if row["algorithm"] == A2C}
+    lines += ["## Throughput (Fig 3)", "",
+              "SPS of a run: median of its logged charts/SPS after the first point; per algorithm: median over "
+              "its runs (all games). Ratio: to a2c_allreduce at the same total simulators. Utilisation: mean of "
+              "the whole-machine samples of each run, mean over runs" +
+              (" (W&B system metrics)." if cfg.wandb else " (the runner's samples in the manifest)."), ""]  # fmt: skip
+    lines += table(["algorithm", "simulators", "runs", "SPS", "SPS / a2c_allreduce", "CPU %", "GPU %"],
+                   [[row["algorithm"], row["simulators"], row["runs"], fmt(row["sps"], 0),
+                     fmt(row["sps"] / base[row["simulators"]]) if row["simulators"] in base else "n/a (no A2C run)",
+                     fmt(row["cpu"], 1), fmt(row["gpu"], 1)] for row in throughput]) + [""]  # fmt: skip
+    return Report(lines, shares, throughput)
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"{fmt(float(np.mean(values)))} ± {fmt(float(np.std(values, ddof=1)) if len(values) > 1 else None)}"
+
+
+def parse_nominal(items: tuple[str, ...]) -> list[tuple[str, float]]:
+    """`Pong=18` or `Pong-v5=18` -> ("Pong", 18.0)."""
+    out = []
+    for item in items:
+        game, sep, score = item.partition("=")
+        if not sep:
+            raise ValueError(f"--nominal takes GAME=SCORE, got {item!r}")
+        out.append((game_of(game), float(score)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The W&B report
+
+
+def wandb_report(cfg: "Config", markdown: str):
+    """A W&B report of the group: episodic return vs global step and vs wall time, disagreement,
+    SPS, grouped by the script (config exp_name), and report.md as a markdown block. Built without
+    network; `.save()` needs it."""
+    import wandb_workspaces.reports.v2 as wr
+
+    group = wr.Config("exp_name")
+    entity = {"entity": cfg.wandb_entity} if cfg.wandb_entity else {}  # default: the API key's (needs network)
+    runset = wr.Runset(**entity, project=cfg.wandb_project, name=cfg.wandb_group or cfg.wandb_project,
+                       filters=f"Group = '{cfg.wandb_group}'" if cfg.wandb_group else "")  # fmt: skip
+    panels = [
+        wr.LinePlot(title="episodic return vs global steps", x="global_step", y=["charts/episodic_return"],
+                    groupby=group, groupby_aggfunc="mean", groupby_rangefunc="stderr", smoothing_factor=0.6),
+        wr.LinePlot(title="episodic return vs wall time", x="RelativeTime(Wall)", y=["charts/episodic_return"],
+                    groupby=group, groupby_aggfunc="mean", groupby_rangefunc="stderr", smoothing_factor=0.6),
+        wr.LinePlot(title="GALA disagreement (relative)", x="global_step", y=["gossip/disagreement_relative"]),
+        wr.BarPlot(title="steps per second", metrics=["charts/SPS"], groupby=group, groupby_aggfunc="median"),
+    ]  # fmt: skip
+    return wr.Report(
+        **entity, project=cfg.wandb_project, title=f"gala-rl benchmark: {cfg.wandb_group or cfg.wandb_project}",
+        description="GALA-A2C vs A2C (Allreduce), A3C, IMPALA: python -m benchmark report",
+        blocks=[wr.PanelGrid(runsets=[runset], panels=panels), wr.MarkdownBlock(text=markdown)],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+@dataclass
+class Config:
+    """Figures and report.md from an experiment's runs (local manifest + TensorBoard, or W&B)."""
+
+    experiment: tuple[Path, ...] = ()
+    """experiment directories (each with a manifest.json); default: the newest one under bench_runs/"""
+    out: Optional[Path] = None
+    """where figures and report.md go; default <first experiment>/report (W&B: bench_runs/<group>/report)"""
+    wandb: bool = False
+    """read the runs from W&B instead of the local directories (needs network and an API key)"""
+    wandb_project: str = "gala-rl-benchmark"
+    """W&B project of the runs"""
+    wandb_entity: Optional[str] = None
+    """W&B entity (team or user); default: the API key's"""
+    wandb_group: Optional[str] = None
+    """W&B group (= experiment name) of the runs; default: every run of the project"""
+    wandb_report: bool = False
+    """also build and save a W&B report of the group and print its URL (needs network)"""
+    success_fraction: float = 0.5
+    """a run succeeds when final >= random + FRACTION x (nominal - random)"""
+    nominal: tuple[str, ...] = ()
+    """nominal scores GAME=SCORE (e.g. Pong=18); default per game: mean final score of its A2C runs
+    with the fewest simulators"""
+    bootstrap_reps: int = 2000
+    """stratified-bootstrap replications of the IQM confidence intervals"""
+    seed: int = 0
+    """seed of the bootstrap"""
+    final_window: float = 0.1
+    """final score: mean of the episodes in this last fraction of a run's global steps"""
+    smooth: int = 10
+    """return curves: trailing mean over this many games"""
+    grid_points: int = 200
+    """return curves: points of the common grid the seeds are interpolated on"""
+
+
+FIGURES = {
+    "returns_vs_steps.png": "episodic return vs global steps (Fig 1b–c)",
+    "returns_vs_time.png": "episodic return vs wall-clock time (Fig 1d–g)",
+    "success_vs_simulators.png": "share of successful runs vs simulators (Fig 1a)",
+    "disagreement.png": "GALA parameter disagreement vs global steps (Fig 2)",
+    "throughput.png": "SPS and utilisation per algorithm (Fig 3)",
+}
+
+
+def newest_experiment(root: Path = Path("bench_runs")) -> Optional[Path]:
+    found = [d for d in root.glob("*") if (d / "manifest.json").exists()] if root.is_dir() else []
+    return max(found, key=lambda d: d.stat().st_mtime, default=None)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    cfg = tyro.cli(Config, args=argv, prog="python -m benchmark report")
+    try:
+        parse_nominal(cfg.nominal)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.wandb or cfg.wandb_report:
+        problem = wandb_unavailable()
+        if problem:
+            print(f"error: {'--wandb' if cfg.wandb else '--wandb-report'}: {problem}", file=sys.stderr)
+            return 2
+    if cfg.wandb:
+        records = load_wandb(cfg.wandb_project, cfg.wandb_entity, cfg.wandb_group)
+        source = f"W&B project {cfg.wandb_project}" + (f", group {cfg.wandb_group}" if cfg.wandb_group else "")
+        out = cfg.out or Path("bench_runs") / (cfg.wandb_group or cfg.wandb_project) / "report"
+    else:
+        experiments = list(cfg.experiment) or [e for e in [newest_experiment()] if e]
+        missing = [e for e in experiments if not (e / "manifest.json").exists()]
+        if not experiments or missing:
+            print(f"error: no manifest.json in {', '.join(map(str, missing)) or 'any directory under bench_runs/'}", file=sys.stderr)
+            return 2
+        records = [r for e in experiments for r in load_local(e)]
+        source = "local runs of " + ", ".join(str(e) for e in experiments)
+        out = cfg.out or experiments[0] / "report"
+    if not records:
+        print("error: no runs found", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+
+    report = build_report(records, cfg, source)
+    ok = [r for r in records if r.status == "ok"]
+    drawn = {
+        "returns_vs_steps.png": plot_returns(ok, "step", cfg.smooth, cfg.grid_points, out / "returns_vs_steps.png")
+        or "no run logged an episode",
+        "returns_vs_time.png": plot_returns(ok, "wall", cfg.smooth, cfg.grid_points, out / "returns_vs_time.png")
+        or "no run logged an episode",
+        "success_vs_simulators.png": plot_success(report.shares, out / "success_vs_simulators.png")
+        or "no game has a nominal score above random play (from --nominal or its A2C runs)",
+        "disagreement.png": plot_disagreement(ok, out / "disagreement.png") or "no GALA run logged gossip/disagreement",
+        "throughput.png": plot_throughput(report.throughput, out / "throughput.png") or "no run logged charts/SPS",
+    }  # fmt: skip
+    lines = report.lines + ["## Figures", ""]
+    lines += [f"- `{name}`: {FIGURES[name]}" if done is True else f"- `{name}`: skipped, {done}" for name, done in drawn.items()]
+    if cfg.wandb:
+        lines.append("- utilisation online: W&B system metrics (system.cpu.<i>.cpu_percent, system.gpu.<i>.gpu) when present")
+    markdown = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(markdown)
+    print(f"wrote {out / 'report.md'} and {sum(d is True for d in drawn.values())} figures in {out}")
+    if cfg.wandb_report:
+        remote = wandb_report(cfg, markdown)
+        remote.save()
+        print(f"W&B report: {remote.url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""`python -m benchmark run`: launches the four scripts at matched total simulators and writes a manifest.
+
+For every (algorithm, env id, total simulators, seed) the runner derives the launch at that total
+(`launch_plan`): A2C and GALA run R workers x S simulators, A3C the same R x S plus its store rank,
+IMPALA one learner plus A actors x S. A total that does not split is refused before anything runs.
+Every run is tracked in one W&B project (group = the experiment, tags = the preset and the git
+commit; WANDB_MODE is inherited, so offline works without network), runs in its own directory
+with its stdout and stderr saved there, and is sampled for whole-machine CPU (and GPU) utilisation
+while it runs. Runs go locally, as many at once as the cores allow, or to SLURM through submitit.
+`bench_runs/<experiment>/manifest.json` (its fields are described in benchmark/common.py) is what
+`python -m benchmark report` reads.
+
+    python -m benchmark run --preset smoke
+    python -m benchmark run --preset paper --dry-run
+    python -m benchmark run --preset sweep --slurm --slurm-partition gpu --slurm-gpus-per-node 1
+"""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import psutil
+import tyro
+from tqdm import tqdm
+
+from benchmark.common import ROOT, command
+
+Algorithm = Literal["gala_a2c", "a2c_allreduce", "a3c_gpu", "impala"]
+SCRIPTS = {
+    "gala_a2c": "gala_a2c_atari.py",
+    "a2c_allreduce": "a2c_allreduce_atari.py",
+    "a3c_gpu": "a3c_gpu_atari.py",
+    "impala": "impala_atari.py",
+}
+GAMES = ("BeamRider-v5", "Breakout-v5", "Pong-v5", "Qbert-v5", "Seaquest-v5", "SpaceInvaders-v5")
+A2C_ROLLOUT = 5
+"""steps per simulator in one A2C-family update (the scripts' default --num-steps)"""
+IMPALA_UNROLL = 20
+"""steps of one IMPALA trajectory (the script's default --unroll-length)"""
+IMPALA_BATCH = 32
+"""trajectories in one IMPALA update (the script's default --batch-size)"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets and the command line
+
+
+@dataclass(frozen=True)
+class Preset:
+    algorithms: tuple[str, ...]
+    env_ids: tuple[str, ...]
+    seeds: tuple[int, ...]
+    simulators: tuple[int, ...]
+    """total simulators of a run, one set of runs per value"""
+    total_timesteps: Optional[int]
+    """global steps of a run; None: --updates x the algorithm's batch (throughput)"""
+    workers: int
+    impala_batch_size: Optional[int]
+    """IMPALA's trajectories per update; None: one per simulator (= the total simulators)"""
+    flags: tuple[str, ...]
+    """passed to every script"""
+
+
+PRESETS = {
+    # All four, end to end (training, logging, evaluation, W&B offline) in a few minutes on 2 cores.
+    "smoke": Preset(
+        algorithms=tuple(SCRIPTS),
+        env_ids=("Pong-v5",),
+        seeds=(1, 2),
+        simulators=(8,),
+        total_timesteps=12_000,
+        workers=2,
+        impala_batch_size=IMPALA_BATCH,
+        flags=("--eval-episodes", "2", "--log-every", "5"),
+    ),
+    # The paper's Table 1 / Fig 2 comparison: 64 simulators, 40M steps, 10 seeds, six games.
+    "paper": Preset(
+        algorithms=tuple(SCRIPTS),
+        env_ids=GAMES,
+        seeds=tuple(range(1, 11)),
+        simulators=(64,),
+        total_timesteps=40_000_000,
+        workers=4,
+        impala_batch_size=IMPALA_BATCH,
+        flags=("--eval-episodes", "30"),
+    ),
+    # The paper's Fig 1a: GALA and A2C as the simulators grow from 2^6 to 2^10.
+    "sweep": Preset(
+        algorithms=("gala_a2c", "a2c_allreduce"),
+        env_ids=GAMES,
+        seeds=tuple(range(1, 11)),
+        simulators=(64, 128, 256, 512, 1024),
+        total_timesteps=40_000_000,
+        workers=4,
+        impala_batch_size=IMPALA_BATCH,
+        flags=("--eval-episodes", "30"),
+    ),
+    # The same number of updates of each on this machine at 2 x 8 simulators; IMPALA's batch is 16
+    # trajectories (2 actors x 8), so that one update covers the same 16 simulators as A2C's.
+    "throughput": Preset(
+        algorithms=tuple(SCRIPTS),
+        env_ids=("Pong-v5",),
+        seeds=(1,),
+        simulators=(16,),
+        total_timesteps=None,
+        workers=2,
+        impala_batch_size=None,
+        flags=(),
+    ),
+}
+
+
+@dataclass
+class Config:
+    """Runs the gala-rl scripts at matched total simulators, locally or on SLURM, and writes
+    bench_runs/<experiment>/manifest.json for `python -m benchmark report`."""
+
+    preset: Literal["smoke", "paper", "sweep", "throughput"] = "smoke"
+    """smoke: all four on Pong, 2 seeds, 2 workers x 4 simulators, 12k steps (minutes on 2 cores);
+    paper: all four on six games, 4 x 16 simulators, 40M steps, 10 seeds; sweep: GALA and A2C at
+    64..1024 simulators (Fig 1a); throughput: --updates updates of each on Pong at 2 x 8"""
+    algorithms: Optional[tuple[Algorithm, ...]] = None
+    """overrides the preset's algorithms"""
+    env_ids: Optional[tuple[str, ...]] = None
+    """overrides the preset's games"""
+    seeds: Optional[tuple[int, ...]] = None
+    """overrides the preset's seeds"""
+    simulators: Optional[tuple[int, ...]] = None
+    """total simulators of a run, one set of runs per value; overrides the preset's"""
+    total_timesteps: Optional[int] = None
+    """global steps of every run; overrides the preset's"""
+    workers: Optional[int] = None
+    """ranks that hold simulators: A2C/GALA ranks, A3C workers (+1 store rank), IMPALA actors
+    (+1 learner); default: the preset's (paper, sweep: 4; smoke, throughput: 2)"""
+    updates: int = 200
+    """throughput preset: updates per run (total steps = updates x the algorithm's batch)"""
+    impala_batch_size: Optional[int] = None
+    """IMPALA's --batch-size (trajectories, a multiple of its simulators per actor); default 32,
+    throughput: the total simulators"""
+    threads: int = 1
+    """--torch-threads and --env-threads of every rank"""
+    max_parallel: Optional[int] = None
+    """local runs at once; default max(1, cores // (ranks x threads of the largest run))"""
+    sample_interval: float = 1.0
+    """seconds between two samples of CPU (and GPU) utilisation"""
+    name: Optional[str] = None
+    """experiment name (directory under --out, W&B group); default: the preset"""
+    out: Path = Path("bench_runs")
+    """where experiments go"""
+    wandb_project: str = "gala-rl-benchmark"
+    """W&B project of every run"""
+    wandb_entity: Optional[str] = None
+    """W&B entity (team or user) of every run"""
+    extra: str = ""
+    """flags for every script, after the runner's own (the later flag wins); write it with "=" as it
+    starts with "--": --extra="--save-model --eval-episodes 5\""""
+    dry_run: bool = False
+    """print the commands (one line each, with their directory) and run nothing"""
+    slurm: bool = False
+    """submit every run as a SLURM job through submitit instead of running locally"""
+    slurm_partition: Optional[str] = None
+    """SLURM partition"""
+    slurm_time: int = 1440
+    """SLURM time limit of a job, minutes"""
+    slurm_nodes: int = 1
+    """SLURM nodes per job"""
+    slurm_gpus_per_node: int = 0
+    """SLURM GPUs per node"""
+    slurm_cpus_per_task: Optional[int] = None
+    """SLURM CPUs of a job (one task per node runs mpirun); default: ranks x threads of the largest run"""
+
+
+class ConfigError(ValueError):
+    """Input the runner refuses; main prints the message and exits with 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Matched simulators: how a total splits into ranks
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One launch: `mpirun -np ranks python SCRIPT --num-envs envs_per_rank`, of which `workers`
+    ranks hold simulators (workers x envs_per_rank = the total)."""
+
+    ranks: int
+    envs_per_rank: int
+    workers: int
+
+
+def launch_plan(algorithm: str, simulators: int, workers: int, impala_batch_size: int = IMPALA_BATCH) -> Plan:
+    """The launch of ALGORITHM at SIMULATORS in total over WORKERS ranks that hold simulators.
+
+    A2C and GALA: R = workers ranks x S. A3C: the same plus a store rank (rank 0) that only serves.
+    IMPALA: a learner (rank 0) plus A = workers actors x S, and its batch of trajectories must be
+    whole unrolls of S. Raises ConfigError, saying why, when the total does not split."""
+    if algorithm not in SCRIPTS:
+        raise ConfigError(f"unknown algorithm {algorithm!r}: one of {', '.join(SCRIPTS)}")
+    noun = "actors" if algorithm == "impala" else "workers"
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if simulators < workers or simulators % workers:
+        raise ConfigError(
+            f"{algorithm}: {simulators} simulators do not split over {workers} {noun} "
+            f"({simulators} is not a positive multiple of {workers}); use a multiple of {workers} or change --workers"
+        )
+    per_rank = simulators // workers
+    if algorithm == "impala":
+        if impala_batch_size < per_rank or impala_batch_size % per_rank:
+            raise ConfigError(
+                f"impala: --batch-size {impala_batch_size} trajectories is not a multiple of the {per_rank} simulators "
+                f"per actor ({simulators} over {workers} actors); an update takes whole unrolls, "
+                f"so set --impala-batch-size to a multiple of {per_rank}"
+            )
+        return Plan(ranks=workers + 1, envs_per_rank=per_rank, workers=workers)
+    if algorithm == "a3c_gpu":
+        return Plan(ranks=workers + 1, envs_per_rank=per_rank, workers=workers)
+    return Plan(ranks=workers, envs_per_rank=per_rank, workers=workers)
+
+
+def steps_per_update(algorithm: str, simulators: int, impala_batch_size: int) -> int:
+    """Global steps of one update at the scripts' default rollouts: A2C, GALA and A3C step every
+    simulator 5 times; IMPALA learns from batch trajectories of 20 steps."""
+    if algorithm == "impala":
+        return impala_batch_size * IMPALA_UNROLL
+    return A2C_ROLLOUT * simulators
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs of an experiment
+
+
+@dataclass
+class Run:
+    """One launch; its fields are the fixed part of its manifest entry."""
+
+    experiment: str
+    preset: str
+    algorithm: str
+    script: str
+    env_id: str
+    seed: int
+    simulators: int
+    ranks: int
+    envs_per_rank: int
+    workers: int
+    total_timesteps: int
+    command: list[str]
+    workdir: str
+    """relative to the experiment directory"""
+    git_commit: str
+    wandb_project: str
+    wandb_group: str
+
+
+def git_commit() -> str:
+    """The project's HEAD commit, or "unknown" outside a git checkout."""
+    if shutil.which("git") is None:
+        return "unknown"
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
+def first_given(*values):
+    """The first value that is not None: a flag given explicitly, else the preset's."""
+    return next((value for value in values if value is not None), None)
+
+
+def plan_runs(cfg: Config) -> list[Run]:
+    """Every run of the experiment: the preset's values, overridden by the explicit flags, each
+    total split by launch_plan. Raises ConfigError before anything runs."""
+    preset = PRESETS[cfg.preset]
+    algorithms = first_given(cfg.algorithms, preset.algorithms)
+    env_ids = first_given(cfg.env_ids, preset.env_ids)
+    seeds = first_given(cfg.seeds, preset.seeds)
+    totals = first_given(cfg.simulators, preset.simulators)
+    workers = first_given(cfg.workers, preset.workers)
+    if cfg.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {cfg.threads}")
+    if cfg.updates < 1:
+        raise ConfigError(f"--updates must be at least 1, got {cfg.updates}")
+    if cfg.sample_interval <= 0:
+        raise ConfigError(f"--sample-interval must be positive, got {cfg.sample_interval}")
+    if cfg.max_parallel is not None and cfg.max_parallel < 1:
+        raise ConfigError(f"--max-parallel must be at least 1, got {cfg.max_parallel}")
+    experiment = cfg.name or cfg.preset
+    commit = git_commit()
+    extra = shlex.split(cfg.extra)
+    runs = []
+    for algorithm in algorithms:
+        for simulators in totals:
+            batch = first_given(cfg.impala_batch_size, preset.impala_batch_size, simulators)
+            plan = launch_plan(algorithm, simulators, workers, batch)
+            total_timesteps = first_given(cfg.total_timesteps, preset.total_timesteps)
+            if total_timesteps is None:
+                total_timesteps = cfg.updates * steps_per_update(algorithm, simulators, batch)
+            for env_id in env_ids:
+                for seed in seeds:
+                    args = ["--env-id", env_id, "--seed", str(seed), "--total-timesteps", str(total_timesteps),
+                            "--num-envs", str(plan.envs_per_rank),
+                            "--torch-threads", str(cfg.threads), "--env-threads", str(cfg.threads),
+                            "--track", "--wandb-project-name", cfg.wandb_project, "--wandb-group", experiment]  # fmt: skip
+                    if cfg.wandb_entity:
+                        args += ["--wandb-entity", cfg.wandb_entity]
+                    args += ["--wandb-tags", cfg.preset, f"commit-{commit[:7]}"]
+                    if algorithm == "impala":
+                        args += ["--batch-size", str(batch)]
+                    args += [*preset.flags, *extra]
+                    runs.append(Run(
+                        experiment=experiment, preset=cfg.preset, algorithm=algorithm, script=SCRIPTS[algorithm],
+                        env_id=env_id, seed=seed, simulators=simulators, ranks=plan.ranks,
+                        envs_per_rank=plan.envs_per_rank, workers=plan.workers, total_timesteps=total_timesteps,
+                        command=command(SCRIPTS[algorithm], *args, np=plan.ranks),
+                        workdir=f"{algorithm}/{env_id}/sims{simulators}/seed{seed}", git_commit=commit,
+                        wandb_project=cfg.wandb_project, wandb_group=experiment,
+                    ))  # fmt: skip
+    if not runs:
+        raise ConfigError("nothing to run: no algorithm, env id, simulator count or seed")
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Executing one run (in a local thread, or inside a SLURM allocation)
+
+
+def gpu_percent() -> Optional[float]:
+    """Mean utilisation of this node's GPUs now, by nvidia-smi; None if it fails."""
+    query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+    try:
+        proc = subprocess.run(query, check=False, capture_output=True, text=True, timeout=10)
+        values = [float(line) for line in proc.stdout.split()]
+    except (subprocess.SubprocessError, ValueError):
+        return None
+    return sum(values) / len(values) if proc.returncode == 0 and values else None
+
+
+def execute(run: Run, experiment_dir: Path, interval: float) -> dict:
+    """Runs RUN's command to completion in its directory, with its stdout and stderr in stdout.txt
+    and stderr.txt there, sampling whole-machine CPU % (and GPU % where nvidia-smi exists) every
+    INTERVAL seconds; returns its manifest entry."""
+    workdir = experiment_dir / run.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    before = set((workdir / "runs").glob("*"))
+    cpu = []
+    gpu = [] if shutil.which("nvidia-smi") else None
+    psutil.cpu_percent()  # starts this thread's measurement; each later call covers the time since
+    began = time.monotonic()
+    with open(workdir / "stdout.txt", "w") as out, open(workdir / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(run.command, cwd=workdir, stdout=out, stderr=err)
+        while True:
+            try:
+                returncode = proc.wait(timeout=interval)
+                break
+            except subprocess.TimeoutExpired:
+                cpu.append(psutil.cpu_percent())
+                if gpu is not None:
+                    sample = gpu_percent()
+                    if sample is not None:
+                        gpu.append(sample)
+    wall_seconds = time.monotonic() - began
+    new = sorted(set((workdir / "runs").glob("*")) - before, key=lambda p: p.stat().st_mtime)
+    return {
+        **asdict(run),
+        "run_dir": f"{run.workdir}/runs/{new[-1].name}" if new else None,
+        "status": "ok" if returncode == 0 else "failed",
+        "returncode": returncode,
+        "wall_seconds": round(wall_seconds, 2),
+        "utilisation": {"interval_s": interval, "cpu_percent": cpu, "gpu_percent": gpu},
+    }
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0))
+
+
+def run_locally(runs: list[Run], experiment_dir: Path, interval: float, max_parallel: int) -> Iterator[dict]:
+    """Executes the runs here, at most MAX_PARALLEL at once; yields each entry as its run ends."""
+    pool = ThreadPoolExecutor(max_workers=max_parallel)
+    try:
+        futures = [pool.submit(execute, run, experiment_dir, interval) for run in runs]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:  # after Ctrl-C, the runs that have not started yet do not start
+        pool.shutdown(cancel_futures=True)
+
+
+def slurm_executor(cfg: Config, experiment_dir: Path, name: str, cpus_per_task: int):
+    """A submitit executor for SLURM jobs of one task per node with CPUS_PER_TASK cores (mpirun starts
+    the ranks inside the allocation); submitit keeps its logs in EXPERIMENT_DIR/slurm. Raises
+    RuntimeError where there is no SLURM."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=experiment_dir / "slurm", cluster="slurm")
+    parameters = {"name": name, "nodes": cfg.slurm_nodes, "tasks_per_node": 1, "cpus_per_task": cpus_per_task,
+                  "gpus_per_node": cfg.slurm_gpus_per_node, "timeout_min": cfg.slurm_time}  # fmt: skip
+    if cfg.slurm_partition:
+        parameters["slurm_partition"] = cfg.slurm_partition
+    executor.update_parameters(**parameters)
+    return executor
+
+
+def run_on_slurm(runs: list[Run], experiment_dir: Path, interval: float, executor) -> Iterator[dict]:
+    """Submits the runs as one job array, each job executing its run inside its allocation; yields
+    each entry as its job ends. A job that dies itself (time limit, node failure) yields a failed
+    entry with returncode -1 and wall_seconds 0."""
+    import submitit
+
+    with executor.batch():
+        jobs = [executor.submit(execute, run, experiment_dir.resolve(), interval) for run in runs]
+    tqdm.write(
+        f"submitted {len(jobs)} SLURM jobs ({jobs[0].job_id.split('_')[0]}), submitit logs in {experiment_dir / 'slurm'}"
+    )
+    run_of = {job.job_id: run for job, run in zip(jobs, runs)}
+    for job in submitit.helpers.as_completed(jobs):
+        try:
+            yield job.result()
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+            run = run_of[job.job_id]
+            tqdm.write(
+                f"SLURM job {job.job_id} ({run.workdir}) died: {type(e).__name__}: {str(e)[-2000:]}", file=sys.stderr
+            )
+            yield {**asdict(run), "run_dir": None, "status": "failed", "returncode": -1, "wall_seconds": 0.0,
+                   "utilisation": None}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest and main
+
+
+def entry_key(entry: dict) -> tuple:
+    return (entry["algorithm"], entry["env_id"], entry["simulators"], entry["seed"])
+
+
+def read_manifest(path: Path) -> dict[tuple, dict]:
+    """The entries of an earlier invocation of the same experiment, by run; a run done again
+    replaces its entry, the others are kept."""
+    if not path.exists():
+        return {}
+    return {entry_key(entry): entry for entry in json.loads(path.read_text())}
+
+
+def write_manifest(path: Path, entries: dict[tuple, dict]) -> None:
+    """Writes the entries sorted by run, atomically (temporary file, then rename)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps([entries[key] for key in sorted(entries)], indent=1))
+    os.replace(temporary, path)
+
+
+def report_failure(entry: dict, experiment_dir: Path, lines: int = 15) -> None:
+    """Says which run failed, its exit code and the last lines of its stderr."""
+    stderr = experiment_dir / entry["workdir"] / "stderr.txt"
+    tail = stderr.read_text(errors="replace").splitlines()[-lines:] if stderr.exists() else []
+    tqdm.write(
+        f"FAILED {entry['algorithm']} {entry['env_id']} sims{entry['simulators']} seed{entry['seed']}: "
+        f"exit {entry['returncode']}; last lines of {stderr}:" + "".join(f"\n    {line}" for line in tail),
+        file=sys.stderr,
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Plans the runs (exit 2 if a total does not split), prints them (--dry-run) or runs them
+    locally or on SLURM, keeping the manifest; exit 1 if any run failed."""
+    cfg = tyro.cli(Config, args=argv, prog="python -m benchmark run")
+    try:
+        runs = plan_runs(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    experiment_dir = cfg.out / runs[0].experiment
+    largest = max(run.ranks for run in runs) * cfg.threads
+    max_parallel = cfg.max_parallel or max(1, cores() // largest)
+    if cfg.dry_run:
+        for run in runs:
+            print(f"cd {shlex.quote(str(experiment_dir / run.workdir))} && {shlex.join(run.command)}")
+        where = "on SLURM" if cfg.slurm else f"at most {max_parallel} at once on {cores()} cores"
+        print(f"{len(runs)} runs, {where}; nothing run (--dry-run)", file=sys.stderr)
+        return 0
+
+    if cfg.slurm:
+        try:
+            executor = slurm_executor(
+                cfg, experiment_dir, f"bench-{runs[0].experiment}", cfg.slurm_cpus_per_task or largest
+            )
+        except RuntimeError as e:  # submitit finds no SLURM here
+            print(f"error: --slurm: {e}", file=sys.stderr)
+            return 2
+        results = run_on_slurm(runs, experiment_dir, cfg.sample_interval, executor)
+    else:
+        print(f"{len(runs)} runs in {experiment_dir}, at most {max_parallel} at once "
+              f"({cores()} cores, largest run {largest // cfg.threads} ranks x {cfg.threads} threads)")  # fmt: skip
+        results = run_locally(runs, experiment_dir, cfg.sample_interval, max_parallel)
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = experiment_dir / "manifest.json"
+    entries = read_manifest(manifest_path)
+    began = time.monotonic()
+    failed = 0
+    with tqdm(total=len(runs), unit="run", desc=runs[0].experiment) as bar:
+        for entry in results:
+            entries[entry_key(entry)] = entry
+            write_manifest(manifest_path, entries)
+            if entry["status"] != "ok":
+                failed += 1
+                report_failure(entry, experiment_dir)
+            bar.set_postfix(failed=failed, refresh=False)
+            bar.update()
+    print(f"{len(runs) - failed} of {len(runs)} runs ok, {failed} failed, {time.monotonic() - began:.0f} s; "
+          f"manifest: {manifest_path}")  # fmt: skip
+    return 1 if failed else 0

@@ -1,0 +1,167 @@
+"""benchmark/report.py: its statistics against rliable / scipy / hand computations, and the whole report
+on an experiment directory made of two real (tiny) runs, A2C and GALA, with a manifest as the runner writes it."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import scipy.stats
+from rliable import library, metrics
+
+from benchmark import report
+from benchmark.common import scalars
+
+
+# --- statistics ----------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # arch deprecates the random_state rliable passes
+def test_iqm_and_ci_are_rliables():
+    rng = np.random.default_rng(0)
+    scores = {"a": rng.normal(size=8), "b": rng.normal(3, 2, size=8)}
+    got = report.iqm_with_ci(scores, reps=500, seed=3)
+    matrices = {k: v.reshape(-1, 1) for k, v in scores.items()}
+    np.random.seed(3)  # rliable 1.2 resamples with np.random.choice, whatever random_state says
+    _, intervals = library.get_interval_estimates(
+        matrices, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=500, random_state=np.random.RandomState(3)
+    )
+    for k, x in scores.items():
+        assert got[k][0] == pytest.approx(scipy.stats.trim_mean(x, 0.25))  # 8 runs: cut 2 on each side exactly
+        assert got[k][0] == pytest.approx(np.sort(x)[2:6].mean())
+        assert got[k][1:] == pytest.approx(tuple(intervals[k][:, 0]))
+        assert got[k][1] <= got[k][0] <= got[k][2]
+    assert report.iqm_with_ci(scores, reps=500, seed=3) == got  # a fixed seed gives the same intervals
+
+
+def test_paired_ttest_is_scipys_and_the_formula():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=6), rng.normal(0.5, size=6)
+    got = report.paired_ttest(a, b)
+    d = a - b
+    assert got.n == 6
+    assert got.t == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(6)))
+    assert got.t == pytest.approx(scipy.stats.ttest_rel(a, b).statistic)
+    assert got.p == pytest.approx(scipy.stats.ttest_rel(a, b).pvalue)
+    assert report.paired_ttest([1.0], [2.0]) is None
+
+
+def test_final_score():
+    # episodes at or after 90% of the 1000 steps: 3, 4, 5
+    assert report.final_score([100, 500, 900, 980, 990], [1, 2, 3, 4, 5], 1000) == 4
+    # none in the last 10%: the episodes of the last logged step
+    assert report.final_score([100, 200, 200], [1, 2, 4], 1000) == 3
+    assert math.isnan(report.final_score([], [], 1000))
+
+
+def test_success_share_above_random_play():
+    # Pong: random -20.7, nominal 18, half way = -1.35
+    assert report.success_threshold(18, -20.7, 0.5) == pytest.approx(-1.35)
+    assert report.success_share([-5, -1.3, 10, -21], 18, -20.7, 0.5) == 0.5
+    assert report.success_share([0.9, 1.0], 2, 0, 0.5) == 0.5  # random 0: half the nominal score
+
+
+def test_run_sps_skips_the_first_point():
+    assert report.run_sps([100, 300, 310, 320]) == 310
+    assert report.run_sps([250]) == 250
+    assert math.isnan(report.run_sps([]))
+
+
+# --- the report on real runs ---------------------------------------------------------------------------
+@pytest.fixture
+def experiment(tiny_experiment):
+    """The runner's tiny experiment (tests/conftest.py): A2C and GALA on Pong, and two failed runs."""
+    experiment, proc = tiny_experiment
+    assert proc.returncode == 1, proc.stderr  # the runs of the unknown game failed, the others ran
+    return experiment
+
+
+def row(markdown: str, section: str, *cells: str) -> list[str]:
+    """The cells of the table row of `section` that starts with `cells`."""
+    part = markdown.split(f"## {section}")[1].split("\n## ")[0]
+    for line in part.splitlines():
+        values = [v.strip() for v in line.strip("|").split("|")]
+        if values[: len(cells)] == list(cells):
+            return values
+    raise AssertionError(f"no row {cells} in {section}:\n{part}")
+
+
+def test_report_on_two_real_runs(experiment, tmp_path):
+    out = tmp_path / "report"
+    given = ["--nominal", "Pong=-15"]  # above random play (-20.7), so success is defined whatever the runs scored
+    assert report.main(["--experiment", str(experiment), "--out", str(out), "--bootstrap-reps", "200", *given]) == 0
+    for name in report.FIGURES:
+        assert (out / name).stat().st_size > 0, name
+    md = (out / "report.md").read_text()
+
+    manifest = {(e["algorithm"], e["env_id"]): e for e in json.loads((experiment / "manifest.json").read_text())}
+    for algorithm in ("a2c_allreduce", "gala_a2c"):
+        assert row(md, "Runs", algorithm, "Pong", "4")[3:5] == ["1", "0"]
+        assert row(md, "Runs", algorithm, "Pongg", "4")[3:5] == ["0", "1"]
+        assert f"tiny/{algorithm}/Pongg-v5/sims4/seed1: exit 2" in md
+        run_dir = experiment / manifest[algorithm, "Pong-v5"]["run_dir"]
+        tags = scalars(run_dir)
+        late = [v for s, v in tags["charts/episodic_return"] if s >= 5400]
+        if not late:  # no game ended in the last 10%: the games of the last step that logged one
+            last = max(s for s, _ in tags["charts/episodic_return"])  # GALA's agents' games arrive out of order
+            late = [v for s, v in tags["charts/episodic_return"] if s == last]
+        assert row(md, "Final scores", "Pong", algorithm, "4")[3:5] == ["1", f"{np.mean(late):.2f}"]
+        # success threshold: -20.7 + 0.5 x (-15 + 20.7) = -17.85
+        assert row(md, "Success", "Pong", algorithm, "4")[3] == f"{float(np.mean(late) >= -17.85):.2f} (1)"
+        evaluation = json.loads((run_dir / "eval.json").read_text())
+        argmax, sampled = row(md, "Evaluation", "Pong", algorithm, "4")[4:6]
+        assert argmax == f"{evaluation['argmax']['mean']:.2f} ± n/a"
+        assert sampled == f"{evaluation['sampled']['mean']:.2f} ± n/a"
+        sps = [v for _, v in tags["charts/SPS"]]
+        assert row(md, "Throughput", algorithm, "4")[3] == f"{np.median(sps[1:]):.0f}"
+        cpu = manifest[algorithm, "Pong-v5"]["utilisation"]["cpu_percent"]
+        assert row(md, "Throughput", algorithm, "4")[5] == f"{np.mean(cpu):.1f}"
+    assert row(md, "Throughput", "a2c_allreduce", "4")[4] == "1.00"
+    assert "final score, paired over (game, simulators, seed): n/a (need >= 2 pairs)" in md
+
+
+def test_skipped_figures_and_nominal_from_a2c(experiment, tmp_path):
+    """Only the A2C run: no disagreement figure (a line says so); the nominal score is its final score,
+    which for a few thousand steps of Pong is no better than random play, so no success figure either."""
+    manifest = json.loads((experiment / "manifest.json").read_text())
+    only_a2c = tmp_path / "only_a2c"
+    only_a2c.mkdir()
+    (only_a2c / "manifest.json").write_text(json.dumps([e for e in manifest if e["algorithm"] == "a2c_allreduce"]))
+    for e in manifest:  # the run directories, where the manifest says they are
+        if e["run_dir"] and e["algorithm"] == "a2c_allreduce":
+            (only_a2c / e["workdir"]).parent.mkdir(parents=True, exist_ok=True)
+            (only_a2c / e["workdir"]).symlink_to(experiment / e["workdir"])
+    assert report.main(["--experiment", str(only_a2c), "--bootstrap-reps", "50"]) == 0
+    md = (only_a2c / "report" / "report.md").read_text()
+    assert "- `disagreement.png`: skipped, no GALA run logged gossip/disagreement" in md
+    assert not (only_a2c / "report" / "disagreement.png").exists()
+    final = row(md, "Final scores", "Pong", "a2c_allreduce", "4")[4]
+    nominal = row(md, "Success", "Pong")
+    assert nominal[1:3] == [final, "mean final score of 1 A2C run(s) at 4 simulators" + (
+        " (not above random play: no success share, no normalised score)" if float(final) <= -20.7 else "")]
+    if float(final) <= -20.7:  # a few thousand steps of Pong are usually no better than random play
+        assert "- `success_vs_simulators.png`: skipped" in md
+
+
+# --- W&B -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--wandb", "--wandb-report"])
+def test_wandb_refuses_offline(flag, experiment, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert report.main([flag, "--experiment", str(experiment), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "WANDB_MODE=offline" in err, err
+    assert not (tmp_path / "report.md").exists()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # wandb_workspaces uses pydantic v1 validators
+def test_wandb_report_is_built_without_network():
+    cfg = report.Config(wandb_entity="someone", wandb_project="proj", wandb_group="tiny")
+    built = report.wandb_report(cfg, "| a | b |")
+    grid, text = built.blocks
+    assert text.text == "| a | b |"
+    assert grid.runsets[0].project == "proj" and "tiny" in grid.runsets[0].filters
+    plots = {(p.x, tuple(p.y)) for p in grid.panels if hasattr(p, "x")}
+    assert ("global_step", ("charts/episodic_return",)) in plots
+    assert ("RelativeTime(Wall)", ("charts/episodic_return",)) in plots
+    assert ("global_step", ("gossip/disagreement_relative",)) in plots
+    assert any(getattr(p, "metrics", None) == ["charts/SPS"] for p in grid.panels)
+    assert re.match("gala-rl benchmark", built.title)
