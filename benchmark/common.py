@@ -41,7 +41,8 @@ rewritten atomically after every run finishes:
  "env_id": str, "seed": int, "simulators": int (total), "ranks": int (mpirun -np),
  "envs_per_rank": int, "workers": int (ranks that hold simulators), "total_timesteps": int,
  "command": [argv], "workdir": path relative to the experiment dir, "run_dir": path relative to the
- experiment dir of runs/<run_name> or null, "status": "ok" | "failed", "returncode": int,
+ experiment dir of runs/<run_name> or null, "status": "ok" | "stopped" (exit 0 after a signal, cut
+ short) | "failed", "returncode": int,
  "wall_seconds": float, "git_commit": str, "wandb_project": str, "wandb_group": str,
  "utilisation": null or {"interval_s": float, "cpu_percent": [samples of whole-machine CPU %],
  "gpu_percent": [samples] or null}}

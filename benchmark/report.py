@@ -72,6 +72,14 @@ class Series:
     def __len__(self) -> int:
         return len(self.value)
 
+    @staticmethod
+    def by_step(step, wall, value) -> "Series":
+        """Sorted by global step (stable). Logs are not always in step order: GALA's rank 0 logs the
+        other agents' games when their lists arrive, A3C's store each worker's at that worker's step."""
+        step, wall, value = (np.asarray(x, dtype=float) for x in (step, wall, value))
+        order = np.argsort(step, kind="stable")
+        return Series(step[order], wall[order], value[order])
+
 
 @dataclass
 class RunRecord:
@@ -97,6 +105,8 @@ class RunRecord:
     gpu_percent: Optional[list[float]] = None
     note: str = ""
     """why a run failed, or what is missing"""
+    final_window: float = 0.1
+    """the final score averages the games of this last fraction of the run's steps (--final-window)"""
 
     @property
     def game(self) -> str:
@@ -105,7 +115,7 @@ class RunRecord:
     @property
     def final(self) -> float:
         """The run's final score (nan when it logged no episode)."""
-        return final_score(self.returns.step, self.returns.value, self.total_timesteps)
+        return final_score(self.returns.step, self.returns.value, self.total_timesteps, self.final_window)
 
 
 def game_of(env_id: str) -> str:
@@ -137,9 +147,7 @@ def read_events(run_dir: Path) -> dict[str, Series]:
     out = {}
     for tag in acc.Tags()["scalars"]:
         events = acc.Scalars(tag)
-        out[tag] = Series(np.array([e.step for e in events], dtype=float),
-                          np.array([e.wall_time - start for e in events]),
-                          np.array([e.value for e in events], dtype=float))  # fmt: skip
+        out[tag] = Series.by_step([e.step for e in events], [e.wall_time - start for e in events], [e.value for e in events])
     return out
 
 
@@ -149,7 +157,7 @@ def load_local(experiment: Path) -> list[RunRecord]:
     records = []
     for entry in json.loads((experiment / "manifest.json").read_text()):
         run_dir = experiment / entry["run_dir"] if entry.get("run_dir") else None
-        status, note = entry["status"], "" if entry["status"] == "ok" else f"exit {entry.get('returncode')}"
+        status, note = entry["status"], {"ok": "", "stopped": "stopped by a signal"}.get(entry["status"], f"exit {entry.get('returncode')}")
         if run_dir is None or not run_dir.is_dir():
             status, note = "failed", note or "no run directory"
         events = read_events(run_dir) if status == "ok" else {}
@@ -158,7 +166,7 @@ def load_local(experiment: Path) -> list[RunRecord]:
         utilisation = entry.get("utilisation") or {}
         records.append(RunRecord(
             name=f"{experiment.name}/{entry['workdir']}", algorithm=entry["algorithm"], env_id=entry["env_id"],
-            seed=entry["seed"], simulators=entry["simulators"],
+            seed=config.get("seed", entry["seed"]), simulators=config.get("total_envs", entry["simulators"]),
             total_timesteps=config.get("total_timesteps", entry["total_timesteps"]), status=status, note=note,
             **{key: events.get(tag, Series()) for key, tag in TAGS.items()},
             eval_argmax=evaluation.get("argmax", {}).get("mean", last_value(events, "eval/argmax_return_mean")),
@@ -202,9 +210,7 @@ def load_wandb(project: str, entity: Optional[str], group: Optional[str]) -> lis
         series = {}
         for key, tag in TAGS.items():
             rows = [r for r in run.scan_history(keys=["global_step", tag, "_runtime"])]
-            series[key] = Series(np.array([r["global_step"] for r in rows], dtype=float),
-                                 np.array([r["_runtime"] for r in rows], dtype=float),
-                                 np.array([r[tag] for r in rows], dtype=float))  # fmt: skip
+            series[key] = Series.by_step([r["global_step"] for r in rows], [r["_runtime"] for r in rows], [r[tag] for r in rows])
         cpu, gpu = [], None
         try:
             system = run.history(stream="events", pandas=True)
@@ -721,8 +727,35 @@ FIGURES = {
 
 
 def newest_experiment(root: Path = Path("bench_runs")) -> Optional[Path]:
+    """The experiment whose manifest was written last (not the directory: a report written into
+    an older experiment would make it look new)."""
     found = [d for d in root.glob("*") if (d / "manifest.json").exists()] if root.is_dir() else []
-    return max(found, key=lambda d: d.stat().st_mtime, default=None)
+    return max(found, key=lambda d: (d / "manifest.json").stat().st_mtime, default=None)
+
+
+def apply_final_window(records: list[RunRecord], window: float) -> None:
+    """Sets the final window of every run. A run whose last logged step is short of that window
+    (stopped by a signal, pre-empted, a W&B run cut short) has no final score: it counts as failed,
+    with the step it reached."""
+    for r in records:
+        r.final_window = window
+        if r.status == "ok" and len(r.sps) and r.sps.step.max() < (1 - window) * r.total_timesteps:
+            r.status, r.note = "failed", f"stopped at step {r.sps.step.max():.0f} of {r.total_timesteps}"
+
+
+def duplicated_runs(records: list[RunRecord]) -> list[str]:
+    """Runs that would be counted twice, or cells that mix run lengths: two ok runs with the same
+    (algorithm, game, simulators, seed), e.g. from two experiments or a W&B project read without a
+    group, or one cell with runs of different total steps."""
+    problems, seen, lengths = [], {}, defaultdict(set)
+    for r in (r for r in records if r.status == "ok"):
+        key = (r.algorithm, r.env_id, r.simulators, r.seed)
+        if key in seen:
+            problems.append(f"{r.name} and {seen[key]} are both {r.algorithm} on {r.env_id} with {r.simulators} simulators, seed {r.seed}")
+        seen[key] = r.name
+        lengths[key[:3]].add(r.total_timesteps)
+    problems += [f"{a} on {g} with {s} simulators mixes runs of {sorted(n)} steps" for (a, g, s), n in lengths.items() if len(n) > 1]
+    return problems
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -752,6 +785,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         out = cfg.out or experiments[0] / "report"
     if not records:
         print("error: no runs found", file=sys.stderr)
+        return 2
+    apply_final_window(records, cfg.final_window)
+    duplicated = duplicated_runs(records)
+    if duplicated:
+        print("error: these runs cannot be compared as one experiment (pick one --experiment or --wandb-group):\n  "
+              + "\n  ".join(duplicated), file=sys.stderr)  # fmt: skip
         return 2
     out.mkdir(parents=True, exist_ok=True)
 

@@ -104,7 +104,7 @@ PRESETS = {
         impala_batch_size=IMPALA_BATCH,
         flags=("--eval-episodes", "30"),
     ),
-    # The same number of updates of each on this machine at 2 x 8 simulators; IMPALA's batch is 16
+    # The same number of steps of each (--updates x the batch) on this machine at 2 x 8 simulators; IMPALA's batch is 16
     # trajectories (2 actors x 8), so that one update covers the same 16 simulators as A2C's.
     "throughput": Preset(
         algorithms=tuple(SCRIPTS),
@@ -127,7 +127,7 @@ class Config:
     preset: Literal["smoke", "paper", "sweep", "throughput"] = "smoke"
     """smoke: all four on Pong, 2 seeds, 2 workers x 4 simulators, 12k steps (minutes on 2 cores);
     paper: all four on six games, 4 x 16 simulators, 40M steps, 10 seeds; sweep: GALA and A2C at
-    64..1024 simulators (Fig 1a); throughput: --updates updates of each on Pong at 2 x 8"""
+    64..1024 simulators (Fig 1a); throughput: --updates x the batch steps of each on Pong at 2 x 8"""
     algorithms: Optional[tuple[Algorithm, ...]] = None
     """overrides the preset's algorithms"""
     env_ids: Optional[tuple[str, ...]] = None
@@ -142,7 +142,9 @@ class Config:
     """ranks that hold simulators: A2C/GALA ranks, A3C workers (+1 store rank), IMPALA actors
     (+1 learner); default: the preset's (paper, sweep: 4; smoke, throughput: 2)"""
     updates: int = 200
-    """throughput preset: updates per run (total steps = updates x the algorithm's batch)"""
+    """throughput preset: total steps = updates x the algorithm's batch over all its simulators (A2C:
+    that many updates; GALA: that many per agent; A3C: workers x that many central updates of one
+    worker's batch; IMPALA: that many learner updates)"""
     impala_batch_size: Optional[int] = None
     """IMPALA's --batch-size (trajectories, a multiple of its simulators per actor); default 32,
     throughput: the total simulators"""
@@ -152,6 +154,9 @@ class Config:
     """local runs at once; default max(1, cores // (ranks x threads of the largest run))"""
     sample_interval: float = 1.0
     """seconds between two samples of CPU (and GPU) utilisation"""
+    timeout: Optional[float] = None
+    """minutes after which a local run is stopped (SIGTERM, which checkpoints, then SIGKILL after a
+    minute) and counted as failed; default: none"""
     name: Optional[str] = None
     """experiment name (directory under --out, W&B group); default: the preset"""
     out: Path = Path("bench_runs")
@@ -303,6 +308,11 @@ def plan_runs(cfg: Config) -> list[Run]:
             total_timesteps = first_given(cfg.total_timesteps, preset.total_timesteps)
             if total_timesteps is None:
                 total_timesteps = cfg.updates * steps_per_update(algorithm, simulators, batch)
+            if total_timesteps < steps_per_update(algorithm, simulators, batch):
+                raise ConfigError(
+                    f"{algorithm}: --total-timesteps {total_timesteps} is below one update "
+                    f"({steps_per_update(algorithm, simulators, batch)} steps at {simulators} simulators)"
+                )
             for env_id in env_ids:
                 for seed in seeds:
                     args = ["--env-id", env_id, "--seed", str(seed), "--total-timesteps", str(total_timesteps),
@@ -343,10 +353,12 @@ def gpu_percent() -> Optional[float]:
     return sum(values) / len(values) if proc.returncode == 0 and values else None
 
 
-def execute(run: Run, experiment_dir: Path, interval: float) -> dict:
+def execute(run: Run, experiment_dir: Path, interval: float, timeout: Optional[float] = None) -> dict:
     """Runs RUN's command to completion in its directory, with its stdout and stderr in stdout.txt
     and stderr.txt there, sampling whole-machine CPU % (and GPU % where nvidia-smi exists) every
-    INTERVAL seconds; returns its manifest entry."""
+    INTERVAL seconds; returns its manifest entry. Status: "ok" (exit 0), "stopped" (exit 0 after a
+    signal: the run ended early with a checkpoint), or "failed" (any other exit, a launch that
+    could not start, or TIMEOUT minutes passed: the run is sent SIGTERM, then SIGKILL a minute later)."""
     workdir = experiment_dir / run.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     before = set((workdir / "runs").glob("*"))
@@ -354,24 +366,46 @@ def execute(run: Run, experiment_dir: Path, interval: float) -> dict:
     gpu = [] if shutil.which("nvidia-smi") else None
     psutil.cpu_percent()  # starts this thread's measurement; each later call covers the time since
     began = time.monotonic()
+    timed_out = False
     with open(workdir / "stdout.txt", "w") as out, open(workdir / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(run.command, cwd=workdir, stdout=out, stderr=err)
-        while True:
-            try:
-                returncode = proc.wait(timeout=interval)
-                break
-            except subprocess.TimeoutExpired:
-                cpu.append(psutil.cpu_percent())
-                if gpu is not None:
-                    sample = gpu_percent()
-                    if sample is not None:
-                        gpu.append(sample)
+        try:
+            proc = subprocess.Popen(run.command, cwd=workdir, stdout=out, stderr=err)
+        except OSError as e:  # mpirun or python missing: this run fails, the others go on
+            err.write(f"cannot start {run.command[0]}: {e}\n")
+            return {**asdict(run), "run_dir": None, "status": "failed", "returncode": -1, "wall_seconds": 0.0,
+                    "utilisation": None}  # fmt: skip
+        try:
+            while True:
+                try:
+                    returncode = proc.wait(timeout=interval)
+                    break
+                except subprocess.TimeoutExpired:
+                    cpu.append(psutil.cpu_percent())
+                    if gpu is not None:
+                        sample = gpu_percent()
+                        if sample is not None:
+                            gpu.append(sample)
+                    if timeout is not None and time.monotonic() - began > 60 * timeout and not timed_out:
+                        timed_out = True
+                        err.write(f"\nbenchmark run: --timeout {timeout} min reached, SIGTERM\n")
+                        err.flush()
+                        proc.terminate()  # mpirun forwards it: the ranks checkpoint and exit
+        finally:  # the runner is stopping, or the run ignored SIGTERM: nothing is left running
+            if proc.poll() is None:
+                if not timed_out:
+                    proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     wall_seconds = time.monotonic() - began
+    stopped = returncode == 0 and "stopped by signal" in (workdir / "stdout.txt").read_text(errors="replace")
     new = sorted(set((workdir / "runs").glob("*")) - before, key=lambda p: p.stat().st_mtime)
     return {
         **asdict(run),
         "run_dir": f"{run.workdir}/runs/{new[-1].name}" if new else None,
-        "status": "ok" if returncode == 0 else "failed",
+        "status": "failed" if returncode != 0 or timed_out else "stopped" if stopped else "ok",
         "returncode": returncode,
         "wall_seconds": round(wall_seconds, 2),
         "utilisation": {"interval_s": interval, "cpu_percent": cpu, "gpu_percent": gpu},
@@ -383,11 +417,13 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def run_locally(runs: list[Run], experiment_dir: Path, interval: float, max_parallel: int) -> Iterator[dict]:
-    """Executes the runs here, at most MAX_PARALLEL at once; yields each entry as its run ends."""
+def run_locally(runs: list[Run], experiment_dir: Path, interval: float, max_parallel: int,
+                timeout: Optional[float] = None) -> Iterator[dict]:  # fmt: skip
+    """Executes the runs here, at most MAX_PARALLEL at once; yields each entry as its run ends. The
+    runs share the runner's process group, so Ctrl-C reaches them too: they checkpoint and stop."""
     pool = ThreadPoolExecutor(max_workers=max_parallel)
     try:
-        futures = [pool.submit(execute, run, experiment_dir, interval) for run in runs]
+        futures = [pool.submit(execute, run, experiment_dir, interval, timeout) for run in runs]
         for future in as_completed(futures):
             yield future.result()
     finally:  # after Ctrl-C, the runs that have not started yet do not start
@@ -461,7 +497,7 @@ def report_failure(entry: dict, experiment_dir: Path, lines: int = 15) -> None:
     stderr = experiment_dir / entry["workdir"] / "stderr.txt"
     tail = stderr.read_text(errors="replace").splitlines()[-lines:] if stderr.exists() else []
     tqdm.write(
-        f"FAILED {entry['algorithm']} {entry['env_id']} sims{entry['simulators']} seed{entry['seed']}: "
+        f"{entry['status'].upper()} {entry['algorithm']} {entry['env_id']} sims{entry['simulators']} seed{entry['seed']}: "
         f"exit {entry['returncode']}; last lines of {stderr}:" + "".join(f"\n    {line}" for line in tail),
         file=sys.stderr,
     )
@@ -498,7 +534,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         print(f"{len(runs)} runs in {experiment_dir}, at most {max_parallel} at once "
               f"({cores()} cores, largest run {largest // cfg.threads} ranks x {cfg.threads} threads)")  # fmt: skip
-        results = run_locally(runs, experiment_dir, cfg.sample_interval, max_parallel)
+        results = run_locally(runs, experiment_dir, cfg.sample_interval, max_parallel, cfg.timeout)
     experiment_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = experiment_dir / "manifest.json"
     entries = read_manifest(manifest_path)

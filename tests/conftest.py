@@ -79,10 +79,10 @@ def interrupt_then_resume(script: str, total: int, updates: int, *args: str, cwd
 
 
 def assert_bad_input(script: str, args: list[str], message: str, cwd: Path, np: int = 2) -> None:
-    """Non-zero exit from every rank within a minute, the message said exactly once, no traceback,
-    nothing written."""
+    """Exit 2 from every rank (mpirun passes it on) within a minute, the message said exactly once,
+    no traceback, nothing written."""
     proc = run(script, *args, cwd=cwd, np=np, timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count(message) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (cwd / "runs").exists()

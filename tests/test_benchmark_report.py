@@ -33,6 +33,21 @@ def test_iqm_and_ci_are_rliables():
     assert report.iqm_with_ci(scores, reps=500, seed=3) == got  # a fixed seed gives the same intervals
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_iqm_over_games_is_the_trimmed_mean_of_all_runs_and_games():
+    """Runs x games: rliable's aggregate IQM is the 25% trimmed mean of all entries; the bootstrap
+    resamples runs within each game (stratified)."""
+    rng = np.random.default_rng(2)
+    scores = {"a": rng.normal(size=(8, 3))}
+    (iqm, low, high) = report.iqm_with_ci(scores, reps=300, seed=4)["a"]
+    assert iqm == pytest.approx(scipy.stats.trim_mean(scores["a"].ravel(), 0.25))
+    np.random.seed(4)
+    _, intervals = library.get_interval_estimates(
+        scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=300, random_state=np.random.RandomState(4)
+    )
+    assert (low, high) == pytest.approx(tuple(intervals["a"][:, 0]))
+
+
 def test_paired_ttest_is_scipys_and_the_formula():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=6), rng.normal(0.5, size=6)
@@ -115,7 +130,9 @@ def test_report_on_two_real_runs(experiment, tmp_path):
         assert row(md, "Throughput", algorithm, "4")[3] == f"{np.median(sps[1:]):.0f}"
         cpu = manifest[algorithm, "Pong-v5"]["utilisation"]["cpu_percent"]
         assert row(md, "Throughput", algorithm, "4")[5] == f"{np.mean(cpu):.1f}"
-    assert row(md, "Throughput", "a2c_allreduce", "4")[4] == "1.00"
+    sps = {a: np.median([v for _, v in scalars(experiment / manifest[a, "Pong-v5"]["run_dir"])["charts/SPS"]][1:])
+           for a in ("a2c_allreduce", "gala_a2c")}  # fmt: skip
+    assert row(md, "Throughput", "gala_a2c", "4")[4] == f"{sps['gala_a2c'] / sps['a2c_allreduce']:.2f}"
     assert "final score, paired over (game, simulators, seed): n/a (need >= 2 pairs)" in md
 
 
@@ -138,8 +155,12 @@ def test_skipped_figures_and_nominal_from_a2c(experiment, tmp_path):
     nominal = row(md, "Success", "Pong")
     assert nominal[1:3] == [final, "mean final score of 1 A2C run(s) at 4 simulators" + (
         " (not above random play: no success share, no normalised score)" if float(final) <= -20.7 else "")]
-    if float(final) <= -20.7:  # a few thousand steps of Pong are usually no better than random play
-        assert "- `success_vs_simulators.png`: skipped" in md
+
+    # A nominal score no better than random play (-20.7) defines no success: that figure is skipped.
+    out = tmp_path / "nominal_at_random_play"
+    assert report.main(["--experiment", str(only_a2c), "--out", str(out), "--bootstrap-reps", "50", "--nominal", "Pong=-21"]) == 0
+    assert "- `success_vs_simulators.png`: skipped" in (out / "report.md").read_text()
+    assert not (out / "success_vs_simulators.png").exists()
 
 
 # --- W&B -------------------------------------------------------------------------------------------------
@@ -165,3 +186,28 @@ def test_wandb_report_is_built_without_network():
     assert ("global_step", ("gossip/disagreement_relative",)) in plots
     assert any(getattr(p, "metrics", None) == ["charts/SPS"] for p in grid.panels)
     assert re.match("gala-rl benchmark", built.title)
+
+
+# --- runs the report must not take at face value ---------------------------------------------------------
+def test_series_are_put_in_step_order():
+    """GALA's rank 0 logs the other agents' games when they arrive, with earlier steps."""
+    series = report.Series.by_step([0, 100, 50, 200], [0, 1, 2, 3], [10, 11, 12, 13])
+    assert list(series.step) == [0, 50, 100, 200] and list(series.value) == [10, 12, 11, 13]
+    assert list(series.wall) == [0, 2, 1, 3]
+
+
+def test_a_run_cut_short_has_no_final_score():
+    cut = report.RunRecord(name="cut", algorithm="gala_a2c", env_id="Pong-v5", seed=1, simulators=4,
+                           total_timesteps=1000, status="ok", sps=report.Series.by_step([100, 500], [1, 2], [9, 9]))  # fmt: skip
+    whole = report.RunRecord(name="whole", algorithm="gala_a2c", env_id="Pong-v5", seed=2, simulators=4,
+                             total_timesteps=1000, status="ok", sps=report.Series.by_step([500, 960], [1, 2], [9, 9]))  # fmt: skip
+    report.apply_final_window([cut, whole], 0.1)
+    assert (cut.status, cut.note) == ("failed", "stopped at step 500 of 1000")
+    assert whole.status == "ok"
+
+
+def test_the_same_runs_read_twice_are_refused(experiment, tmp_path, capsys):
+    assert report.main(["--experiment", str(experiment), str(experiment), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "are both a2c_allreduce on Pong-v5 with 4 simulators, seed 1" in err
+    assert not (tmp_path / "report.md").exists()
