@@ -71,13 +71,19 @@ def command(script: str, *args: str, np: int | None = None) -> list[str]:
     return cmd if np is None else [mpirun(), "-np", str(np), *cmd]
 
 
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """TensorBoard scalars of a run: tag -> [(step, value)]."""
+def scalar_events(run_dir: Path) -> tuple[float, dict[str, list]]:
+    """Every TensorBoard scalar event of a run (tag -> events with .step, .wall_time, .value), and
+    the wall time of the run's first event."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return acc.FirstEventTimestamp(), {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """TensorBoard scalars of a run: tag -> [(step, value)]."""
+    return {tag: [(e.step, e.value) for e in events] for tag, events in scalar_events(run_dir)[1].items()}
 
 
 def launch(where: Path, script: str, np: int, *args: str) -> Path:

@@ -39,6 +39,8 @@ import pandas as pd
 import scipy.stats
 import tyro
 
+from benchmark.common import scalar_events
+
 ALGORITHMS = ("a2c_allreduce", "gala_a2c", "a3c_gpu", "impala")
 """the `algorithm` of config.json and the manifest, in the order tables and legends use"""
 GALA, A2C = "gala_a2c", "a2c_allreduce"
@@ -138,17 +140,10 @@ TAGS = {
 
 def read_events(run_dir: Path) -> dict[str, Series]:
     """Every TensorBoard scalar of a run directory, with wall seconds since its first event (the
-    writer's creation). benchmark.common.scalars drops wall_time, which Fig 1d–g needs."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    start = acc.FirstEventTimestamp()
-    out = {}
-    for tag in acc.Tags()["scalars"]:
-        events = acc.Scalars(tag)
-        out[tag] = Series.by_step([e.step for e in events], [e.wall_time - start for e in events], [e.value for e in events])
-    return out
+    writer's creation), which Fig 1d–g needs."""
+    start, events = scalar_events(run_dir)
+    return {tag: Series.by_step([e.step for e in es], [e.wall_time - start for e in es], [e.value for e in es])
+            for tag, es in events.items()}  # fmt: skip
 
 
 def load_local(experiment: Path) -> list[RunRecord]:
@@ -371,6 +366,14 @@ def subplots(count: int, rows: int = 1, width: float = 4.5, height: float = 3.4)
     return plt, fig, axes
 
 
+def save(plt, fig, path: Path) -> bool:
+    """Lays the figure out, writes it as PNG and frees it; True: the figure was drawn."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Path) -> bool:
     """Episodic return (trailing mean over `smooth` games) of each run, interpolated on a common grid
     of its game from the run's first game to its end (the last game's value held to the last logged
@@ -400,10 +403,7 @@ def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Pa
         ax.set_ylabel(f"episodic return (mean of last {smooth} games)")
         ax.legend(fontsize=7)
     fig.suptitle("mean over seeds, band: 95% t-interval", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save(plt, fig, path)
 
 
 def plot_success(shares: dict[tuple, tuple[float, int]], path: Path) -> bool:
@@ -423,10 +423,7 @@ def plot_success(shares: dict[tuple, tuple[float, int]], path: Path) -> bool:
         ax.set_xlabel("simulators")
         ax.set_ylabel("share of successful runs")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save(plt, fig, path)
 
 
 def plot_disagreement(ok: list[RunRecord], path: Path) -> bool:
@@ -447,10 +444,7 @@ def plot_disagreement(ok: list[RunRecord], path: Path) -> bool:
             ax.set_xlabel("global steps")
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save(plt, fig, path)
 
 
 def plot_throughput(rows: list[dict], path: Path) -> bool:
@@ -478,10 +472,7 @@ def plot_throughput(rows: list[dict], path: Path) -> bool:
         ax.legend(fontsize=7)
     if not any(row["cpu"] is not None for row in rows):
         axes[0][1].text(0.5, 0.5, "no utilisation samples", ha="center", transform=axes[0][1].transAxes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save(plt, fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 import tyro
 
 from benchmark.common import command, scalars
+from benchmark.run import A2C_ROLLOUT
 
 
 @dataclass
@@ -64,10 +65,10 @@ def main(cfg: Config) -> None:
             proc = subprocess.run(command(script, *args, np=ranks), cwd=where, capture_output=True, text=True, check=True)
             run_dir = max((where / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
             job_sps = scalars(run_dir)["charts/SPS"][-1][1]
-            worker = fast_worker_sps(proc.stdout, fast, 5 * cfg.envs) if fast is not None else job_sps / 2
+            worker = fast_worker_sps(proc.stdout, fast, A2C_ROLLOUT * cfg.envs) if fast is not None else job_sps / 2
             note = re.search(r"unrolls received per actor (.*?);", proc.stdout)
             result[label] = (worker, job_sps, note.group(1) if note else "")
-        (w0, j0, n0), (w1, j1, n1) = result["as is"], result["slowed"]
+        (w0, j0, _), (w1, j1, n1) = result["as is"], result["slowed"]
         rows.append((script[:-3], slow, w0, w1, j0, j1, n1))
         print(rows[-1], flush=True)
     table = [f"{cfg.env_id}, 2 workers x {cfg.envs} simulators, {cfg.steps} global steps; one worker sleeps "

@@ -88,6 +88,12 @@ def assert_bad_input(script: str, args: list[str], message: str, cwd: Path, np: 
     assert not (cwd / "runs").exists()
 
 
+def runner(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python -m benchmark run ARGS` in a subprocess, as a user types it."""
+    return subprocess.run([sys.executable, "-m", "benchmark", "run", *args], check=False, cwd=cwd,
+                          env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def tiny_experiment(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """bench_runs/tiny made by `python -m benchmark run`: an A2C and a GALA run (2 ranks x 2
@@ -95,11 +101,8 @@ def tiny_experiment(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess
     and the same two on an unknown game, which fail. Returns the experiment directory and the
     runner's process."""
     out = tmp_path_factory.mktemp("bench_runs")
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmark", "run", "--name", "tiny", "--out", str(out),
-         "--algorithms", "a2c_allreduce", "gala_a2c", "--env-ids", "Pong-v5", "Pongg-v5", "--seeds", "1",
-         "--simulators", "4", "--workers", "2", "--total-timesteps", "6000", "--max-parallel", "2",
-         "--extra=--eval-episodes 1 --log-every 5"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = runner("--name", "tiny", "--out", str(out), "--algorithms", "a2c_allreduce", "gala_a2c",
+                  "--env-ids", "Pong-v5", "Pongg-v5", "--seeds", "1", "--simulators", "4", "--workers", "2",
+                  "--total-timesteps", "6000", "--max-parallel", "2", "--extra=--eval-episodes 1 --log-every 5",
+                  cwd=out, timeout=300)  # fmt: skip
     return out / "tiny", proc

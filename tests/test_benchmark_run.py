@@ -3,20 +3,11 @@ experiment in which one run fails and the other still runs."""
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import ENV, ROOT
+from conftest import runner
 
 from benchmark.run import ConfigError, Plan, launch_plan
-
-
-def runner(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    """`python -m benchmark run ARGS` in a subprocess, as a user types it."""
-    return subprocess.run([sys.executable, "-m", "benchmark", "run", *args], check=False, cwd=cwd, env={**ENV, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 def test_launch_plan_matches_total_simulators():
