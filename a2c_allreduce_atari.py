@@ -9,7 +9,11 @@ RL"), the synchronous baseline of GALA (Assran et al., NeurIPS 2019).
     mpirun -np 4 python a2c_allreduce_atari.py --env-id Pong-v5
 
 Simplifications and choices, stated so nobody has to find them:
-- Nature CNN with 64 filters in the third conv (the official GALA code uses 32).
+- The official GALA network: the Nature CNN with 32 filters in its third conv (0.87M parameters).
+- envpool's DeepMind settings, kept rather than matched to the official code's baselines wrappers:
+  after a life loss the 4-frame stack carries over (the official code zeros it at every done),
+  games are cut at envpool's 27,000 steps (gym's limit, ~100k, in the official code), and a cut
+  bootstraps from the value of its last observation (the official code treats every done as final).
 - envpool resets on the step *after* an episode (or a life, under episodic life) ends and ignores
   that step's action: that transition is masked out of the loss. A time-limit truncation
   bootstraps from the value of the episode's last observation; a termination never bootstraps.
@@ -185,7 +189,8 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    """Nature CNN (Mnih et al. 2015) with a policy and a value head."""
+    """The official GALA network: the Nature CNN (Mnih et al. 2015) with 32 filters in its third conv
+    (0.87M parameters, as in facebookresearch/gala), then a policy and a value head."""
 
     def __init__(self, num_actions: int):
         super().__init__()
@@ -194,10 +199,10 @@ class Agent(nn.Module):
             nn.ReLU(),
             layer_init(nn.Conv2d(32, 64, 4, stride=2)),
             nn.ReLU(),
-            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            layer_init(nn.Conv2d(64, 32, 3, stride=1)),
             nn.ReLU(),
             nn.Flatten(),
-            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            layer_init(nn.Linear(32 * 7 * 7, 512)),
             nn.ReLU(),
         )
         self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
@@ -288,9 +293,9 @@ def a2c_update(agent, optimizer, reduce_grads, obs, actions, returns, valid, arg
     (policy + args.vf_coef * value - args.ent_coef * entropy).backward()
     sums = (policy.item(), value.item(), entropy.item())
     _, stop_any, means = reduce_grads(valid.sum().item(), stop, sums)
-    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm).item()
     optimizer.step()
-    return means, stop_any
+    return np.append(means, grad_norm), stop_any
 
 
 def broadcast_parameters(comm, agent) -> None:
@@ -592,7 +597,7 @@ def main(args: Args) -> dict:
                 sps = int((global_step - start_update * args.batch_size) / (time.time() - start_time))
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-                for name, v in zip(("policy_loss", "value_loss", "entropy"), means):
+                for name, v in zip(("policy_loss", "value_loss", "entropy", "grad_norm"), means):
                     writer.add_scalar(f"losses/{name}", v, global_step)
         if args.save_model and args.checkpoint_every and global_step // args.checkpoint_every != (global_step - args.batch_size) // args.checkpoint_every:
             checkpoint(update)

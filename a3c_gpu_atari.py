@@ -12,17 +12,22 @@ store lives on rank 0, which only serves (see `CentralStore`). This is the "A3C"
 Simplifications and choices, stated so nobody has to find them:
 - With N ranks there are N - 1 workers: the store rank holds no simulators. `python a3c_gpu_atari.py`
   alone is plain A2C with RMSprop (the store is local).
-- Hyperparameters are the A2C foundation's (RMSprop alpha 0.99, eps 1e-5, value coefficient 0.5,
-  lr 7e-4 x sqrt(total simulators / 16)), not accel_rl's (rho 0.9, eps 1e-6, value 0.25), so that
-  the three A2C-family scripts differ in their communication only.
+- Hyperparameters: torch RMSprop (alpha 0.99, eps 1e-5 outside the square root), value coefficient
+  0.5, lr 7e-4 x sqrt(num_envs / 16): scaled with the simulators in one update, since each central
+  update applies one worker's batch. accel_rl has rho 0.9, eps 1e-6 inside the root, value 0.25;
+  keeping ours makes the comparison with GALA and A2C about asynchrony alone.
 - accel_rl's workers try each chunk's lock with a timeout and take whichever is free; MPI has no
   try-lock, so each worker walks the chunks starting at its own (rank mod chunks).
 - Chunks are read one by one: the parameters a worker acts with may mix versions across chunks (as
   in accel_rl). `async/staleness` counts central updates between a worker's read and its write.
 - The run ends when the central count reaches num_updates; workers in the middle of an update
   finish it (up to workers - 1 extra updates).
-- Nature CNN with 64 filters in the third conv. envpool's reset transition is masked out of the
-  loss; a truncation bootstraps from the episode's last observation (as the A2C script).
+- The official GALA network: the Nature CNN with 32 filters in its third conv (0.87M parameters).
+- envpool's DeepMind settings, kept rather than matched to the official code's baselines wrappers:
+  after a life loss the 4-frame stack carries over (the official code zeros it at every done),
+  games are cut at envpool's 27,000 steps (gym's limit, ~100k, in the official code), and a cut
+  bootstraps from the value of its last observation (the official code treats every done as final).
+- envpool's reset transition is masked out of the loss (as the A2C script).
 - A resumed run restores the central parameters, square averages and update count, not the
   emulator states or the workers' RNG.
 """
@@ -77,7 +82,7 @@ class Args:
     torch_threads: Optional[int] = None
     """torch threads per rank (default: this node's cores divided among its ranks)"""
     learning_rate: Optional[float] = None
-    """RMSprop learning rate (default: 7e-4 x sqrt(total simulators / 16))"""
+    """RMSprop learning rate (default: 7e-4 x sqrt(num_envs / 16), the simulators in one central update)"""
     anneal_lr: bool = False
     """anneal the learning rate linearly to 0 over total_timesteps"""
     num_steps: int = 5
@@ -193,7 +198,8 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    """Nature CNN (Mnih et al. 2015) with a policy and a value head."""
+    """The official GALA network: the Nature CNN (Mnih et al. 2015) with 32 filters in its third conv
+    (0.87M parameters, as in facebookresearch/gala), then a policy and a value head."""
 
     def __init__(self, num_actions: int):
         super().__init__()
@@ -202,10 +208,10 @@ class Agent(nn.Module):
             nn.ReLU(),
             layer_init(nn.Conv2d(32, 64, 4, stride=2)),
             nn.ReLU(),
-            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            layer_init(nn.Conv2d(64, 32, 3, stride=1)),
             nn.ReLU(),
             nn.Flatten(),
-            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            layer_init(nn.Linear(32 * 7 * 7, 512)),
             nn.ReLU(),
         )
         self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
@@ -289,6 +295,19 @@ class CentralStore:
         """On the host: its own window memory ([params_c, square_avg_c] per chunk, the counter)."""
         chunks = [np.frombuffer(w.tomemory(), dtype=np.float32) for w in self.wins]
         return chunks, np.frombuffer(self.counter.tomemory(), dtype=np.int64)
+
+    def initialise(self, params: np.ndarray, square_avg: np.ndarray, count: int) -> None:
+        """On the host, before anyone reads (then a Barrier): writes the initial state into its own
+        window memory, each window inside an exclusive lock epoch, so that MPI makes the stores visible
+        to the workers' one-sided reads (a Barrier alone does not promise it)."""
+        chunks, counter = self.local()
+        for (lo, hi), win, chunk in zip(self.bounds, self.wins, chunks):
+            win.Lock(self.host, MPI.LOCK_EXCLUSIVE)
+            chunk[: hi - lo], chunk[hi - lo :] = params[lo:hi], square_avg[lo:hi]
+            win.Unlock(self.host)
+        self.counter.Lock(self.host, MPI.LOCK_EXCLUSIVE)
+        counter[0] = count
+        self.counter.Unlock(self.host)
 
     def count(self) -> int:
         self.counter.Lock(self.host, MPI.LOCK_SHARED)
@@ -483,7 +502,7 @@ def finalize_args(args: Args, world_size: int) -> Optional[dict]:
     args.total_envs = args.num_workers * args.num_envs
     args.batch_size = args.num_steps * args.num_envs
     if args.learning_rate is None:
-        args.learning_rate = 7e-4 * float(np.sqrt(args.total_envs / 16))
+        args.learning_rate = 7e-4 * float(np.sqrt(args.num_envs / 16))  # one worker's batch per central update
     if args.eval_checkpoint is not None:
         args.eval_episodes = args.eval_episodes or 10
         return load_checkpoint(args.eval_checkpoint, args)
@@ -555,13 +574,10 @@ def main(args: Args) -> dict:
     numel = sum(p.numel() for p in agent.parameters())
     store = CentralStore(comm, numel, args.update_chunks)
     start_count = 0
-    if is_store:  # the initial central state: rank 0's parameters (or the checkpoint's), zero averages
-        chunks, counter = store.local()
+    if is_store:  # the initial central state: rank 0's parameters and zero averages, or the checkpoint's
         flat = nn.utils.parameters_to_vector(agent.parameters()).detach().cpu().numpy()
-        for (lo, hi), chunk in zip(store.bounds, chunks):
-            chunk[: hi - lo] = flat[lo:hi]
-            chunk[hi - lo :] = 0.0 if ckpt is None else ckpt["square_avg"][lo:hi]
-        counter[0] = start_count = 0 if ckpt is None else ckpt["update"]
+        start_count = 0 if ckpt is None else ckpt["update"]
+        store.initialise(flat, np.zeros_like(flat) if ckpt is None else ckpt["square_avg"], start_count)
         if ckpt is not None:
             print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
     start_count = comm.bcast(start_count, root=0)

@@ -9,7 +9,11 @@ Algorithm 1 of Assran et al., "Gossip-based Actor-Learner Architectures for Deep
     mpirun -np 4 python gala_a2c_atari.py --env-id Pong-v5
 
 Simplifications and choices, stated so nobody has to find them:
-- Nature CNN with 64 filters in the third conv (the official GALA code uses 32).
+- The official GALA network: the Nature CNN with 32 filters in its third conv (0.87M parameters).
+- envpool's DeepMind settings, kept rather than matched to the official code's baselines wrappers:
+  after a life loss the 4-frame stack carries over (the official code zeros it at every done),
+  games are cut at envpool's 27,000 steps (gym's limit, ~100k, in the official code), and a cut
+  bootstraps from the value of its last observation (the official code treats every done as final).
 - envpool resets on the step *after* an episode (or a life, under episodic life) ends and ignores
   that step's action: that transition is masked out of the loss. A time-limit truncation
   bootstraps from the value of the episode's last observation; a termination never bootstraps.
@@ -18,9 +22,11 @@ Simplifications and choices, stated so nobody has to find them:
   agents run at about the same speed; each agent stamps its episodes the same way).
 - If fewer messages than k arrived (possible with k > 1 or the exponential graph), the mix is
   uniform over the agent and the messages that arrived, so the weights still sum to one.
-- `--sync-freq K` blocks after K updates without a mix until every in-peer of that update has sent,
-  mixes only that update's in-peers, and waits for a send that was skipped K times in a row: K = 1
-  is synchronous gossip (every update sends to and mixes with exactly its peers of that update).
+- `--sync-freq K` means what it means in the official code: an agent mixes when every in-peer of
+  the update has a message for it, tolerates K updates in a row without one and blocks on the next
+  until they come; K = 0 blocks at every update (synchronous gossip). The sender never blocks: a
+  send whose previous message the peer has not read yet is skipped. Without K (the default, as the
+  paper's run with K = 1e8) nobody ever blocks and an agent mixes whatever has arrived.
 - A resumed run restores each agent's parameters, optimizer, update count and torch RNG, not the
   emulator states: its simulators start new games. Agents stopped by a signal may have saved at
   different updates: after such a resume, the exponential graph's schedule of each agent keeps its
@@ -118,8 +124,9 @@ class Args:
     i + 2^j for k consecutive j starting at t mod log2(world_size) (time-varying)"""
     num_peers: int = 1
     """k, the number of out-peers (and in-peers) per update"""
-    sync_freq: int = 0
-    """block after this many updates without a mix, or sends skipped in a row (0: never block)"""
+    sync_freq: Optional[int] = None
+    """tolerate this many updates in a row without a mix, then block for the in-peers' messages
+    (0: block at every update, synchronous gossip; default: never block)"""
     disagreement_every: int = 100
     """updates between measurements of the agents' disagreement and gradient cosine (0: never)"""
     debug_slow_rank: Optional[int] = None
@@ -201,7 +208,8 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    """Nature CNN (Mnih et al. 2015) with a policy and a value head."""
+    """The official GALA network: the Nature CNN (Mnih et al. 2015) with 32 filters in its third conv
+    (0.87M parameters, as in facebookresearch/gala), then a policy and a value head."""
 
     def __init__(self, num_actions: int):
         super().__init__()
@@ -210,10 +218,10 @@ class Agent(nn.Module):
             nn.ReLU(),
             layer_init(nn.Conv2d(32, 64, 4, stride=2)),
             nn.ReLU(),
-            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            layer_init(nn.Conv2d(64, 32, 3, stride=1)),
             nn.ReLU(),
             nn.Flatten(),
-            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            layer_init(nn.Linear(32 * 7 * 7, 512)),
             nn.ReLU(),
         )
         self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
@@ -268,9 +276,9 @@ def a2c_update(agent, optimizer, obs, actions, returns, valid, args):
     policy, value, entropy = a2c_loss_sums(agent, obs, actions, returns, valid)
     count = max(valid.sum().item(), 1.0)
     ((policy + args.vf_coef * value - args.ent_coef * entropy) / count).backward()
-    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm).item()
     optimizer.step()
-    return np.array([policy.item(), value.item(), entropy.item()]) / count
+    return np.array([policy.item() / count, value.item() / count, entropy.item() / count, grad_norm])
 
 
 def exponential_offsets(world_size: int) -> list[int]:
@@ -296,7 +304,8 @@ TAG_PARAMS, TAG_DONE = 1, 2
 
 
 class Gossip:
-    """Parameter gossip between agents over MPI point-to-point, never waiting (unless --sync-freq).
+    """Parameter gossip between agents over MPI point-to-point; a sender never waits, a receiver only
+    after `sync_freq` updates in a row without a mix (never, if None).
 
     One message slot per (sender, receiver) pair, as in the official code's buffers: the receiver
     keeps one receive posted per possible in-peer and re-posts it only after mixing the message, and
@@ -310,7 +319,7 @@ class Gossip:
     every in-peer's count is reached, cancels the receives left posted and completes its own sends.
     """
 
-    def __init__(self, comm, flat: torch.Tensor, graph: str, num_peers: int, sync_freq: int):
+    def __init__(self, comm, flat: torch.Tensor, graph: str, num_peers: int, sync_freq: Optional[int]):
         self.comm, self.flat, self.graph, self.k, self.sync_freq = comm, flat, graph, num_peers, sync_freq
         self.rank, self.world = comm.Get_rank(), comm.Get_size()
         period = len(exponential_offsets(self.world)) if graph == "exponential" and self.world > 1 else 1
@@ -322,17 +331,22 @@ class Gossip:
         numel, pinned = flat.numel(), flat.device.type == "cuda"
         self.host = flat.numpy() if flat.device.type == "cpu" else torch.empty(numel, pin_memory=True).numpy()
         self.total = torch.empty(numel, pin_memory=pinned)  # the sum of the messages being mixed
-        self.send_buf = {p: np.empty(numel, dtype=np.float32) for p in outs}
+        # A message is the scaled parameters and, in one extra slot, the sender's update count (its age
+        # at the mix is a staleness measure; float32 counts exactly up to 2^24 updates).
+        self.send_buf = {p: np.empty(numel + 1, dtype=np.float32) for p in outs}
         self.send_req = {p: MPI.REQUEST_NULL for p in outs}
-        self.send_misses = dict.fromkeys(outs, 0)
-        self.recv_buf = {p: np.empty(numel, dtype=np.float32) for p in ins}
+        self.recv_buf = {p: np.empty(numel + 1, dtype=np.float32) for p in ins}
         self.recv_req = {p: comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS) for p in ins}
         self.arrived = dict.fromkeys(ins, False)
         self.done_buf = {p: np.zeros(1, dtype=np.int64) for p in ins}
         self.done_req = {p: comm.Irecv(self.done_buf[p], source=p, tag=TAG_DONE) for p in ins}
         self.sent, self.received = dict.fromkeys(outs, 0), dict.fromkeys(ins, 0)
         self.expected: dict[int, Optional[int]] = dict.fromkeys(ins, None)
-        self.skipped, self.mixes, self.updates, self.since_mix = 0, 0, 0, 0
+        self.skipped, self.mixes, self.updates, self.since_mix, self.longest_without_mix = 0, 0, 0, 0, 0
+        # Per mixed message, its age: my update count minus the sender's when it wrote (1 = written
+        # during my previous update's time). The recent ones for logging, and a histogram of all.
+        self.recent_ages: deque = deque(maxlen=1000)
+        self.age_counts: dict[int, int] = {}
 
     def _params_to_host(self) -> np.ndarray:
         if self.flat.device.type != "cpu":
@@ -340,7 +354,7 @@ class Gossip:
         return self.host
 
     def progress(self) -> None:
-        """Let MPI move messages while the agent acts: a 6.7 MB message goes by rendezvous, which only
+        """Let MPI move messages while the agent acts: a 3.5 MB message goes by rendezvous, which only
         advances inside MPI calls; testing once per env step instead of once per update lets it
         arrive within an update (measured: mix rate 0.5 -> ~1 with two agents in lockstep)."""
         for p, req in self.recv_req.items():
@@ -370,41 +384,43 @@ class Gossip:
                 self.arrived[live[index]] = True
             self._poll_done()
 
-    def step(self, update: int) -> int:
+    def exchange(self, update: int) -> int:
         """Send to this update's out-peers, mix what has arrived; returns the number of messages mixed."""
         out_peers, in_peers = gossip_peers(self.rank, self.world, update, self.graph, self.k)
         self.updates += 1
         params = self._params_to_host()
         for p in out_peers:
-            if not self.send_req[p].Test():  # the peer has not read our previous message
-                self.send_misses[p] += 1
-                if not self.sync_freq or self.send_misses[p] < self.sync_freq:
-                    self.skipped += 1
-                    continue
-                self.send_req[p].Wait()
-            self.send_misses[p] = 0
-            np.multiply(params, 1.0 / (self.k + 1), out=self.send_buf[p])
+            if not self.send_req[p].Test():  # the peer has not read our previous message: skip, never wait
+                self.skipped += 1
+                continue
+            np.multiply(params, 1.0 / (self.k + 1), out=self.send_buf[p][:-1])
+            self.send_buf[p][-1] = self.updates
             self.send_req[p] = self.comm.Issend(self.send_buf[p], dest=p, tag=TAG_PARAMS)
             self.sent[p] += 1
 
         self.progress()
         self._poll_done()
-        if self.sync_freq:  # (partially) synchronous: all of this update's in-peers, or none
-            if not all(self.arrived[p] for p in in_peers) and self.since_mix + 1 >= self.sync_freq:
-                self._wait_for_in_peers(in_peers)
-            arrived = [p for p in in_peers if self.arrived[p]]
-            arrived = arrived if len(arrived) == len(in_peers) or self.since_mix + 1 >= self.sync_freq else []
-        else:  # asynchronous: whatever has arrived, from any in-peer
+        if self.sync_freq is None:  # asynchronous: whatever has arrived, from any in-peer
             arrived = [p for p, got in self.arrived.items() if got]
+        else:  # the official rule: all of this update's in-peers or none; block after sync_freq misses
+            ready = all(self.arrived[p] or self._finished(p) for p in in_peers)
+            if not ready and self.since_mix >= self.sync_freq:
+                self._wait_for_in_peers(in_peers)
+                ready = True
+            arrived = [p for p in in_peers if self.arrived[p]] if ready else []
         if not arrived:
             self.since_mix += 1
+            self.longest_without_mix = max(self.longest_without_mix, self.since_mix)
             return 0
         # theta <- theta/(k+1) + sum of messages when k arrived; uniform over what arrived otherwise.
         total = self.total.numpy()
-        np.copyto(total, self.recv_buf[arrived[0]])
+        np.copyto(total, self.recv_buf[arrived[0]][:-1])
         for p in arrived[1:]:
-            total += self.recv_buf[p]
+            total += self.recv_buf[p][:-1]
         for p in arrived:
+            age = self.updates - int(self.recv_buf[p][-1])
+            self.recent_ages.append(age)
+            self.age_counts[age] = self.age_counts.get(age, 0) + 1
             self.received[p] += 1
             self.arrived[p] = False
             self.recv_req[p] = self.comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS)
@@ -623,7 +639,7 @@ def finalize_args(args: Args, world_size: int, rank: int) -> Optional[dict]:
                 f"--num-peers must be between 1 and {most} for the {args.gossip_graph} graph of {world_size} agents, "
                 f"got {args.num_peers}"
             )
-    if args.sync_freq < 0 or args.disagreement_every < 0:
+    if (args.sync_freq is not None and args.sync_freq < 0) or args.disagreement_every < 0:
         raise ConfigError("--sync-freq and --disagreement-every must be 0 or more")
     args.world_size = world_size
     args.total_envs = world_size * args.num_envs
@@ -684,7 +700,8 @@ def main(args: Args) -> dict:
         print(
             f"{ALGO}: {world_size} agent(s) x {args.num_envs} envs on {device} "
             f"({torch_threads} torch / {env_threads} env threads per rank), lr {args.learning_rate:.3g}, "
-            + (f"{args.gossip_graph} graph, {args.num_peers} peer(s), sync-freq {args.sync_freq}"
+            + (f"{args.gossip_graph} graph, {args.num_peers} peer(s), "
+               + (f"sync-freq {args.sync_freq}" if args.sync_freq is not None else "never blocking")
                if world_size > 1 else "one agent: no gossip, this is plain A2C"),
             flush=True,
         )  # fmt: skip
@@ -829,7 +846,7 @@ def main(args: Args) -> dict:
         if rank == args.debug_slow_rank:
             time.sleep(args.debug_slow_seconds)
 
-        gossip.step(update)
+        gossip.exchange(update)
         metrics.maybe_start(update, agent)
         measured = metrics.poll()
         stop = bool(stop_requested)
@@ -847,12 +864,15 @@ def main(args: Args) -> dict:
                 sps = int((global_step - start_update * args.batch_size) / (time.time() - start_time))
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-                for name, v in zip(("policy_loss", "value_loss", "entropy"), means):
+                for name, v in zip(("policy_loss", "value_loss", "entropy", "grad_norm"), means):
                     writer.add_scalar(f"losses/{name}", v, global_step)
                 writer.add_scalar("gossip/mix_rate", gossip.mixes / gossip.updates, global_step)
                 writer.add_scalar("gossip/sent", sum(gossip.sent.values()), global_step)
                 writer.add_scalar("gossip/skipped_sends", gossip.skipped, global_step)
                 writer.add_scalar("gossip/staleness", gossip.since_mix, global_step)
+                if gossip.recent_ages:
+                    writer.add_scalar("gossip/message_age", np.mean(gossip.recent_ages), global_step)
+                    gossip.recent_ages.clear()
         if rank == 0:
             log_metrics(measured)
         if args.save_model and args.checkpoint_every and global_step // args.checkpoint_every != (global_step - args.batch_size) // args.checkpoint_every:
@@ -902,9 +922,12 @@ def main(args: Args) -> dict:
     summary = {"global_step": total_steps, "run_dir": str(run_dir), "stopped": bool(stop)}
     summary["sps"] = (global_step - warm_step) / (end_time - warm_time) if warm_time and end_time > warm_time else None
     summary["gossip"] = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()),
-                         "mixes": gossip.mixes, "skipped": gossip.skipped}  # fmt: skip
+                         "mixes": gossip.mixes, "skipped": gossip.skipped,
+                         "longest_without_mix": gossip.longest_without_mix}  # fmt: skip
+    summary["message_ages"] = dict(sorted(gossip.age_counts.items()))
     print(f"[agent {rank}] {update - start_update} updates in {end_time - start_time:.1f} s; gossip: "
-          + ", ".join(f"{k} {v}" for k, v in summary["gossip"].items()), flush=True)  # fmt: skip
+          + ", ".join(f"{k} {v}" for k, v in summary["gossip"].items())
+          + f"; message ages {summary['message_ages']}", flush=True)  # fmt: skip
     if args.eval_episodes and not stop:
         nn.utils.vector_to_parameters(average.to(device), agent.parameters())  # evaluate the average
         results = evaluate_all_ranks(comm, agent, args, update, env_threads, device)

@@ -10,12 +10,15 @@ parameters without blocking. Espeholt et al., "IMPALA", ICML 2018 (arXiv 1802.01
     mpirun -np 3 python impala_atari.py --env-id Pong-v5
 
 Simplifications and choices, stated so nobody has to find them:
-- Nature CNN (the same network as the A2C-family scripts here), not the paper's deep ResNet.
+- The official GALA network (the Nature CNN with 32 filters in its third conv, 0.87M parameters),
+  the same as the A2C-family scripts here, not the IMPALA paper's deep ResNet.
 - `python impala_atari.py --single-process` runs actor and learner in turn in one process: on-policy,
   no lag (for debugging and tests). Without the flag, a world of one is refused: IMPALA needs a
   learner and at least one actor.
 - Losses are sums over T x B as in the reference implementation (the baseline loss is 0.5 x sum of
   squares, times --vf-coef); Table G.1's learning rate (6e-4, annealed to 0) belongs to that scale.
+  The logged losses/* are those sums divided by the number of valid samples in the batch: means, as in
+  the A2C scripts and README's table (the gradient is still that of the sums).
 - envpool resets on the step *after* an episode (or a life) ends, ignoring the action: that
   transition is masked out of the loss. Discounts are 0 at every episode end, time limits included
   (no truncation bootstrap, unlike the A2C scripts).
@@ -203,7 +206,8 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    """Nature CNN (Mnih et al. 2015) with a policy and a value head."""
+    """The official GALA network: the Nature CNN (Mnih et al. 2015) with 32 filters in its third conv
+    (0.87M parameters, as in facebookresearch/gala), then a policy and a value head."""
 
     def __init__(self, num_actions: int):
         super().__init__()
@@ -212,10 +216,10 @@ class Agent(nn.Module):
             nn.ReLU(),
             layer_init(nn.Conv2d(32, 64, 4, stride=2)),
             nn.ReLU(),
-            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            layer_init(nn.Conv2d(64, 32, 3, stride=1)),
             nn.ReLU(),
             nn.Flatten(),
-            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            layer_init(nn.Linear(32 * 7 * 7, 512)),
             nn.ReLU(),
         )
         self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
@@ -306,7 +310,8 @@ class Actor:
 
 def impala_update(agent, optimizer, batch: dict, args: Args) -> dict:
     """One learner step on [T, B] trajectories; the losses are sums over T x B, as in the reference
-    implementation (scalable_agent), for which the learning rate 6e-4 of Table G.1 was tuned."""
+    implementation (scalable_agent), for which the learning rate 6e-4 of Table G.1 was tuned.
+    The returned losses are means over the valid samples (the sums / their count), for logging."""
     T, B = batch["rewards"].shape
     logits, values = agent(batch["obs"].reshape((T + 1) * B, 4, 84, 84))
     logits, values = logits.reshape(T + 1, B, -1)[:-1], values.reshape(T + 1, B)
@@ -326,7 +331,9 @@ def impala_update(agent, optimizer, batch: dict, args: Args) -> dict:
     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
     optimizer.step()
     ratios = torch.exp(target_logprobs.detach() - behaviour_logprobs)[valid.bool()]
-    return {"losses/policy_loss": policy.item(), "losses/value_loss": baseline.item(), "losses/entropy": entropy.item(),
+    n = max(valid.sum().item(), 1.0)  # logged as means over the valid samples; the step above used the sums
+    return {"losses/policy_loss": policy.item() / n, "losses/value_loss": baseline.item() / n,
+            "losses/entropy": entropy.item() / n,
             "vtrace/rho_mean": ratios.mean().item(), "vtrace/rho_clipped_frac": (ratios > args.rho_bar).float().mean().item()}  # fmt: skip
 
 
@@ -334,6 +341,16 @@ def to_batch(unrolls: list[Unroll], device: torch.device) -> dict:
     """Concatenates unrolls along the batch axis into device tensors."""
     cat = lambda name: torch.from_numpy(np.concatenate([getattr(u, name) for u in unrolls], axis=1)).to(device)  # noqa: E731
     return {name: cat(name) for name in ("obs", "actions", "logits", "rewards", "discounts", "valid")}
+
+
+def read_batch(unrolls: list[Unroll], update: int, device: torch.device, release=None) -> tuple[dict, float]:
+    """The batch tensors (copies) and the mean policy lag (updates since the parameters that acted),
+    all read before `release` hands the buffers back: a released buffer may at once receive the next unroll."""
+    batch = to_batch(unrolls, device)
+    lag = update - float(np.mean([u.version[0] for u in unrolls]))
+    if release is not None:
+        release(unrolls)
+    return batch, lag
 
 
 TAG_UNROLL, TAG_PARAMS, TAG_STOP, TAG_DONE, TAG_EPISODES = 1, 2, 3, 4, 5
@@ -781,11 +798,8 @@ def main(args: Args) -> dict:
         else:
             unrolls, depth = learner.next_batch(len(local))
             found = learner.receive_episodes()
-        batch = to_batch(unrolls, device)
-        if learner is not None:
-            learner.release(unrolls)
+        batch, lag = read_batch(unrolls, update, device, learner.release if learner else None)
         metrics = impala_update(agent, optimizer, batch, args)
-        lag = update - float(np.mean([u.version[0] for u in unrolls]))
         if rank_is_slow(comm, args) and world_size > 1:
             time.sleep(args.debug_slow_seconds)
         update += 1

@@ -34,10 +34,13 @@ Each script run, launched with cwd = WORKDIR, writes `WORKDIR/runs/<run_name>/` 
   the same scalar keys in its history.
 
 Runner layout: `bench_runs/<experiment>/` (experiment name defaults to the preset name; `--name`
-overrides). Each run's WORKDIR is `bench_runs/<experiment>/<algorithm>/<env_id>/sims<S>/seed<k>/`.
-The runner keeps `bench_runs/<experiment>/manifest.json`, a JSON list with one entry per run,
-rewritten atomically after every run finishes:
-{"experiment": str, "preset": str, "algorithm": ALGO str, "script": "gala_a2c_atari.py",
+overrides). Each run's WORKDIR is `bench_runs/<experiment>/<label>/<env_id>/sims<S>/seed<k>/`, the label
+being ALGO, or a variant's own (`--variant LABEL=ALGO:FLAGS`: ALGO's runs with FLAGS, and --exp-name LABEL).
+The runner keeps `bench_runs/<experiment>/manifest.json`, a JSON list with one entry per run (label,
+env_id, simulators, seed), rewritten atomically after every run finishes; running the experiment again
+skips the runs it has ok, re-runs the others and keeps every entry it does not replace:
+{"experiment": str, "preset": str, "algorithm": ALGO str, "label": ALGO or the variant's label (older
+ manifests have none: ALGO), "script": "gala_a2c_atari.py",
  "env_id": str, "seed": int, "simulators": int (total), "ranks": int (mpirun -np),
  "envs_per_rank": int, "workers": int (ranks that hold simulators), "total_timesteps": int,
  "command": [argv], "workdir": path relative to the experiment dir, "run_dir": path relative to the

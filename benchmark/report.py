@@ -7,6 +7,8 @@ into one `RunRecord` each, and writes into `--out` (default `<experiment>/report
 
 - `returns_vs_steps.png`, `returns_vs_time.png` (GALA paper Fig 1b–g): episodic return per game,
   one line per algorithm (and simulator count), mean over seeds with a 95% t-interval band;
+  a variant of an algorithm (`python -m benchmark run --variant LABEL=...`) is its own line, table
+  row and bar under its label, everywhere but the paired GALA-vs-A2C tests, which take the plain runs;
 - `success_vs_simulators.png` (Fig 1a): share of runs whose final score reaches a fraction of the
   game's nominal score, against the number of simulators;
 - `disagreement.png` (Fig 2): GALA's gossip/disagreement(_relative) against global steps;
@@ -96,6 +98,8 @@ class RunRecord:
     simulators: int
     total_timesteps: int
     status: str
+    label: str = ""
+    """what the tables and figures group by: the algorithm, or a variant's label (default: the algorithm)"""
     returns: Series = field(default_factory=Series)
     """charts/episodic_return: one point per finished game"""
     sps: Series = field(default_factory=Series)
@@ -109,6 +113,9 @@ class RunRecord:
     """why a run failed, or what is missing"""
     final_window: float = 0.1
     """the final score averages the games of this last fraction of the run's steps (--final-window)"""
+
+    def __post_init__(self):
+        self.label = self.label or self.algorithm
 
     @property
     def game(self) -> str:
@@ -160,7 +167,8 @@ def load_local(experiment: Path) -> list[RunRecord]:
         evaluation = json.loads((run_dir / "eval.json").read_text()) if status == "ok" and (run_dir / "eval.json").exists() else {}
         utilisation = entry.get("utilisation") or {}
         records.append(RunRecord(
-            name=f"{experiment.name}/{entry['workdir']}", algorithm=entry["algorithm"], env_id=entry["env_id"],
+            name=f"{experiment.name}/{entry['workdir']}", algorithm=entry["algorithm"],
+            label=entry.get("label", entry["algorithm"]), env_id=entry["env_id"],
             seed=config.get("seed", entry["seed"]), simulators=config.get("total_envs", entry["simulators"]),
             total_timesteps=config.get("total_timesteps", entry["total_timesteps"]), status=status, note=note,
             **{key: events.get(tag, Series()) for key, tag in TAGS.items()},
@@ -201,7 +209,8 @@ def load_wandb(project: str, entity: Optional[str], group: Optional[str]) -> lis
     records = []
     for run in api.runs(path, filters={"group": group} if group else None):
         config = dict(run.config)
-        algorithm = next((t for t in run.tags if t in ALGORITHMS), config.get("exp_name", "?").removesuffix("_atari"))
+        exp_name = config.get("exp_name", "").removesuffix("_atari")  # the script's name, or a variant's label
+        algorithm = next((t for t in run.tags if t in ALGORITHMS), exp_name or "?")
         series = {}
         for key, tag in TAGS.items():
             rows = [r for r in run.scan_history(keys=["global_step", tag, "_runtime"])]
@@ -216,7 +225,7 @@ def load_wandb(project: str, entity: Optional[str], group: Optional[str]) -> lis
         except Exception as e:  # noqa: BLE001 -- system metrics are optional; the report says none were found
             print(f"note: no W&B system metrics for {run.id}: {type(e).__name__}: {e}", file=sys.stderr)
         records.append(RunRecord(
-            name=f"{path}/{run.id}", algorithm=algorithm, env_id=config.get("env_id", "?"),
+            name=f"{path}/{run.id}", algorithm=algorithm, label=exp_name or algorithm, env_id=config.get("env_id", "?"),
             seed=int(config.get("seed", 0)), simulators=int(config.get("total_envs", 0)),
             total_timesteps=int(config.get("total_timesteps", 0)),
             status="ok" if run.state == "finished" else "failed", note="" if run.state == "finished" else f"state {run.state}",
@@ -313,13 +322,15 @@ def t_band(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # Grouping and the nominal scores
 
 
-def label(algorithm: str, simulators: int, several: bool) -> str:
-    return f"{algorithm} ({simulators} sims)" if several else algorithm
+def line_name(label: str, simulators: int, several: bool) -> str:
+    return f"{label} ({simulators} sims)" if several else label
 
 
 def order(records: list[RunRecord]) -> list[RunRecord]:
+    """Table order: game, then the algorithms in ALGORITHMS order, each followed by its variants."""
     rank = {a: i for i, a in enumerate(ALGORITHMS)}
-    return sorted(records, key=lambda r: (r.game, rank.get(r.algorithm, 99), r.algorithm, r.simulators, r.seed))
+    return sorted(records, key=lambda r: (r.game, rank.get(r.algorithm, 99), r.algorithm, r.label != r.algorithm,
+                                          r.label, r.simulators, r.seed))  # fmt: skip
 
 
 def groups(records: list[RunRecord], *keys: str) -> dict[tuple, list[RunRecord]]:
@@ -339,7 +350,7 @@ def nominal_scores(ok: list[RunRecord], given: dict[str, float]) -> dict[str, tu
         if game in given:
             out[game] = (given[game], "--nominal")
             continue
-        a2c = [r for r in runs if r.algorithm == A2C and math.isfinite(r.final)]
+        a2c = [r for r in runs if r.label == A2C and math.isfinite(r.final)]
         if a2c:
             fewest = min(r.simulators for r in a2c)
             finals = [r.final for r in a2c if r.simulators == fewest]
@@ -388,14 +399,14 @@ def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Pa
     plt, fig, axes = subplots(len(games))
     for ax, ((game,), runs) in zip(axes[0], games.items()):
         grid = np.linspace(0, max(end[id(r)] for r in runs), points)
-        for (algorithm, simulators), same in groups(runs, "algorithm", "simulators").items():
+        for (label, simulators), same in groups(runs, "label", "simulators").items():
             curves = []
             for r in same:
                 smoothed = pd.Series(r.returns.value).rolling(smooth, min_periods=1).mean().to_numpy()
                 xs, ys = np.append(getattr(r.returns, x), end[id(r)]), np.append(smoothed, smoothed[-1])
                 curves.append(np.interp(grid, xs, ys, left=np.nan, right=np.nan))
             mean, low, high = t_band(np.array(curves))
-            name = f"{label(algorithm, simulators, several)}, {len(same)} seed(s)"
+            name = f"{line_name(label, simulators, several)}, {len(same)} seed(s)"
             (line,) = ax.plot(grid, mean, label=name, marker="o" if np.isfinite(mean).sum() < 2 else None)
             ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, lw=0)
         ax.set_title(game)
@@ -427,7 +438,8 @@ def plot_success(shares: dict[tuple, tuple[float, int]], path: Path) -> bool:
 
 
 def plot_disagreement(ok: list[RunRecord], path: Path) -> bool:
-    """GALA runs: relative (top) and absolute (bottom) disagreement vs global steps, one line per run."""
+    """GALA runs (its variants too): relative (top) and absolute (bottom) disagreement vs global steps, one line
+    per run."""
     gala = [r for r in ok if r.algorithm == GALA and len(r.disagreement_relative) + len(r.disagreement)]
     if not gala:
         return False
@@ -439,7 +451,7 @@ def plot_disagreement(ok: list[RunRecord], path: Path) -> bool:
             for r in runs:
                 series = getattr(r, key)
                 ax.plot(series.step, series.value, lw=1, marker="." if len(series) < 3 else None,
-                        label=f"{r.simulators} sims, seed {r.seed}")  # fmt: skip
+                        label=f"{r.label}, {r.simulators} sims, seed {r.seed}")  # fmt: skip
             ax.set_title(f"GALA-A2C {game}: gossip/{key}", fontsize=9)
             ax.set_xlabel("global steps")
             ax.set_ylabel(ylabel)
@@ -512,7 +524,7 @@ def build_report(records: list[RunRecord], cfg: "Config", source: str) -> Report
     lines += ["## Runs", ""]
     rows = [[a, g, s, sum(r.status == "ok" for r in rs), sum(r.status != "ok" for r in rs),
              sum(r.status == "ok" and not math.isfinite(r.final) for r in rs)]
-            for (g, a, s), rs in groups(records, "game", "algorithm", "simulators").items()]  # fmt: skip
+            for (g, a, s), rs in groups(records, "game", "label", "simulators").items()]  # fmt: skip
     lines += table(["algorithm", "game", "simulators", "ok", "failed", "ok without an episode"], rows) + [""]
     failed = [r for r in order(records) if r.status != "ok"]
     lines += [f"Failed runs (excluded from every statistic): {len(failed) or 'none'}"]
@@ -529,7 +541,7 @@ def build_report(records: list[RunRecord], cfg: "Config", source: str) -> Report
                f"reps, seed {cfg.seed}); each game is one task."), ""]  # fmt: skip
     rows = []
     for (game,), runs in groups(scored, "game").items():
-        cells = groups(runs, "algorithm", "simulators")
+        cells = groups(runs, "label", "simulators")
         iqm = iqm_with_ci({k: np.array([r.final for r in rs]) for k, rs in cells.items()}, cfg.bootstrap_reps, cfg.seed)
         for (algorithm, simulators), rs in cells.items():
             finals = np.array([r.final for r in rs])
@@ -556,7 +568,7 @@ def build_report(records: list[RunRecord], cfg: "Config", source: str) -> Report
     lines += table(["game", "nominal", "nominal from", "random", "success threshold"], rows) + [""]
     shares = {}  # only where success means something: a nominal score above random play
     usable = [g for g, (v, _) in nominal.items() if v > RANDOM_SCORES.get(g, 0.0)]
-    for (game, algorithm, simulators), rs in groups(scored, "game", "algorithm", "simulators").items():
+    for (game, algorithm, simulators), rs in groups(scored, "game", "label", "simulators").items():
         if game in usable:
             finals = [r.final for r in rs]
             shares[game, algorithm, simulators] = (success_share(finals, nominal[game][0], RANDOM_SCORES.get(game, 0.0), cfg.success_fraction), len(finals))
@@ -567,13 +579,13 @@ def build_report(records: list[RunRecord], cfg: "Config", source: str) -> Report
                "(1 = the nominal A2C score), over the seeds present in every game of that algorithm and simulator "
                "count; games whose nominal is not above random play are left out."), ""]  # fmt: skip
     matrices = {}
-    for (algorithm, simulators), rs in groups([r for r in scored if r.game in usable], "algorithm", "simulators").items():
+    for (algorithm, simulators), rs in groups([r for r in scored if r.game in usable], "label", "simulators").items():
         games = sorted({r.game for r in rs})
         seeds = sorted(set.intersection(*({r.seed for r in rs if r.game == g} for g in games)))
         by = {(r.game, r.seed): r.final for r in rs}
         norm = [[(by[g, s] - RANDOM_SCORES.get(g, 0.0)) / (nominal[g][0] - RANDOM_SCORES.get(g, 0.0)) for g in games] for s in seeds]
         if seeds:
-            matrices[label(algorithm, simulators, True), ", ".join(games), len(seeds)] = np.array(norm)
+            matrices[line_name(algorithm, simulators, True), ", ".join(games), len(seeds)] = np.array(norm)
     aggregate = iqm_with_ci(matrices, cfg.bootstrap_reps, cfg.seed)
     lines += table(["algorithm", "games", "seeds", "normalised IQM [95% CI]"],
                    [[k[0], k[1], k[2], f"{fmt(p)} [{fmt(lo)}, {fmt(hi)}]"] for k, (p, lo, hi) in aggregate.items()]
@@ -582,7 +594,7 @@ def build_report(records: list[RunRecord], cfg: "Config", source: str) -> Report
 
     # Paired t-tests
     cells = sorted({(g, s) for g, a, s in shares if (g, GALA, s) in shares and (g, A2C, s) in shares})
-    by_seed = {(r.game, r.simulators, r.seed, r.algorithm): r.final for r in scored}
+    by_seed = {(r.game, r.simulators, r.seed, r.label): r.final for r in scored}  # GALA, A2C: the plain runs
     pairs = sorted({k[:3] for k in by_seed if (*k[:3], GALA) in by_seed and (*k[:3], A2C) in by_seed})
     lines += ["## GALA-A2C vs A2C: paired t-tests (two-sided, scipy.stats.ttest_rel)", "",
               ttest_line("success share, paired over (game, simulators) cells (as the authors did for Fig 1a)",
@@ -594,7 +606,7 @@ def build_report(records: list[RunRecord], cfg: "Config", source: str) -> Report
     # Evaluation, Table 1 style
     lines += ["## Evaluation (Table 1 style: full games after training, mean ± std over seeds of each run's mean)", ""]
     rows = []
-    for (game, algorithm, simulators), rs in groups(ok, "game", "algorithm", "simulators").items():
+    for (game, algorithm, simulators), rs in groups(ok, "game", "label", "simulators").items():
         argmax = [r.eval_argmax for r in rs if r.eval_argmax is not None]
         sampled = [r.eval_sampled for r in rs if r.eval_sampled is not None]
         if argmax or sampled:
@@ -603,7 +615,7 @@ def build_report(records: list[RunRecord], cfg: "Config", source: str) -> Report
 
     # Throughput
     throughput = []
-    for (algorithm, simulators), rs in sorted(groups(ok, "algorithm", "simulators").items(), key=lambda kv: kv[0][1]):
+    for (algorithm, simulators), rs in sorted(groups(ok, "label", "simulators").items(), key=lambda kv: kv[0][1]):
         per_run = [run_sps(r.sps.value) for r in rs if len(r.sps)]
         cpu = [float(np.mean(r.cpu_percent)) for r in rs if r.cpu_percent]
         gpu = [float(np.mean(r.gpu_percent)) for r in rs if r.gpu_percent]
@@ -736,13 +748,13 @@ def apply_final_window(records: list[RunRecord], window: float) -> None:
 
 def duplicated_runs(records: list[RunRecord]) -> list[str]:
     """Runs that would be counted twice, or cells that mix run lengths: two ok runs with the same
-    (algorithm, game, simulators, seed), e.g. from two experiments or a W&B project read without a
+    (label, game, simulators, seed), e.g. from two experiments or a W&B project read without a
     group, or one cell with runs of different total steps."""
     problems, seen, lengths = [], {}, defaultdict(set)
     for r in (r for r in records if r.status == "ok"):
-        key = (r.algorithm, r.env_id, r.simulators, r.seed)
+        key = (r.label, r.env_id, r.simulators, r.seed)
         if key in seen:
-            problems.append(f"{r.name} and {seen[key]} are both {r.algorithm} on {r.env_id} with {r.simulators} simulators, seed {r.seed}")
+            problems.append(f"{r.name} and {seen[key]} are both {r.label} on {r.env_id} with {r.simulators} simulators, seed {r.seed}")
         seen[key] = r.name
         lengths[key[:3]].add(r.total_timesteps)
     problems += [f"{a} on {g} with {s} simulators mixes runs of {sorted(n)} steps" for (a, g, s), n in lengths.items() if len(n) > 1]

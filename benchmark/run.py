@@ -3,6 +3,12 @@
 For every (algorithm, env id, total simulators, seed) the runner derives the launch at that total
 (`launch_plan`): A2C and GALA run R workers x S simulators, A3C the same R x S plus its store rank,
 IMPALA one learner plus A actors x S. A total that does not split is refused before anything runs.
+A variant (`--variant LABEL=ALGORITHM:FLAGS`) is an algorithm run with extra script flags under its
+own label, which the manifest and the report use in place of the algorithm's name. The runs go
+seed-major (all of seed 1, then seed 2, ...) within each group of consecutive algorithms with the
+same seeds, so that an experiment cut short still has whole seeds of the algorithms listed first.
+Running an experiment again continues it: the runs already ok in its manifest are skipped, the
+failed and stopped ones run again.
 Every run is tracked in one W&B project (group = the experiment, tags = the preset and the git
 commit; WANDB_MODE is inherited, so offline works without network), runs in its own directory
 with its stdout and stderr saved there, and is sampled for whole-machine CPU (and GPU) utilisation
@@ -12,11 +18,14 @@ while it runs. Runs go locally, as many at once as the cores allow, or to SLURM 
 
     python -m benchmark run --preset smoke
     python -m benchmark run --preset paper --dry-run
+    python -m benchmark run --preset learning --variant "gala_sync=gala_a2c:--sync-freq 0"
     python -m benchmark run --preset sweep --slurm --slurm-partition gpu --slurm-gpus-per-node 1
 """
 
+import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -24,9 +33,9 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import psutil
 import tyro
@@ -59,6 +68,7 @@ class Preset:
     algorithms: tuple[str, ...]
     env_ids: tuple[str, ...]
     seeds: tuple[int, ...]
+    """seeds of every algorithm not in seeds_of"""
     simulators: tuple[int, ...]
     """total simulators of a run, one set of runs per value"""
     total_timesteps: Optional[int]
@@ -68,6 +78,13 @@ class Preset:
     """IMPALA's trajectories per update; None: one per simulator (= the total simulators)"""
     flags: tuple[str, ...]
     """passed to every script"""
+    seeds_of: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """an algorithm's own seeds, in place of `seeds`"""
+    flags_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """passed to one algorithm's script, after `flags`"""
+
+    def seeds_for(self, algorithm: str) -> tuple[int, ...]:
+        return self.seeds_of.get(algorithm, self.seeds)
 
 
 PRESETS = {
@@ -116,6 +133,23 @@ PRESETS = {
         impala_batch_size=None,
         flags=(),
     ),
+    # Learning curves on this machine: the four at 32 simulators, 16 per learner, 500k steps of Breakout, GALA and A2C
+    # first (seeds 1-3), then A3C and IMPALA (seeds 1-2). IMPALA's batch is one actor's unroll of its 16 simulators
+    # (320 steps per update, ~1,560 updates in 500k steps where Table G.1's batch of 32 would give 780), and its rate
+    # is not annealed: 500k steps are the very start of Table G.1's 200M-step schedule, where the rate is still ~6e-4
+    # (the A2C-family scripts do not anneal either).
+    "learning": Preset(
+        algorithms=("a2c_allreduce", "gala_a2c", "a3c_gpu", "impala"),
+        env_ids=("Breakout-v5",),
+        seeds=(1, 2, 3),
+        seeds_of={"a3c_gpu": (1, 2), "impala": (1, 2)},
+        simulators=(32,),
+        total_timesteps=500_000,
+        workers=2,
+        impala_batch_size=16,
+        flags=("--eval-episodes", "10"),
+        flags_of={"impala": ("--unroll-length", str(IMPALA_UNROLL), "--no-anneal-lr")},
+    ),
 }
 
 
@@ -124,30 +158,35 @@ class Config:
     """Runs the gala-rl scripts at matched total simulators, locally or on SLURM, and writes
     bench_runs/<experiment>/manifest.json for `python -m benchmark report`."""
 
-    preset: Literal["smoke", "paper", "sweep", "throughput"] = "smoke"
+    preset: Literal["smoke", "paper", "sweep", "throughput", "learning"] = "smoke"
     """smoke: all four on Pong, 2 seeds, 2 workers x 4 simulators, 12k steps (minutes on 2 cores);
     paper: all four on six games, 4 x 16 simulators, 40M steps, 10 seeds; sweep: GALA and A2C at
-    64..1024 simulators (Fig 1a); throughput: --updates x the batch steps of each on Pong at 2 x 8"""
+    64..1024 simulators (Fig 1a); throughput: --updates x the batch steps of each on Pong at 2 x 8;
+    learning: all four on Breakout at 2 x 16, 500k steps, seeds 1-3 (A2C, GALA) and 1-2 (A3C, IMPALA)"""
     algorithms: Optional[tuple[Algorithm, ...]] = None
     """overrides the preset's algorithms"""
+    variant: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """LABEL=ALGORITHM:FLAGS: ALGORITHM's runs again (its games, simulators and seeds) with FLAGS
+    after all others, under LABEL in the manifest and the report: --variant "gala_sync=gala_a2c:--sync-freq 0"
+    (the script's --exp-name is LABEL too)"""
     env_ids: Optional[tuple[str, ...]] = None
     """overrides the preset's games"""
     seeds: Optional[tuple[int, ...]] = None
-    """overrides the preset's seeds"""
+    """overrides the preset's seeds (of every algorithm)"""
     simulators: Optional[tuple[int, ...]] = None
     """total simulators of a run, one set of runs per value; overrides the preset's"""
     total_timesteps: Optional[int] = None
     """global steps of every run; overrides the preset's"""
     workers: Optional[int] = None
     """ranks that hold simulators: A2C/GALA ranks, A3C workers (+1 store rank), IMPALA actors
-    (+1 learner); default: the preset's (paper, sweep: 4; smoke, throughput: 2)"""
+    (+1 learner); default: the preset's (paper, sweep: 4; smoke, throughput, learning: 2)"""
     updates: int = 200
     """throughput preset: total steps = updates x the algorithm's batch over all its simulators (A2C:
     that many updates; GALA: that many per agent; A3C: workers x that many central updates of one
     worker's batch; IMPALA: that many learner updates)"""
     impala_batch_size: Optional[int] = None
     """IMPALA's --batch-size (trajectories, a multiple of its simulators per actor); default 32,
-    throughput: the total simulators"""
+    throughput: the total simulators, learning: 16"""
     threads: int = 1
     """--torch-threads and --env-threads of every rank"""
     max_parallel: Optional[int] = None
@@ -158,7 +197,8 @@ class Config:
     """minutes after which a local run is stopped (SIGTERM, which checkpoints, then SIGKILL after a
     minute) and counted as failed; default: none"""
     name: Optional[str] = None
-    """experiment name (directory under --out, W&B group); default: the preset"""
+    """experiment name (directory under --out, W&B group); default: the preset. Running an experiment again
+    continues it: runs already ok in its manifest are skipped, the others run"""
     out: Path = Path("bench_runs")
     """where experiments go"""
     wandb_project: str = "gala-rl-benchmark"
@@ -166,8 +206,8 @@ class Config:
     wandb_entity: Optional[str] = None
     """W&B entity (team or user) of every run"""
     extra: str = ""
-    """flags for every script, after the runner's own (the later flag wins); write it with "=" as it
-    starts with "--": --extra="--save-model --eval-episodes 5\""""
+    """flags for every script, after the runner's and the preset's (the later flag wins; a variant's own come
+    last); write it with "=" as it starts with "--": --extra="--save-model --eval-episodes 5\""""
     dry_run: bool = False
     """print the commands (one line each, with their directory) and run nothing"""
     slurm: bool = False
@@ -251,6 +291,8 @@ class Run:
     experiment: str
     preset: str
     algorithm: str
+    label: str
+    """the algorithm, or the label of a variant of it (--variant): what the report groups by"""
     script: str
     env_id: str
     seed: int
@@ -280,13 +322,72 @@ def first_given(*values):
     return next((value for value in values if value is not None), None)
 
 
+@dataclass(frozen=True)
+class Arm:
+    """What one line of the figures shows: an algorithm, or a variant of it (its own label and flags)."""
+
+    label: str
+    algorithm: str
+    flags: tuple[str, ...]
+    """the variant's flags, after every other (none for a plain algorithm)"""
+    seeds: tuple[int, ...]
+
+
+VARIANT_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+"""a label is a directory name in the experiment"""
+
+
+def parse_variant(text: str) -> tuple[str, str, tuple[str, ...]]:
+    """`LABEL=ALGORITHM:FLAGS` -> (label, algorithm, flags); raises ConfigError saying what is wrong."""
+    label, equals, rest = text.partition("=")
+    algorithm, _, flags = rest.partition(":")
+    if not equals or not VARIANT_LABEL.fullmatch(label):
+        raise ConfigError(f"--variant {text!r}: write LABEL=ALGORITHM:FLAGS, with a LABEL of letters, digits, _ . + -")
+    if algorithm not in SCRIPTS:
+        raise ConfigError(f"--variant {text!r}: unknown algorithm {algorithm!r}: one of {', '.join(SCRIPTS)}")
+    if label in SCRIPTS:
+        raise ConfigError(f"--variant {text!r}: the label {label!r} is a plain algorithm's; give the variant its own")
+    return label, algorithm, tuple(shlex.split(flags))
+
+
+def plan_arms(cfg: Config, preset: Preset) -> list[Arm]:
+    """The algorithms (the preset's, or --algorithms), then the variants, each with its seeds (--seeds, or the
+    preset's for its algorithm). A variant also sets the script's --exp-name to its label (run names, W&B)."""
+
+    def seeds(algorithm: str) -> tuple[int, ...]:
+        return first_given(cfg.seeds, preset.seeds_for(algorithm))
+
+    arms = [Arm(a, a, (), seeds(a)) for a in first_given(cfg.algorithms, preset.algorithms)]
+    for text in cfg.variant:
+        label, algorithm, flags = parse_variant(text)
+        if label in (arm.label for arm in arms):
+            raise ConfigError(f"--variant {text!r}: the label {label!r} is given twice")
+        arms.append(Arm(label, algorithm, ("--exp-name", label, *flags), seeds(algorithm)))
+    return arms
+
+
+def run_shape(cfg: Config, preset: Preset, workers: int, algorithm: str, simulators: int) -> tuple[Plan, int, int]:
+    """The launch, IMPALA batch and global steps of ALGORITHM at SIMULATORS; raises ConfigError."""
+    batch = first_given(cfg.impala_batch_size, preset.impala_batch_size, simulators)
+    plan = launch_plan(algorithm, simulators, workers, batch)
+    total_timesteps = first_given(cfg.total_timesteps, preset.total_timesteps)
+    if total_timesteps is None:
+        total_timesteps = cfg.updates * steps_per_update(algorithm, simulators, batch)
+    if total_timesteps < steps_per_update(algorithm, simulators, batch):
+        raise ConfigError(
+            f"{algorithm}: --total-timesteps {total_timesteps} is below one update "
+            f"({steps_per_update(algorithm, simulators, batch)} steps at {simulators} simulators)"
+        )
+    return plan, batch, total_timesteps
+
+
 def plan_runs(cfg: Config) -> list[Run]:
     """Every run of the experiment: the preset's values, overridden by the explicit flags, each
-    total split by launch_plan. Raises ConfigError before anything runs."""
+    total split by launch_plan. Raises ConfigError before anything runs. The order is the order of
+    execution: seed-major within each group of consecutive arms with the same seeds (learning: A2C and
+    GALA seed 1, 2, 3, then A3C and IMPALA seed 1, 2), then game, simulators, arm."""
     preset = PRESETS[cfg.preset]
-    algorithms = first_given(cfg.algorithms, preset.algorithms)
     env_ids = first_given(cfg.env_ids, preset.env_ids)
-    seeds = first_given(cfg.seeds, preset.seeds)
     totals = first_given(cfg.simulators, preset.simulators)
     workers = first_given(cfg.workers, preset.workers)
     if cfg.threads < 1:
@@ -297,42 +398,34 @@ def plan_runs(cfg: Config) -> list[Run]:
         raise ConfigError(f"--sample-interval must be positive, got {cfg.sample_interval}")
     if cfg.max_parallel is not None and cfg.max_parallel < 1:
         raise ConfigError(f"--max-parallel must be at least 1, got {cfg.max_parallel}")
+    arms = plan_arms(cfg, preset)
+    shapes = {(algorithm, simulators): run_shape(cfg, preset, workers, algorithm, simulators)
+              for algorithm in dict.fromkeys(arm.algorithm for arm in arms) for simulators in totals}  # fmt: skip
     experiment = cfg.name or cfg.preset
     commit = git_commit()
     extra = shlex.split(cfg.extra)
     runs = []
-    for algorithm in algorithms:
-        for simulators in totals:
-            batch = first_given(cfg.impala_batch_size, preset.impala_batch_size, simulators)
-            plan = launch_plan(algorithm, simulators, workers, batch)
-            total_timesteps = first_given(cfg.total_timesteps, preset.total_timesteps)
-            if total_timesteps is None:
-                total_timesteps = cfg.updates * steps_per_update(algorithm, simulators, batch)
-            if total_timesteps < steps_per_update(algorithm, simulators, batch):
-                raise ConfigError(
-                    f"{algorithm}: --total-timesteps {total_timesteps} is below one update "
-                    f"({steps_per_update(algorithm, simulators, batch)} steps at {simulators} simulators)"
-                )
-            for env_id in env_ids:
-                for seed in seeds:
-                    args = ["--env-id", env_id, "--seed", str(seed), "--total-timesteps", str(total_timesteps),
-                            "--num-envs", str(plan.envs_per_rank),
-                            "--torch-threads", str(cfg.threads), "--env-threads", str(cfg.threads),
-                            "--track", "--wandb-project-name", cfg.wandb_project, "--wandb-group", experiment]  # fmt: skip
-                    if cfg.wandb_entity:
-                        args += ["--wandb-entity", cfg.wandb_entity]
-                    args += ["--wandb-tags", cfg.preset, f"commit-{commit[:7]}"]
-                    if algorithm == "impala":
-                        args += ["--batch-size", str(batch)]
-                    args += [*preset.flags, *extra]
-                    runs.append(Run(
-                        experiment=experiment, preset=cfg.preset, algorithm=algorithm, script=SCRIPTS[algorithm],
-                        env_id=env_id, seed=seed, simulators=simulators, ranks=plan.ranks,
-                        envs_per_rank=plan.envs_per_rank, workers=plan.workers, total_timesteps=total_timesteps,
-                        command=command(SCRIPTS[algorithm], *args, np=plan.ranks),
-                        workdir=f"{algorithm}/{env_id}/sims{simulators}/seed{seed}", git_commit=commit,
-                        wandb_project=cfg.wandb_project, wandb_group=experiment,
-                    ))  # fmt: skip
+    for seeds, group in itertools.groupby(arms, key=lambda arm: arm.seeds):
+        for seed, env_id, simulators, arm in itertools.product(seeds, env_ids, totals, list(group)):
+            plan, batch, total_timesteps = shapes[arm.algorithm, simulators]
+            args = ["--env-id", env_id, "--seed", str(seed), "--total-timesteps", str(total_timesteps),
+                    "--num-envs", str(plan.envs_per_rank),
+                    "--torch-threads", str(cfg.threads), "--env-threads", str(cfg.threads),
+                    "--track", "--wandb-project-name", cfg.wandb_project, "--wandb-group", experiment]  # fmt: skip
+            if cfg.wandb_entity:
+                args += ["--wandb-entity", cfg.wandb_entity]
+            args += ["--wandb-tags", cfg.preset, f"commit-{commit[:7]}"]
+            if arm.algorithm == "impala":
+                args += ["--batch-size", str(batch)]
+            args += [*preset.flags, *preset.flags_of.get(arm.algorithm, ()), *extra, *arm.flags]
+            runs.append(Run(
+                experiment=experiment, preset=cfg.preset, algorithm=arm.algorithm, label=arm.label,
+                script=SCRIPTS[arm.algorithm], env_id=env_id, seed=seed, simulators=simulators, ranks=plan.ranks,
+                envs_per_rank=plan.envs_per_rank, workers=plan.workers, total_timesteps=total_timesteps,
+                command=command(SCRIPTS[arm.algorithm], *args, np=plan.ranks),
+                workdir=f"{arm.label}/{env_id}/sims{simulators}/seed{seed}", git_commit=commit,
+                wandb_project=cfg.wandb_project, wandb_group=experiment,
+            ))  # fmt: skip
     if not runs:
         raise ConfigError("nothing to run: no algorithm, env id, simulator count or seed")
     return runs
@@ -474,7 +567,8 @@ def run_on_slurm(runs: list[Run], experiment_dir: Path, interval: float, executo
 
 
 def entry_key(entry: dict) -> tuple:
-    return (entry["algorithm"], entry["env_id"], entry["simulators"], entry["seed"])
+    """A run of the experiment: (label, env id, simulators, seed); manifests older than labels have none."""
+    return (entry.get("label", entry["algorithm"]), entry["env_id"], entry["simulators"], entry["seed"])
 
 
 def read_manifest(path: Path) -> dict[tuple, dict]:
@@ -483,6 +577,37 @@ def read_manifest(path: Path) -> dict[tuple, dict]:
     if not path.exists():
         return {}
     return {entry_key(entry): entry for entry in json.loads(path.read_text())}
+
+
+def launch_of(entry: dict) -> str:
+    """How a run (a manifest entry, or a Run as a dict) is launched: its ranks and its script's flags, without the
+    commit tag (a run continued after a commit is the same run)."""
+    command = entry["command"]
+    start = next(i for i, arg in enumerate(command) if Path(arg).name == entry["script"]) + 1
+    flags = [arg for arg in command[start:] if not arg.startswith("commit-")]
+    return f"-np {entry['ranks']} {entry['script']} {shlex.join(flags)}"
+
+
+def not_yet_ok(runs: list[Run], entries: dict[tuple, dict]) -> tuple[list[Run], list[Run]]:
+    """Splits RUNS into (to run, skipped): skipped are those the manifest ENTRIES have ok. Raises ConfigError
+    if one of those was launched otherwise: continuing would mix two experiments under one name."""
+    todo, skipped, changed = [], [], []
+    for run in runs:
+        entry = entries.get(entry_key(asdict(run)))
+        if entry is None or entry["status"] != "ok":
+            todo.append(run)
+        elif launch_of(entry) != launch_of(asdict(run)):
+            changed.append((entry, run))
+        else:
+            skipped.append(run)
+    if changed:
+        entry, run = changed[0]
+        raise ConfigError(
+            f"{len(changed)} run(s) already ok in this experiment were launched otherwise, e.g. {run.workdir}: "
+            f"{launch_of(entry)} (now {launch_of(asdict(run))}); continue it with the same flags, "
+            "or give another --name"
+        )
+    return todo, skipped
 
 
 def write_manifest(path: Path, entries: dict[tuple, dict]) -> None:
@@ -497,22 +622,31 @@ def report_failure(entry: dict, experiment_dir: Path, lines: int = 15) -> None:
     stderr = experiment_dir / entry["workdir"] / "stderr.txt"
     tail = stderr.read_text(errors="replace").splitlines()[-lines:] if stderr.exists() else []
     tqdm.write(
-        f"{entry['status'].upper()} {entry['algorithm']} {entry['env_id']} sims{entry['simulators']} seed{entry['seed']}: "
+        f"{entry['status'].upper()} {entry['label']} {entry['env_id']} sims{entry['simulators']} seed{entry['seed']}: "
         f"exit {entry['returncode']}; last lines of {stderr}:" + "".join(f"\n    {line}" for line in tail),
         file=sys.stderr,
     )
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Plans the runs (exit 2 if a total does not split), prints them (--dry-run) or runs them
-    locally or on SLURM, keeping the manifest; exit 1 if any run failed."""
+    """Plans the runs (exit 2 if a total does not split), leaves out those already ok in the
+    experiment's manifest, prints the others (--dry-run) or runs them locally or on SLURM, keeping
+    the manifest; exit 1 if any run failed."""
     cfg = tyro.cli(Config, args=argv, prog="python -m benchmark run")
     try:
-        runs = plan_runs(cfg)
+        planned = plan_runs(cfg)
+        experiment_dir = cfg.out / planned[0].experiment
+        manifest_path = experiment_dir / "manifest.json"
+        entries = read_manifest(manifest_path)
+        runs, skipped = not_yet_ok(planned, entries)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    experiment_dir = cfg.out / runs[0].experiment
+    if entries:
+        print(f"skipped {len(skipped)} of {len(planned)} runs, already ok in {manifest_path}",
+              file=sys.stderr if cfg.dry_run else sys.stdout)  # fmt: skip
+    if not runs:
+        return 0
     largest = max(run.ranks for run in runs) * cfg.threads
     max_parallel = cfg.max_parallel or max(1, cores() // largest)
     if cfg.dry_run:
@@ -536,8 +670,6 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"({cores()} cores, largest run {largest // cfg.threads} ranks x {cfg.threads} threads)")  # fmt: skip
         results = run_locally(runs, experiment_dir, cfg.sample_interval, max_parallel, cfg.timeout)
     experiment_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = experiment_dir / "manifest.json"
-    entries = read_manifest(manifest_path)
     began = time.monotonic()
     failed = 0
     with tqdm(total=len(runs), unit="run", desc=runs[0].experiment) as bar:

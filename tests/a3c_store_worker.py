@@ -23,9 +23,7 @@ numel = 100_003
 store = a3c.CentralStore(comm, numel, chunks=3)
 initial = np.random.default_rng(0).normal(size=numel).astype(np.float32)
 if rank == 0:
-    chunks, counter = store.local()
-    for (lo, hi), chunk in zip(store.bounds, chunks):
-        chunk[: hi - lo], chunk[hi - lo :] = initial[lo:hi], 0.0
+    store.initialise(initial, np.zeros_like(initial), 0)
 comm.Barrier()
 
 
@@ -56,10 +54,8 @@ else:
     a3c.serve(comm, world - 1)
 results = comm.gather(result, root=0)
 if rank == 0:
-    chunks, counter = store.local()
-    params = np.concatenate([c[: hi - lo] for (lo, hi), c in zip(store.bounds, chunks)])
-    square_avg = np.concatenate([c[hi - lo :] for (lo, hi), c in zip(store.bounds, chunks)])
-    Path(out).write_text(json.dumps({"count": int(counter[0]), "workers": results[1:]}))
+    params, square_avg, count = store.snapshot()  # under lock epochs, as the workers' updates
+    Path(out).write_text(json.dumps({"count": count, "workers": results[1:]}))
     np.savez(out + ".npz", params=params, square_avg=square_avg, initial=initial,
              gradients=np.array([[gradient(r, k) for k in range(20 if mode == "sum" else 1)] for r in range(1, world)]))  # fmt: skip
 store.free()

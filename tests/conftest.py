@@ -94,15 +94,18 @@ def runner(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedPr
                           env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def tiny_experiment(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """bench_runs/tiny made by `python -m benchmark run`: an A2C and a GALA run (2 ranks x 2
-    simulators, Pong, 6000 steps, so every simulator finishes a game; side by side; W&B offline),
-    and the same two on an unknown game, which fail. Returns the experiment directory and the
-    runner's process."""
-    out = tmp_path_factory.mktemp("bench_runs")
-    proc = runner("--name", "tiny", "--out", str(out), "--algorithms", "a2c_allreduce", "gala_a2c",
+def tiny_run(out: Path, *more: str) -> subprocess.CompletedProcess:
+    """`python -m benchmark run` of the tiny experiment into OUT/tiny, with MORE flags after its own: an A2C and
+    a GALA run (2 ranks x 2 simulators, Pong, 6000 steps, so every simulator finishes a game; side by side; W&B
+    offline), and the same two on an unknown game, which fail."""
+    return runner("--name", "tiny", "--out", str(out), "--algorithms", "a2c_allreduce", "gala_a2c",
                   "--env-ids", "Pong-v5", "Pongg-v5", "--seeds", "1", "--simulators", "4", "--workers", "2",
                   "--total-timesteps", "6000", "--max-parallel", "2", "--extra=--eval-episodes 1 --log-every 5",
-                  cwd=out, timeout=300)  # fmt: skip
-    return out / "tiny", proc
+                  *more, cwd=out, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """bench_runs/tiny made by tiny_run. Returns the experiment directory and the runner's process."""
+    out = tmp_path_factory.mktemp("bench_runs")
+    return out / "tiny", tiny_run(out)

@@ -2,7 +2,9 @@
 Gossip for a number of rounds (sleeping a little each round, as an agent computes), then finishes.
 Before gossiping, GossipMetrics measures the starting vectors (with random "gradients"), to be
 checked against numpy. Rank 0 writes a JSON summary to the path given. Usage:
-    mpirun -np 4 python gossip_worker.py OUT GRAPH NUM_PEERS SYNC_FREQ ROUNDS SLEEP_SECONDS"""
+    mpirun -np 4 python gossip_worker.py OUT GRAPH NUM_PEERS SYNC_FREQ ROUNDS SLEEP_SECONDS [SLOW_RANK]
+SYNC_FREQ "none" never blocks; with SLOW_RANK only that rank sleeps; SLEEP_SECONDS "lockstep" puts a
+barrier before every round instead of sleeping (every message of a round read before the next)."""
 
 import json
 import sys
@@ -17,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gala_a2c_atari as gala  # noqa: E402
 
 out, graph, num_peers, sync_freq, rounds, sleep = sys.argv[1:7]
+slow_rank = int(sys.argv[7]) if len(sys.argv) > 7 else None
 comm = MPI.COMM_WORLD
 rank = comm.Get_rank()
 rng = np.random.default_rng(rank)
@@ -29,12 +32,17 @@ holder.theta.grad = torch.from_numpy(grad)
 metrics = gala.GossipMetrics(comm.Dup(), every=1)
 metrics.start(0, holder)
 ((_, disagreement, relative, cosine),) = metrics.finish(comm, holder)
-gossip = gala.Gossip(comm.Dup(), flat, graph, int(num_peers), int(sync_freq))
+gossip = gala.Gossip(comm.Dup(), flat, graph, int(num_peers), None if sync_freq == "none" else int(sync_freq))
+comm.Barrier()  # start together, as agents do after their collective set-up
 for t in range(1, int(rounds) + 1):
-    time.sleep(float(sleep))
-    gossip.step(t)
+    if sleep == "lockstep":
+        comm.Barrier()
+    elif slow_rank is None or rank == slow_rank:
+        time.sleep(float(sleep))
+    gossip.exchange(t)
 gossip.finish()
-counts = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()), "mixes": gossip.mixes}
+counts = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()), "mixes": gossip.mixes,
+          "skipped": gossip.skipped, "longest_without_mix": gossip.longest_without_mix}
 starts, finals, all_counts = comm.gather(start, root=0), comm.gather(flat.numpy().copy(), root=0), comm.gather(counts, root=0)
 grads = comm.gather(grad, root=0)
 if rank == 0:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import assert_bad_input, interrupt_then_resume, ok, run_ok
 
+import a3c_gpu_atari as a3c
 from benchmark.common import command
 
 SCRIPT = "a3c_gpu_atari.py"
@@ -43,6 +44,15 @@ def test_no_update_is_lost_by_concurrent_workers(tmp_path):
     assert summary["count"] == 80
     expected = state["initial"].astype(np.float64) - state["gradients"].astype(np.float64).sum(axis=(0, 1))
     np.testing.assert_allclose(state["params"], expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("world_size, num_envs, lr", [(5, 16, 7e-4), (3, 64, 1.4e-3), (1, 16, 7e-4)])
+def test_default_learning_rate_follows_the_simulators_of_one_update(world_size, num_envs, lr):
+    """Each central update applies one worker's batch: the default lr is 7e-4 x sqrt(num_envs / 16),
+    whatever the number of workers (store + 4 workers x 16 envs: 7e-4, not 1.4e-3)."""
+    args = a3c.Args(num_envs=num_envs)
+    assert a3c.finalize_args(args, world_size) is None
+    assert args.learning_rate == pytest.approx(lr)
 
 
 # --- the script end to end -------------------------------------------------------------------------

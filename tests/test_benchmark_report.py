@@ -4,6 +4,7 @@ on an experiment directory made of two real (tiny) runs, A2C and GALA, with a ma
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,17 +137,22 @@ def test_report_on_two_real_runs(experiment, tmp_path):
     assert "final score, paired over (game, simulators, seed): n/a (need >= 2 pairs)" in md
 
 
+def experiment_of(entries: list[dict], workdirs: list[str], experiment: Path, where: Path) -> Path:
+    """An experiment directory WHERE with the manifest ENTRIES, whose workdirs are links to WORKDIRS of EXPERIMENT
+    (one each, in order)."""
+    where.mkdir()
+    (where / "manifest.json").write_text(json.dumps(entries))
+    for e, workdir in zip(entries, workdirs):
+        (where / e["workdir"]).parent.mkdir(parents=True, exist_ok=True)
+        (where / e["workdir"]).symlink_to(experiment / workdir)
+    return where
+
+
 def test_skipped_figures_and_nominal_from_a2c(experiment, tmp_path):
     """Only the A2C run: no disagreement figure (a line says so); the nominal score is its final score,
     which for a few thousand steps of Pong is no better than random play, so no success figure either."""
-    manifest = json.loads((experiment / "manifest.json").read_text())
-    only_a2c = tmp_path / "only_a2c"
-    only_a2c.mkdir()
-    (only_a2c / "manifest.json").write_text(json.dumps([e for e in manifest if e["algorithm"] == "a2c_allreduce"]))
-    for e in manifest:  # the run directories, where the manifest says they are
-        if e["run_dir"] and e["algorithm"] == "a2c_allreduce":
-            (only_a2c / e["workdir"]).parent.mkdir(parents=True, exist_ok=True)
-            (only_a2c / e["workdir"]).symlink_to(experiment / e["workdir"])
+    a2c = [e for e in json.loads((experiment / "manifest.json").read_text()) if e["algorithm"] == "a2c_allreduce"]
+    only_a2c = experiment_of(a2c, [e["workdir"] for e in a2c], experiment, tmp_path / "only_a2c")
     assert report.main(["--experiment", str(only_a2c), "--bootstrap-reps", "50"]) == 0
     md = (only_a2c / "report" / "report.md").read_text()
     assert "- `disagreement.png`: skipped, no GALA run logged gossip/disagreement" in md
@@ -161,6 +167,44 @@ def test_skipped_figures_and_nominal_from_a2c(experiment, tmp_path):
     assert report.main(["--experiment", str(only_a2c), "--out", str(out), "--bootstrap-reps", "50", "--nominal", "Pong=-21"]) == 0
     assert "- `success_vs_simulators.png`: skipped" in (out / "report.md").read_text()
     assert not (out / "success_vs_simulators.png").exists()
+
+
+# --- variants: their own label, everywhere but the paired GALA-vs-A2C tests --------------------------------
+def test_a_variant_is_reported_under_its_label(experiment, tmp_path):
+    """The real A2C run, and the real GALA run as the variant gala_sync (its directory linked there)."""
+    entries = [e for e in json.loads((experiment / "manifest.json").read_text()) if e["env_id"] == "Pong-v5"]
+    (gala,) = [e for e in entries if e["algorithm"] == "gala_a2c"]
+    (a2c,) = [e for e in entries if e["algorithm"] == "a2c_allreduce"]
+    workdir = "gala_sync/Pong-v5/sims4/seed1"
+    variant = {**gala, "label": "gala_sync", "workdir": workdir,
+               "run_dir": gala["run_dir"].replace(gala["workdir"], workdir)}  # fmt: skip
+    only = experiment_of([a2c, variant], [a2c["workdir"], gala["workdir"]], experiment, tmp_path / "variant")
+    assert report.main(["--experiment", str(only), "--bootstrap-reps", "50", "--nominal", "Pong=-15"]) == 0
+    md = (only / "report" / "report.md").read_text()
+    assert row(md, "Runs", "gala_sync", "Pong", "4")[3:5] == ["1", "0"]
+    assert "| gala_a2c |" not in md
+    assert row(md, "Final scores", "Pong", "gala_sync", "4")[3] == "1"
+    assert row(md, "Evaluation", "Pong", "gala_sync", "4")[3] == "1"
+    assert row(md, "Throughput", "gala_sync", "4")[4] != "n/a (no A2C run)"  # its SPS ratio is to the plain A2C
+    assert (only / "report" / "disagreement.png").stat().st_size > 0  # a GALA run, whatever its label
+
+
+def test_the_paired_test_takes_the_plain_runs_only():
+    def record(label: str, algorithm: str, seed: int, final: float) -> report.RunRecord:
+        return report.RunRecord(name=f"{label}/{seed}", algorithm=algorithm, label=label, env_id="Pong-v5",
+                                seed=seed, simulators=4, total_timesteps=1000, status="ok",
+                                returns=report.Series.by_step([950], [1.0], [final]))  # fmt: skip
+
+    finals = {"a2c_allreduce": [-20, -19, -18], "gala_a2c": [-19, -17, -18.5], "gala_sync": [10, 12, 11]}
+    algorithm = {"a2c_allreduce": "a2c_allreduce", "gala_a2c": "gala_a2c", "gala_sync": "gala_a2c"}
+    records = [record(label, algorithm[label], seed, v) for label, vs in finals.items() for seed, v in enumerate(vs, 1)]
+    md = "\n".join(report.build_report(records, report.Config(bootstrap_reps=50, nominal=("Pong=18",)), "test").lines)
+    paired = scipy.stats.ttest_rel(finals["gala_a2c"], finals["a2c_allreduce"])  # not gala_sync's 11 on average
+    assert f"paired over (game, simulators, seed): n = 3, t = {paired.statistic:.3f}, p = {paired.pvalue:.4g}" in md
+    assert row(md, "Final scores", "Pong", "gala_sync", "4")[3:5] == ["3", "11.00"]
+    assert row(md, "Final scores", "Pong", "gala_a2c", "4")[3:5] == ["3", f"{np.mean(finals['gala_a2c']):.2f}"]
+    table = md.split("## Final scores")[1].split("## Success")[0]
+    assert table.index("| Pong | gala_a2c |") < table.index("| Pong | gala_sync |")  # a variant after its algorithm
 
 
 # --- W&B -------------------------------------------------------------------------------------------------

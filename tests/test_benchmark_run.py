@@ -1,13 +1,13 @@
-"""The benchmark runner: matched-simulator launches, refusals, the presets' commands, and a real
-experiment in which one run fails and the other still runs."""
+"""The benchmark runner: matched-simulator launches, refusals, the presets' commands and order, variants, and a
+real experiment in which one run fails and the other still runs, then run again: it continues."""
 
 import json
 import shutil
 
 import pytest
-from conftest import runner
+from conftest import run_dirs, runner, tiny_run
 
-from benchmark.run import ConfigError, Plan, launch_plan
+from benchmark.run import Config, ConfigError, Plan, launch_plan, plan_runs
 
 
 def test_launch_plan_matches_total_simulators():
@@ -38,10 +38,20 @@ def test_launch_plan_refuses_totals_that_do_not_split(algorithm, simulators, wor
         launch_plan(algorithm, simulators, workers, impala_batch_size=batch)
 
 
-def test_refusal_is_one_message_and_exit_2(tmp_path):
-    proc = runner("--simulators", "63", "--dry-run", "--out", str(tmp_path), cwd=tmp_path)
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--simulators", "63"], "63 simulators do not split over 2 workers"),
+        (["--preset", "learning", "--simulators", "33"], "a2c_allreduce: 33 simulators do not split over 2 workers"),
+        (["--preset", "learning", "--simulators", "64"], "impala: --batch-size 16 trajectories is not a multiple of"),
+        (["--variant", "fast=dqn:--lr 1"], "--variant 'fast=dqn:--lr 1': unknown algorithm 'dqn'"),
+        (["--variant", "gala_a2c=gala_a2c:--sync-freq 0"], "the label 'gala_a2c' is a plain algorithm's"),
+    ],
+)  # fmt: skip
+def test_refusal_is_one_message_and_exit_2(tmp_path, args, message):
+    proc = runner(*args, "--dry-run", "--out", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.count("63 simulators do not split over 2 workers") == 1, proc.stderr
+    assert proc.stderr.count(message) == 1 and proc.stderr.count("error:") == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
     assert list(tmp_path.iterdir()) == []
@@ -61,6 +71,13 @@ def test_refusal_is_one_message_and_exit_2(tmp_path):
         ("throughput", 4, ["-np 3 ", "/a3c_gpu_atari.py --env-id Pong-v5 --seed 1 --total-timesteps 16000 --num-envs 8 ",
                            "/impala_atari.py --env-id Pong-v5 --seed 1 --total-timesteps 64000 --num-envs 8 ",
                            "--batch-size 16"]),
+        # IMPALA: one actor's unroll of its 16 simulators per update, not annealed; the others take neither flag.
+        ("learning", 10, ["cd {out}/learning/impala/Breakout-v5/sims32/seed2 && ", "-np 3 ",
+                          "/impala_atari.py --env-id Breakout-v5 --seed 2 --total-timesteps 500000 --num-envs 16 ",
+                          "--batch-size 16 --eval-episodes 10 --unroll-length 20 --no-anneal-lr",
+                          "/a3c_gpu_atari.py --env-id Breakout-v5 --seed 2 --total-timesteps 500000 --num-envs 16 "
+                          "--torch-threads 1 --env-threads 1 --track --wandb-project-name gala-rl-benchmark "
+                          "--wandb-group learning --wandb-tags learning commit-"]),
     ],
 )  # fmt: skip
 def test_dry_run_prints_each_presets_commands(tmp_path, preset, count, expected):
@@ -102,3 +119,65 @@ def test_failed_run_is_reported_and_the_others_continue(tiny_experiment):
         assert all(0 <= c <= 100 for c in utilisation["cpu_percent"])
         if shutil.which("nvidia-smi") is None:
             assert utilisation["gpu_percent"] is None
+
+
+def test_learning_runs_seed_major_with_variants_after():
+    """A study cut short still has whole seeds of GALA and A2C: they go first, seed by seed, then A3C and IMPALA;
+    a variant runs GALA's seeds with its flags last, under its own label."""
+    runs = plan_runs(Config(preset="learning", variant=("gala_sync=gala_a2c:--sync-freq 0",)))
+    assert [(r.label, r.seed) for r in runs] == [
+        ("a2c_allreduce", 1), ("gala_a2c", 1), ("a2c_allreduce", 2), ("gala_a2c", 2),
+        ("a2c_allreduce", 3), ("gala_a2c", 3), ("a3c_gpu", 1), ("impala", 1), ("a3c_gpu", 2), ("impala", 2),
+        ("gala_sync", 1), ("gala_sync", 2), ("gala_sync", 3),
+    ]  # fmt: skip
+    ranks = {"a2c_allreduce": 2, "gala_a2c": 2, "a3c_gpu": 3, "impala": 3}  # A3C's store rank, IMPALA's learner
+    for r in runs:
+        assert (r.simulators, r.ranks, r.envs_per_rank, r.total_timesteps) == (32, ranks[r.algorithm], 16, 500_000)
+    variant = runs[-1]
+    assert (variant.script, variant.workdir) == ("gala_a2c_atari.py", "gala_sync/Breakout-v5/sims32/seed3")
+    assert variant.command[-6:] == ["--eval-episodes", "10", "--exp-name", "gala_sync", "--sync-freq", "0"]
+
+
+def test_a_run_again_continues_the_experiment(tiny_experiment, tmp_path):
+    """The tiny experiment (a copy) run again: its ok runs (on Pong) are skipped and their entries kept; the failed
+    run and the one marked stopped here (both on the unknown game, so they fail again at once) run again."""
+    experiment, _ = tiny_experiment
+    copy = shutil.copytree(experiment, tmp_path / "tiny", symlinks=True)
+    manifest = copy / "manifest.json"
+    before = {(e["label"], e["env_id"]): e for e in json.loads(manifest.read_text())}
+    before["a2c_allreduce", "Pongg-v5"]["status"] = "stopped"
+    manifest.write_text(json.dumps(list(before.values())))
+    ok = [copy / before[algorithm, "Pong-v5"]["workdir"] for algorithm in ("a2c_allreduce", "gala_a2c")]
+    untouched = {path: path.stat().st_mtime_ns for workdir in ok for path in workdir.rglob("*")}
+    stderr = {a: copy / before[a, "Pongg-v5"]["workdir"] / "stderr.txt" for a in ("a2c_allreduce", "gala_a2c")}
+    for path in stderr.values():
+        path.write_text("from the first invocation\n")
+
+    proc = tiny_run(tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the unknown game fails again
+    assert proc.stdout.count(f"skipped 2 of 4 runs, already ok in {manifest}") == 1, proc.stdout
+    assert f"2 runs in {copy}" in proc.stdout and "0 of 2 runs ok, 2 failed" in proc.stdout
+    after = {(e["label"], e["env_id"]): e for e in json.loads(manifest.read_text())}
+    assert after.keys() == before.keys()
+    for algorithm in ("a2c_allreduce", "gala_a2c"):
+        # Skipped: its entry as it was, nothing in its directory written.
+        assert after[algorithm, "Pong-v5"] == before[algorithm, "Pong-v5"]
+        # Run again, the stopped one as the failed one: a new entry, and a new stderr from the script.
+        assert f"FAILED {algorithm} Pongg-v5 sims4 seed1: exit 2" in proc.stderr
+        assert (after[algorithm, "Pongg-v5"]["status"], after[algorithm, "Pongg-v5"]["returncode"]) == ("failed", 2)
+        assert "unknown env id 'Pongg-v5'" in stderr[algorithm].read_text()
+    assert {path: path.stat().st_mtime_ns for workdir in ok for path in workdir.rglob("*")} == untouched
+
+
+def test_a_run_again_lists_only_what_is_left_and_refuses_other_flags(tiny_experiment):
+    experiment, _ = tiny_experiment
+    proc = tiny_run(experiment.parent, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(" && ")[0] for line in proc.stdout.splitlines()] == [
+        f"cd {experiment}/{algorithm}/Pongg-v5/sims4/seed1" for algorithm in ("a2c_allreduce", "gala_a2c")]
+    assert "skipped 2 of 4 runs, already ok in" in proc.stderr
+    # The same experiment with other steps would mix two experiments under one name.
+    proc = tiny_run(experiment.parent, "--total-timesteps", "8000", "--dry-run")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("error: 2 run(s) already ok in this experiment were launched otherwise") == 1, proc.stderr
+    assert "--total-timesteps 6000" in proc.stderr and "--total-timesteps 8000" in proc.stderr

@@ -34,9 +34,11 @@ def test_exponential_graph_rotates_through_powers_of_two():
 
 
 # --- gossip alone: consensus, exact average when synchronous, every message accounted for -----------
-def gossip(tmp_path, graph, num_peers, sync_freq, rounds, sleep) -> dict:
+def gossip(tmp_path, graph, num_peers, sync_freq, rounds, sleep, slow_rank=None, np=4) -> dict:
     out = tmp_path / "gossip.json"
-    cmd = command("tests/gossip_worker.py", str(out), graph, str(num_peers), str(sync_freq), str(rounds), str(sleep), np=4)
+    slow = [] if slow_rank is None else [str(slow_rank)]
+    cmd = command("tests/gossip_worker.py", str(out), graph, str(num_peers), str(sync_freq).lower(), str(rounds),
+                  str(sleep), *slow, np=np)  # fmt: skip
     ok(subprocess.run(cmd, capture_output=True, text=True, timeout=120))
     result = json.loads(out.read_text())
     counts = result["counts"]
@@ -46,7 +48,11 @@ def gossip(tmp_path, graph, num_peers, sync_freq, rounds, sleep) -> dict:
 
 @pytest.mark.parametrize("graph, num_peers", [("ring", 1), ("ring", 2), ("exponential", 1), ("exponential", 2)])
 def test_synchronous_gossip_reaches_the_exact_initial_average(tmp_path, graph, num_peers):
-    result = gossip(tmp_path, graph, num_peers, sync_freq=1, rounds=40, sleep=0)
+    """--sync-freq 0 blocks every update for that update's in-peers. A sender still never waits (the
+    official rule), so the exact average needs every send to go out: the rounds are in lockstep (a
+    barrier before each), so every peer has read the previous message before the next is written."""
+    result = gossip(tmp_path, graph, num_peers, sync_freq=0, rounds=40, sleep="lockstep")
+    assert all(c["skipped"] == 0 for c in result["counts"])
     assert result["final_spread"] < 1e-3 * result["initial_spread"]
     assert result["average_error"] < 1e-4  # entries are ~N(0, 1): float32 rounding only
     assert all(c["mixes"] == 40 for c in result["counts"])
@@ -54,11 +60,29 @@ def test_synchronous_gossip_reaches_the_exact_initial_average(tmp_path, graph, n
 
 @pytest.mark.parametrize("graph", ["ring", "exponential"])
 def test_asynchronous_gossip_reaches_consensus(tmp_path, graph):
-    result = gossip(tmp_path, graph, 1, sync_freq=0, rounds=60, sleep=0.002)
+    result = gossip(tmp_path, graph, 1, sync_freq=None, rounds=60, sleep=0.002)
     assert result["final_spread"] < 1e-3 * result["initial_spread"]
     # The disagreement and gradient-cosine metrics of the starting point equal numpy's.
     for name in ("disagreement", "relative", "cosine"):
         assert result["metrics"][name] == pytest.approx(result["numpy"][name], rel=1e-6)
+
+
+@pytest.mark.parametrize("sync_freq", [0, 1, 2, None])
+def test_sync_freq_blocks_after_k_updates_without_a_mix_and_senders_never_wait(tmp_path, sync_freq):
+    """Two agents, agent 1 sleeping 50 ms per update, agent 0 not at all. The official rule: agent 0
+    tolerates K updates in a row without a mix and then blocks for agent 1's message, so its longest
+    run without a mix is exactly K (K = 0: it mixes at every update); without K it never waits. Agent 0
+    also sends at every update but never waits for agent 1 to read: the sends it skipped show it."""
+    rounds = 24
+    result = gossip(tmp_path, "ring", 1, sync_freq, rounds, sleep=0.05, slow_rank=1, np=2)
+    fast, slow = result["counts"]
+    if sync_freq is None:
+        assert fast["mixes"] < rounds // 3 and fast["longest_without_mix"] > rounds // 2
+    else:
+        assert fast["longest_without_mix"] == sync_freq
+        assert fast["mixes"] >= rounds // (sync_freq + 1) - 1
+    if sync_freq != 0:  # K = 0 paces agent 0 to agent 1, so it has nothing to skip
+        assert fast["skipped"] > 0 and fast["sent"] + fast["skipped"] == rounds
 
 
 # --- the script end to end -------------------------------------------------------------------------
