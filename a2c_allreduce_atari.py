@@ -136,13 +136,6 @@ class ConfigError(Exception):
 # ---------------------------------------------------------------------------------------------
 # Environment
 # ---------------------------------------------------------------------------------------------
-def check_env_id(env_id: str) -> None:
-    if env_id not in envpool.list_all_envs():
-        raise ConfigError(f"unknown env id {env_id!r}: envpool.list_all_envs() lists the valid ones")
-    if type(envpool.make_spec(env_id)).__name__ != "AtariEnvSpec":
-        raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
-
-
 def make_env(env_id: str, num_envs: int, seed: int, threads: int, train: bool = True):
     """envpool Atari with the DeepMind settings: 84x84 gray, 4-frame stack, frame skip 4, up to 30
     no-ops; for training also episodic life and reward clipping (evaluation plays the real game)."""
@@ -286,6 +279,10 @@ class AllreduceGradients:
         return total, self.buf[self.numel + 1] > 0, self.buf[self.numel + 2 :] / total
 
 
+LOSSES = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/grad_norm")
+"""what a2c_update returns: the mean losses over the valid samples and the gradient norm before clipping"""
+
+
 def a2c_update(agent, optimizer, reduce_grads, obs, actions, returns, valid, args, stop=False):
     """One synchronous A2C step on this rank's shard; returns (mean losses, any rank asked to stop)."""
     optimizer.zero_grad(set_to_none=False)
@@ -315,8 +312,357 @@ def check_in_sync(comm, agent) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints, evaluation, set-up helpers
+# Arguments and the checkpoint to start from
 # ---------------------------------------------------------------------------------------------
+def finalize_args(args: Args, world_size: int) -> None:
+    """Checks the input (ConfigError) and fills the runtime fields."""
+    check_env_id(args.env_id)
+    if args.num_envs < 1:
+        raise ConfigError(f"--num-envs must be at least 1, got {args.num_envs}")
+    if args.log_every < 1:
+        raise ConfigError(f"--log-every must be at least 1, got {args.log_every}")
+    if args.num_steps < 1:
+        raise ConfigError(f"--num-steps must be at least 1, got {args.num_steps}")
+    args.world_size = world_size
+    args.total_envs = world_size * args.num_envs
+    args.batch_size = args.num_steps * args.total_envs
+    if args.learning_rate is None:
+        args.learning_rate = 7e-4 * float(np.sqrt(args.total_envs / 16))
+    if args.eval_checkpoint is not None:
+        args.eval_episodes = args.eval_episodes or 10
+        return
+    args.num_updates = args.total_timesteps // args.batch_size
+    if args.num_updates < 1:
+        raise ConfigError(
+            f"--total-timesteps {args.total_timesteps} is below one update "
+            f"({args.num_steps} steps x {args.num_envs} envs x {world_size} ranks = {args.batch_size})"
+        )
+
+
+def load_checkpoint(path: str, args: Args) -> dict:
+    return read_checkpoint(Path(path), args, path)
+
+
+def start_checkpoint(args: Args, world_size: int, rank: int) -> Optional[dict]:
+    """The checkpoint to evaluate (--eval-checkpoint) or to resume (--resume, written by this world
+    size and --num-envs), or None."""
+    if args.eval_checkpoint is not None:
+        return load_checkpoint(args.eval_checkpoint, args)
+    if args.resume is None:
+        return None
+    ckpt = load_checkpoint(args.resume, args)
+    if (ckpt["world_size"], ckpt["num_envs"]) != (world_size, args.num_envs):
+        raise ConfigError(
+            f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
+            f"this run has {world_size} x {args.num_envs}"
+        )
+    return ckpt
+
+
+def resume(ckpt: dict, optimizer, device: torch.device, rank: int, args: Args) -> int:
+    """Restores the optimizer and this rank's RNG from a --resume checkpoint; returns its update count."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"][rank], device)
+    if rank == 0:
+        print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
+    return ckpt["update"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: set-up, the loop, teardown
+# ---------------------------------------------------------------------------------------------
+def train(args: Args) -> dict:
+    comm = MPI.COMM_WORLD
+    rank, world_size = comm.Get_rank(), comm.Get_size()
+    ckpt = checked_input(comm, args)
+    device, torch_threads, env_threads, run_name, run_dir = set_up(comm, args)
+    if rank == 0:
+        print(f"{ALGO}: {world_size} rank(s) x {args.num_envs} envs on {device} ({torch_threads} torch / "
+              f"{env_threads} env threads per rank), lr {args.learning_rate:.3g}", flush=True)  # fmt: skip
+    agent = Agent(envpool.make_spec(args.env_id).action_space.n).to(device)
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["model"])
+    broadcast_parameters(comm, agent)
+    if args.eval_checkpoint is not None:  # evaluation only
+        results = evaluate_all_ranks(comm, agent, args, ckpt["global_step"], env_threads, device)
+        if rank == 0:
+            report_eval(results, args, run_dir)
+        return {"eval": results}
+
+    optimizer = torch.optim.RMSprop(
+        agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps
+    )
+    reduce_grads = AllreduceGradients(comm, list(agent.parameters()), device)
+    start_update = 0 if ckpt is None else resume(ckpt, optimizer, device, rank, args)
+    writer = open_writer(args, run_name, run_dir) if rank == 0 else None
+    signalled = StopSignal()
+    progress = Progress(start_update * args.batch_size, args.num_updates * args.batch_size, args.print_every, rank == 0)
+    ckpt_path = run_dir / "checkpoint.pt"
+
+    def checkpoint(update: int) -> None:
+        """Collective (gathers every rank's RNG); rank 0 writes the one file."""
+        rngs = comm.gather(rng_state(device), root=0)
+        if rank == 0:
+            save_checkpoint(ckpt_path, {
+                "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
+                "update": update, "global_step": update * args.batch_size, "model": agent.state_dict(),
+                "optimizer": optimizer.state_dict(), "rng": rngs, "args": asdict(args),
+            })  # fmt: skip
+
+    # Rollout storage on the device
+    T, N = args.num_steps, args.num_envs
+    obs = torch.zeros((T, N, 4, 84, 84), dtype=torch.uint8, device=device)
+    actions = torch.zeros((T, N), dtype=torch.long, device=device)
+    values = torch.zeros((T, N), device=device)
+    rewards, terminations, truncations = (np.zeros((T, N), dtype=np.float32) for _ in range(3))
+
+    env_seed = int(np.random.SeedSequence([args.seed, rank, start_update]).generate_state(1)[0] >> 1)
+    envs = make_env(args.env_id, N, env_seed, env_threads, train=True)
+    next_obs = torch.from_numpy(envs.reset()[0]).to(device)
+    next_done = np.zeros(N, dtype=bool)
+    stats, episodes = EpisodeStats(N), []
+
+    update, stop = start_update, False
+    global_step = update * args.batch_size
+    while update < args.num_updates and not stop:
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - update / args.num_updates)
+        prev_done = torch.from_numpy(next_done.astype(np.float32)).to(device)
+        for step in range(T):
+            obs[step] = next_obs
+            with torch.no_grad():
+                logits, value = agent(next_obs)
+            action = Categorical(logits=logits).sample()
+            actions[step], values[step] = action, value
+            valid = ~next_done
+            raw_obs, rewards[step], terminated, truncated, info = envs.step(action.cpu().numpy())
+            terminations[step], truncations[step] = terminated, truncated
+            next_done = terminated | truncated
+            next_obs = torch.from_numpy(raw_obs).to(device)
+            for ret, length in stats.update(info, truncated, valid):
+                episodes.append((global_step + (step + 1) * N * world_size, ret, length))
+        with torch.no_grad():
+            next_value = agent(next_obs)[1]
+        rollout = (torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations))
+        returns, valid = a2c_targets(*rollout, values, next_value, prev_done, args.gamma)
+
+        if rank == args.debug_slow_rank:
+            time.sleep(args.debug_slow_seconds)
+        means, stop = a2c_update(
+            agent, optimizer, reduce_grads,
+            obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1),
+            args, stop=bool(signalled),
+        )  # fmt: skip
+        update += 1
+        global_step = update * args.batch_size
+        if args.check_sync_every and update % args.check_sync_every == 0:
+            check_in_sync(comm, agent)
+
+        if update % args.log_every == 0 or update == args.num_updates or stop:
+            all_episodes = comm.gather(episodes, root=0)
+            episodes = []
+            if rank == 0:
+                log_episodes(writer, [e for part in all_episodes for e in part], progress.recent_returns)
+                log_scalars(writer, global_step, {
+                    "charts/SPS": progress.sps(global_step), "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                    **dict(zip(LOSSES, means)),
+                })  # fmt: skip
+        if checkpoint_due(args, global_step, args.batch_size):
+            checkpoint(update)
+        progress.update(global_step, last=update == args.num_updates)
+
+    # Teardown: the final checkpoint (at the end with --save-model, or when stopped), evaluation.
+    end_time = time.time()
+    envs.close()
+    if args.save_model or stop:
+        checkpoint(update)
+        if rank == 0:
+            print(f"{'stopped by signal at ' if stop else ''}global_step {global_step}: checkpoint {ckpt_path}",
+                  flush=True)  # fmt: skip
+    summary = {"global_step": global_step, "run_dir": str(run_dir), "stopped": stop,
+               "sps": progress.warm_sps(global_step, end_time)}  # fmt: skip
+    if args.eval_episodes and not stop:
+        results = evaluate_all_ranks(comm, agent, args, update, env_threads, device)
+        if rank == 0:
+            report_eval(results, args, run_dir, writer, global_step)
+        summary["eval"] = results
+    if rank == 0:
+        write_summary(run_dir, global_step, stop, summary["sps"])
+        close_writer(writer, args)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing, identical in the four scripts (tests/test_scripts.py keeps it so): input checks, set-up,
+# logging, progress, the stop signal, checkpoint files, evaluation, the entry point
+# ---------------------------------------------------------------------------------------------
+def checked_input(comm, args: Args) -> Optional[dict]:
+    """Collective: finalize_args, then the checkpoint to start from (--resume or --eval-checkpoint).
+    Bad input on any rank: rank 0 says it once and every rank exits with 2, before anything is written."""
+    problem, ckpt = None, None
+    try:
+        finalize_args(args, comm.Get_size())
+        ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
+    except ConfigError as e:
+        problem = str(e)
+    fail_together(comm, problem)
+    return ckpt
+
+
+def fail_together(comm, problem: Optional[str]) -> None:
+    """Collective: if any rank found bad input, rank 0 says it once and every rank exits with 2."""
+    problems = comm.allgather(problem)
+    found = sorted({p for p in problems if p})
+    if found:
+        if comm.Get_rank() == 0:
+            for p in found:
+                ranks = [r for r, q in enumerate(problems) if q == p]
+                where = "" if len(ranks) == comm.Get_size() else f" (rank {', '.join(map(str, ranks))})"
+                print(f"error: {p}{where}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def check_env_id(env_id: str) -> None:
+    if env_id not in envpool.list_all_envs():
+        raise ConfigError(f"unknown env id {env_id!r}: envpool.list_all_envs() lists the valid ones")
+    if type(envpool.make_spec(env_id)).__name__ != "AtariEnvSpec":
+        raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
+
+
+def node_threads(comm) -> tuple[int, int]:
+    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_size, local_rank = local.Get_size(), local.Get_rank()
+    local.Free()
+    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
+
+
+def set_up(comm, args: Args) -> tuple[torch.device, int, int, str, Path]:
+    """Threads (by default this node's cores divided among its ranks), seeds, the device (CUDA when
+    present), and the run's name and directory (made by rank 0). Returns (device, torch threads, env
+    threads, run name, run directory)."""
+    rank = comm.Get_rank()
+    default_threads, local_rank = node_threads(comm)
+    torch_threads = args.torch_threads or default_threads
+    env_threads = args.env_threads or default_threads
+    torch.set_num_threads(torch_threads)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
+    use_cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
+    run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
+    run_dir = Path("runs") / run_name
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return device, torch_threads, env_threads, run_name, run_dir
+
+
+def open_writer(args: Args, run_name: str, run_dir: Path):
+    """Rank 0: TensorBoard events in run_dir (mirrored to W&B with --track), the arguments as text
+    and in config.json (which the benchmark report reads)."""
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            group=args.wandb_group,
+            tags=[ALGO, f"sims{args.total_envs}", *args.wandb_tags],
+            sync_tensorboard=True,
+            config=asdict(args),
+            name=run_name,
+            save_code=True,
+        )
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir))
+    table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    (run_dir / "config.json").write_text(json.dumps({"algorithm": ALGO, **asdict(args)}, indent=1))
+    return writer
+
+
+def log_scalars(writer, global_step: int, scalars: dict) -> None:
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value, global_step)
+
+
+def log_episodes(writer, episodes: list, recent_returns: deque) -> None:
+    """Episodes as (global step at its end, raw return, length), in the order of their steps."""
+    for step_at, ret, length in sorted(episodes):
+        writer.add_scalar("charts/episodic_return", ret, step_at)
+        writer.add_scalar("charts/episodic_length", length, step_at)
+        recent_returns.append(ret)
+
+
+def close_writer(writer, args: Args) -> None:
+    writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish()
+
+
+class Progress:
+    """Rank 0's progress line every --print-every seconds (steps, share done, SPS, ETA, recent
+    return), and the run's SPS measured from its 10th update on (start-up excluded)."""
+
+    def __init__(self, start_step: int, total_steps: int, print_every: float, prints: bool):
+        self.start_step, self.total_steps, self.print_every, self.prints = start_step, total_steps, print_every, prints
+        self.start_time = self.last_print = time.time()
+        self.recent_returns: deque = deque(maxlen=20)
+        self.updates, self.warm = 0, None
+
+    def sps(self, global_step: int) -> int:
+        return int((global_step - self.start_step) / max(time.time() - self.start_time, 1e-9))
+
+    def update(self, global_step: int, last: bool = False) -> None:
+        self.updates += 1
+        if self.updates == 10:
+            self.warm = (time.time(), global_step)
+        if self.prints and (last or time.time() - self.last_print >= self.print_every):
+            self.last_print = time.time()
+            sps = self.sps(global_step)
+            left = int((self.total_steps - global_step) / sps) if sps else 0
+            eta = f"{left // 3600}h{left % 3600 // 60:02d}m" if left >= 3600 else f"{left // 60}m{left % 60:02d}s"
+            share = 100 * global_step / self.total_steps
+            recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
+            print(f"global_step {global_step}/{self.total_steps} ({share:.1f}%)  SPS {sps}  ETA {eta}  "
+                  f"recent return {recent}", flush=True)  # fmt: skip
+
+    def warm_sps(self, global_step: int, end_time: float) -> Optional[float]:
+        if self.warm is None or end_time <= self.warm[0]:
+            return None
+        return (global_step - self.warm[1]) / (end_time - self.warm[0])
+
+
+class StopSignal:
+    """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C): truthy once received. The
+    job then stops at the end of an update with a checkpoint and exits 0."""
+
+    def __init__(self):
+        self.received = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        self.received = True
+
+    def __bool__(self) -> bool:
+        return self.received
+
+
+def write_summary(run_dir: Path, global_step: int, stopped: bool, sps: Optional[float]) -> dict:
+    """Rank 0: runs/<run_name>/summary.json, what the benchmark runner reads (steps, stopped by a
+    signal or not, SPS); returns it."""
+    summary = {"algorithm": ALGO, "global_step": int(global_step), "stopped": bool(stopped), "sps": sps}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic: write a temporary file beside the target, flush it to disk, then rename it over the
     target. A kill at any point leaves either the previous checkpoint or the new one, never a mix;
@@ -331,18 +677,35 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str, args: Args) -> dict:
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path!r} does not exist")
+def rng_state(device: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def checkpoint_due(args: Args, global_step: int, steps: int) -> bool:
+    """--save-model with --checkpoint-every N: the last `steps` steps crossed a multiple of N."""
+    every = args.checkpoint_every
+    return args.save_model and every > 0 and global_step // every != (global_step - steps) // every
+
+
+def read_checkpoint(path: Path, args: Args, name: str) -> dict:
+    """A checkpoint file of this algorithm for this game, or ConfigError (`name` is how messages call it)."""
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {name!r} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ConfigError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"checkpoint {name!r} cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("algorithm") != ALGO:
         found = ckpt.get("algorithm") if isinstance(ckpt, dict) else None
-        raise ConfigError(f"checkpoint {path!r} is from {found!r}, not {ALGO!r}")
+        raise ConfigError(f"checkpoint {name!r} is from {found!r}, not {ALGO!r}")
     if ckpt["env_id"] != args.env_id:
-        raise ConfigError(f"checkpoint {path!r} is for {ckpt['env_id']}, not --env-id {args.env_id}")
+        raise ConfigError(f"checkpoint {name!r} is for {ckpt['env_id']}, not --env-id {args.env_id}")
     return ckpt
 
 
@@ -376,278 +739,28 @@ def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
         gathered = comm.gather(local, root=0)
         if comm.Get_rank() == 0:
             returns = np.concatenate(gathered)
-            results[mode] = {"mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()}
-    return results
-
-
-def fail_together(comm, problem: Optional[str]) -> None:
-    """Collective: if any rank found bad input, rank 0 says it once and every rank exits with 2."""
-    problems = comm.allgather(problem)
-    found = sorted({p for p in problems if p})
-    if found:
-        if comm.Get_rank() == 0:
-            for p in found:
-                ranks = [r for r, q in enumerate(problems) if q == p]
-                where = "" if len(ranks) == comm.Get_size() else f" (rank {', '.join(map(str, ranks))})"
-                print(f"error: {p}{where}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
-def node_threads(comm) -> tuple[int, int]:
-    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_size, local_rank = local.Get_size(), local.Get_rank()
-    local.Free()
-    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
-
-
-def finalize_args(args: Args, world_size: int) -> Optional[dict]:
-    """Checks the input and fills the runtime fields; returns the checkpoint to resume, if any."""
-    check_env_id(args.env_id)
-    if args.num_envs < 1:
-        raise ConfigError(f"--num-envs must be at least 1, got {args.num_envs}")
-    if args.log_every < 1:
-        raise ConfigError(f"--log-every must be at least 1, got {args.log_every}")
-    if args.num_steps < 1:
-        raise ConfigError(f"--num-steps must be at least 1, got {args.num_steps}")
-    args.world_size = world_size
-    args.total_envs = world_size * args.num_envs
-    args.batch_size = args.num_steps * args.total_envs
-    if args.learning_rate is None:
-        args.learning_rate = 7e-4 * float(np.sqrt(args.total_envs / 16))
-    if args.eval_checkpoint is not None:
-        args.eval_episodes = args.eval_episodes or 10
-        return load_checkpoint(args.eval_checkpoint, args)
-    args.num_updates = args.total_timesteps // args.batch_size
-    if args.num_updates < 1:
-        raise ConfigError(
-            f"--total-timesteps {args.total_timesteps} is below one update "
-            f"({args.num_steps} steps x {args.num_envs} envs x {world_size} ranks = {args.batch_size})"
-        )
-    if args.resume is None:
-        return None
-    ckpt = load_checkpoint(args.resume, args)
-    if (ckpt["world_size"], ckpt["num_envs"]) != (world_size, args.num_envs):
-        raise ConfigError(
-            f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
-            f"this run has {world_size} x {args.num_envs}"
-        )
-    return ckpt
-
-
-# ---------------------------------------------------------------------------------------------
-# Main
-# ---------------------------------------------------------------------------------------------
-def main(args: Args) -> dict:
-    comm = MPI.COMM_WORLD
-    rank, world_size = comm.Get_rank(), comm.Get_size()
-    problem, ckpt = None, None
-    try:
-        ckpt = finalize_args(args, world_size)
-    except ConfigError as e:
-        problem = str(e)
-    fail_together(comm, problem)
-
-    default_threads, local_rank = node_threads(comm)
-    torch_threads = args.torch_threads or default_threads
-    env_threads = args.env_threads or default_threads
-    torch.set_num_threads(torch_threads)
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed + rank)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
-    use_cuda = args.cuda and torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
-    run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
-    run_dir = Path("runs") / run_name
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        print(
-            f"{ALGO}: {world_size} rank(s) x {args.num_envs} envs on {device} "
-            f"({torch_threads} torch / {env_threads} env threads per rank), lr {args.learning_rate:.3g}",
-            flush=True,
-        )
-
-    num_actions = envpool.make_spec(args.env_id).action_space.n
-    agent = Agent(num_actions).to(device)
-    if ckpt is not None:
-        agent.load_state_dict(ckpt["model"])
-    broadcast_parameters(comm, agent)
-
-    if args.eval_checkpoint is not None:  # evaluation only
-        results = evaluate_all_ranks(comm, agent, args, ckpt["global_step"], env_threads, device)
-        if rank == 0:
-            report_eval(results, args, run_dir)
-        return {"eval": results}
-
-    optimizer = torch.optim.RMSprop(
-        agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps
-    )
-    reduce_grads = AllreduceGradients(comm, list(agent.parameters()), device)
-    start_update = 0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_update = ckpt["update"]
-        torch.set_rng_state(ckpt["rng"][rank]["torch"])
-        if use_cuda and ckpt["rng"][rank]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"], device)
-        if rank == 0:
-            print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
-
-    writer = None
-    if rank == 0:
-        if args.track:
-            import wandb
-
-            wandb.init(
-                project=args.wandb_project_name,
-                entity=args.wandb_entity,
-                group=args.wandb_group,
-                tags=[ALGO, f"sims{args.total_envs}", *args.wandb_tags],
-                sync_tensorboard=True,
-                config=asdict(args),
-                name=run_name,
-                save_code=True,
-            )
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir))
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
-        (run_dir / "config.json").write_text(json.dumps({"algorithm": ALGO, **asdict(args)}, indent=1))
-
-    stop_requested = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
-
-    def checkpoint(update: int) -> None:
-        """Collective (gathers every rank's RNG); rank 0 writes."""
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if use_cuda else None}
-        rngs = comm.gather(rng, root=0)
-        if rank == 0:
-            state = {
-                "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
-                "update": update, "global_step": update * args.batch_size, "model": agent.state_dict(),
-                "optimizer": optimizer.state_dict(), "rng": rngs, "args": asdict(args),
+            results[mode] = {
+                "mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()
             }  # fmt: skip
-            save_checkpoint(run_dir / "checkpoint.pt", state)
-
-    # Rollout storage on the device
-    T, N = args.num_steps, args.num_envs
-    obs = torch.zeros((T, N, 4, 84, 84), dtype=torch.uint8, device=device)
-    actions = torch.zeros((T, N), dtype=torch.long, device=device)
-    values = torch.zeros((T, N), device=device)
-    rewards, terminations, truncations = (np.zeros((T, N), dtype=np.float32) for _ in range(3))
-
-    env_seed = int(np.random.SeedSequence([args.seed, rank, start_update]).generate_state(1)[0] >> 1)
-    envs = make_env(args.env_id, N, env_seed, env_threads, train=True)
-    next_obs = torch.from_numpy(envs.reset()[0]).to(device)
-    next_done = np.zeros(N, dtype=bool)
-    stats = EpisodeStats(N)
-    episodes, recent_returns = [], deque(maxlen=20)
-
-    start_time = last_print = time.time()
-    warm_time, warm_step = None, 0
-    global_step = start_update * args.batch_size
-    update, stop = start_update, False
-    while update < args.num_updates:
-        if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - update / args.num_updates)
-        prev_done = torch.from_numpy(next_done.astype(np.float32)).to(device)
-        for step in range(T):
-            obs[step] = next_obs
-            with torch.no_grad():
-                logits, value = agent(next_obs)
-            action = Categorical(logits=logits).sample()
-            actions[step], values[step] = action, value
-            valid = ~next_done
-            raw_obs, rewards[step], terminated, truncated, info = envs.step(action.cpu().numpy())
-            terminations[step], truncations[step] = terminated, truncated
-            next_done = terminated | truncated
-            next_obs = torch.from_numpy(raw_obs).to(device)
-            for ret, length in stats.update(info, truncated, valid):
-                episodes.append((global_step + (step + 1) * N * world_size, ret, length))
-        with torch.no_grad():
-            next_value = agent(next_obs)[1]
-        rollout = (torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations))
-        returns, valid = a2c_targets(*rollout, values, next_value, prev_done, args.gamma)
-
-        if rank == args.debug_slow_rank:
-            time.sleep(args.debug_slow_seconds)
-        means, stop = a2c_update(
-            agent, optimizer, reduce_grads,
-            obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1),
-            args, stop=bool(stop_requested),
-        )  # fmt: skip
-        update += 1
-        global_step = update * args.batch_size
-        if update == start_update + 10:
-            warm_time, warm_step = time.time(), global_step
-
-        if args.check_sync_every and update % args.check_sync_every == 0:
-            check_in_sync(comm, agent)
-        if update % args.log_every == 0 or update == args.num_updates or stop:
-            all_episodes = comm.gather(episodes, root=0)
-            episodes = []
-            if rank == 0:
-                for step_at, ret, length in sorted(e for part in all_episodes for e in part):
-                    writer.add_scalar("charts/episodic_return", ret, step_at)
-                    writer.add_scalar("charts/episodic_length", length, step_at)
-                    recent_returns.append(ret)
-                sps = int((global_step - start_update * args.batch_size) / (time.time() - start_time))
-                writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-                for name, v in zip(("policy_loss", "value_loss", "entropy", "grad_norm"), means):
-                    writer.add_scalar(f"losses/{name}", v, global_step)
-        if args.save_model and args.checkpoint_every and global_step // args.checkpoint_every != (global_step - args.batch_size) // args.checkpoint_every:
-            checkpoint(update)
-        if rank == 0 and (time.time() - last_print >= args.print_every or update == args.num_updates):
-            last_print = time.time()
-            mean_ret = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            sps = int((global_step - start_update * args.batch_size) / (time.time() - start_time))
-            print(f"global_step {global_step}/{args.num_updates * args.batch_size}  SPS {sps}  recent return {mean_ret}", flush=True)
-        if stop:
-            checkpoint(update)
-            if rank == 0:
-                print(f"stopped by signal at global_step {global_step}; checkpoint {run_dir / 'checkpoint.pt'}", flush=True)
-            break
-
-    envs.close()
-    if args.save_model and not stop:
-        checkpoint(update)
-        if rank == 0:
-            print(f"checkpoint {run_dir / 'checkpoint.pt'}", flush=True)
-    end_time = time.time()
-    summary = {"global_step": global_step, "run_dir": str(run_dir), "stopped": bool(stop)}
-    summary["sps"] = (global_step - warm_step) / (end_time - warm_time) if warm_time and end_time > warm_time else None
-    if args.eval_episodes and not stop:
-        results = evaluate_all_ranks(comm, agent, args, update, env_threads, device)
-        if rank == 0:
-            report_eval(results, args, run_dir, writer, global_step)
-        summary["eval"] = results
-    if rank == 0:
-        writer.close()
-        if args.track:
-            import wandb
-
-            wandb.finish()
-    return summary
+    return results
 
 
 def report_eval(results: dict, args: Args, run_dir: Path, writer=None, global_step: int = 0) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "eval.json").write_text(json.dumps({"env_id": args.env_id, **results}, indent=1))
     for mode, r in results.items():
-        print(f"eval {mode}: mean {r['mean']:.2f} median {r['median']:.2f} over {len(r['returns'])} games", flush=True)
+        games = len(r["returns"])
+        print(f"eval {mode}: mean {r['mean']:.2f} median {r['median']:.2f} over {games} games", flush=True)
         if writer is not None:
             writer.add_scalar(f"eval/{mode}_return_mean", r["mean"], global_step)
             writer.add_scalar(f"eval/{mode}_return_median", r["median"], global_step)
 
 
-def run(args: Args) -> None:
-    """Any exception on any rank: print it with the rank, then abort the whole MPI job."""
+def main(args: Args) -> None:
+    """The entry point: train; an exception on any rank is printed with the rank and aborts the whole
+    MPI job (a rank never waits for one that died)."""
     try:
-        main(args)
+        train(args)
     except Exception:
         import traceback
 
@@ -659,4 +772,4 @@ def run(args: Args) -> None:
 if __name__ == "__main__":
     import tyro
 
-    run(tyro.cli(Args))
+    main(tyro.cli(Args))

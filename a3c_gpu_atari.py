@@ -145,13 +145,6 @@ class ConfigError(Exception):
 # ---------------------------------------------------------------------------------------------
 # Environment
 # ---------------------------------------------------------------------------------------------
-def check_env_id(env_id: str) -> None:
-    if env_id not in envpool.list_all_envs():
-        raise ConfigError(f"unknown env id {env_id!r}: envpool.list_all_envs() lists the valid ones")
-    if type(envpool.make_spec(env_id)).__name__ != "AtariEnvSpec":
-        raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
-
-
 def make_env(env_id: str, num_envs: int, seed: int, threads: int, train: bool = True):
     """envpool Atari with the DeepMind settings: 84x84 gray, 4-frame stack, frame skip 4, up to 30
     no-ops; for training also episodic life and reward clipping (evaluation plays the real game)."""
@@ -260,7 +253,9 @@ def a2c_loss_sums(agent, obs, actions, returns, valid):
 # ---------------------------------------------------------------------------------------------
 # The distinctive part: a central parameter + RMSprop store in MPI windows, updated asynchronously
 # ---------------------------------------------------------------------------------------------
-def rmsprop_step(params: np.ndarray, square_avg: np.ndarray, grad: np.ndarray, lr: float, alpha: float, eps: float) -> None:
+def rmsprop_step(
+    params: np.ndarray, square_avg: np.ndarray, grad: np.ndarray, lr: float, alpha: float, eps: float
+) -> None:
     """torch.optim.RMSprop (no momentum, not centered), in place on one chunk of the central state."""
     square_avg *= alpha
     square_avg += (1.0 - alpha) * grad * grad
@@ -362,101 +357,6 @@ class CentralStore:
             win.Free()
 
 
-def broadcast_parameters(comm, agent) -> None:
-    """Every rank starts from rank 0's initial parameters."""
-    flat = nn.utils.parameters_to_vector(agent.parameters()).detach().cpu().numpy()
-    comm.Bcast(flat, root=0)
-    nn.utils.vector_to_parameters(torch.from_numpy(flat).to(next(agent.parameters()).device), agent.parameters())
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints, evaluation, set-up helpers
-# ---------------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: write a temporary file beside the target, flush it to disk, then rename it over the
-    target. A kill at any point leaves either the previous checkpoint or the new one, never a mix;
-    the next save removes a temporary file left by a killed writer."""
-    for stale in path.parent.glob(path.name + ".tmp*"):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str, args: Args) -> dict:
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ConfigError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("algorithm") != ALGO:
-        found = ckpt.get("algorithm") if isinstance(ckpt, dict) else None
-        raise ConfigError(f"checkpoint {path!r} is from {found!r}, not {ALGO!r}")
-    if ckpt["env_id"] != args.env_id:
-        raise ConfigError(f"checkpoint {path!r} is for {ckpt['env_id']}, not --env-id {args.env_id}")
-    return ckpt
-
-
-def evaluate(agent, env_id, episodes, greedy, seed, threads, device) -> np.ndarray:
-    """Raw returns of `episodes` full games (no episodic life, no reward clipping), one per simulator,
-    so that short games are not over-counted."""
-    envs = make_env(env_id, episodes, seed, threads, train=False)
-    obs, _ = envs.reset()
-    returns, done = np.zeros(episodes), np.zeros(episodes, dtype=bool)
-    running = np.zeros(episodes)
-    while not done.all():
-        with torch.no_grad():
-            logits, _ = agent(torch.from_numpy(obs).to(device))
-        action = logits.argmax(1) if greedy else Categorical(logits=logits).sample()
-        obs, _, _, truncated, info = envs.step(action.cpu().numpy())
-        running += info["reward"]
-        ended = (info["terminated"].astype(bool) | truncated) & ~done
-        returns[ended] = running[ended]
-        done |= ended
-    envs.close()
-    return returns
-
-
-def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
-    """Rank r plays games r, r + world, ...; rank 0 gathers and summarises (argmax and sampled)."""
-    results = {}
-    mine = len(range(comm.Get_rank(), args.eval_episodes, comm.Get_size()))
-    for mode in ("argmax", "sampled"):
-        seed = int(np.random.SeedSequence([args.seed, comm.Get_rank(), seed_base]).generate_state(1)[0] >> 1)
-        local = evaluate(agent, args.env_id, mine, mode == "argmax", seed, threads, device) if mine else np.zeros(0)
-        gathered = comm.gather(local, root=0)
-        if comm.Get_rank() == 0:
-            returns = np.concatenate(gathered)
-            results[mode] = {"mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()}
-    return results
-
-
-def fail_together(comm, problem: Optional[str]) -> None:
-    """Collective: if any rank found bad input, rank 0 says it once and every rank exits with 2."""
-    problems = comm.allgather(problem)
-    found = sorted({p for p in problems if p})
-    if found:
-        if comm.Get_rank() == 0:
-            for p in found:
-                ranks = [r for r, q in enumerate(problems) if q == p]
-                where = "" if len(ranks) == comm.Get_size() else f" (rank {', '.join(map(str, ranks))})"
-                print(f"error: {p}{where}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
-def node_threads(comm) -> tuple[int, int]:
-    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_size, local_rank = local.Get_size(), local.Get_rank()
-    local.Free()
-    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
-
-
 TAG_WORKER = 7
 
 
@@ -486,8 +386,19 @@ def a2c_gradient(agent, obs, actions, returns, valid, args) -> np.ndarray:
     return grad, np.array([policy.item(), value.item(), entropy.item()]) / count
 
 
-def finalize_args(args: Args, world_size: int) -> Optional[dict]:
-    """Checks the input and fills the runtime fields; returns the checkpoint to resume, if any."""
+def broadcast_parameters(comm, agent) -> None:
+    """Every rank starts from rank 0's initial parameters."""
+    flat = nn.utils.parameters_to_vector(agent.parameters()).detach().cpu().numpy()
+    comm.Bcast(flat, root=0)
+    nn.utils.vector_to_parameters(torch.from_numpy(flat).to(next(agent.parameters()).device), agent.parameters())
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments and the checkpoint to start from
+# ---------------------------------------------------------------------------------------------
+def finalize_args(args: Args, world_size: int) -> None:
+    """Checks the input (ConfigError) and fills the runtime fields."""
     check_env_id(args.env_id)
     if args.num_envs < 1:
         raise ConfigError(f"--num-envs must be at least 1, got {args.num_envs}")
@@ -505,13 +416,24 @@ def finalize_args(args: Args, world_size: int) -> Optional[dict]:
         args.learning_rate = 7e-4 * float(np.sqrt(args.num_envs / 16))  # one worker's batch per central update
     if args.eval_checkpoint is not None:
         args.eval_episodes = args.eval_episodes or 10
-        return load_checkpoint(args.eval_checkpoint, args)
+        return
     args.num_updates = args.total_timesteps // args.batch_size
     if args.num_updates < 1:
         raise ConfigError(
             f"--total-timesteps {args.total_timesteps} is below one update "
             f"({args.num_steps} steps x {args.num_envs} envs = {args.batch_size})"
         )
+
+
+def load_checkpoint(path: str, args: Args) -> dict:
+    return read_checkpoint(Path(path), args, path)
+
+
+def start_checkpoint(args: Args, world_size: int, rank: int) -> Optional[dict]:
+    """The checkpoint to evaluate (--eval-checkpoint) or to resume (--resume, written by this world
+    size and --num-envs), or None."""
+    if args.eval_checkpoint is not None:
+        return load_checkpoint(args.eval_checkpoint, args)
     if args.resume is None:
         return None
     ckpt = load_checkpoint(args.resume, args)
@@ -524,176 +446,127 @@ def finalize_args(args: Args, world_size: int) -> Optional[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Main
+# Training: set-up, the store rank serving / the workers working, teardown
 # ---------------------------------------------------------------------------------------------
-def main(args: Args) -> dict:
+def train(args: Args) -> dict:
     comm = MPI.COMM_WORLD
     rank, world_size = comm.Get_rank(), comm.Get_size()
-    problem, ckpt = None, None
-    try:
-        ckpt = finalize_args(args, world_size)
-    except ConfigError as e:
-        problem = str(e)
-    fail_together(comm, problem)
-
-    default_threads, local_rank = node_threads(comm)
-    torch_threads = args.torch_threads or default_threads
-    env_threads = args.env_threads or default_threads
-    torch.set_num_threads(torch_threads)
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed + rank)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
-    use_cuda = args.cuda and torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
-    run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
-    run_dir = Path("runs") / run_name
+    ckpt = checked_input(comm, args)
+    device, torch_threads, env_threads, run_name, run_dir = set_up(comm, args)
     is_store, is_worker = rank == 0, rank > 0 or world_size == 1
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        print(
-            f"{ALGO}: " + (f"store rank + {args.num_workers} worker(s)" if world_size > 1 else
-                           "one process: plain A2C with RMSprop (the store is local)")
-            + f" x {args.num_envs} envs on {device} ({torch_threads} torch / {env_threads} env threads per rank), "
-            f"lr {args.learning_rate:.3g}, {args.update_chunks} chunk(s)",
-            flush=True,
-        )  # fmt: skip
-
-    num_actions = envpool.make_spec(args.env_id).action_space.n
-    agent = Agent(num_actions).to(device)
+        who = (f"store rank + {args.num_workers} worker(s)" if world_size > 1 else
+               "one process: plain A2C with RMSprop (the store is local)")  # fmt: skip
+        print(f"{ALGO}: {who} x {args.num_envs} envs on {device} ({torch_threads} torch / {env_threads} env threads "
+              f"per rank), lr {args.learning_rate:.3g}, {args.update_chunks} chunk(s)", flush=True)  # fmt: skip
+    agent = Agent(envpool.make_spec(args.env_id).action_space.n).to(device)
     if ckpt is not None:
         agent.load_state_dict(ckpt["model"])
-
     if args.eval_checkpoint is not None:  # evaluation only
         results = evaluate_all_ranks(comm, agent, args, ckpt["global_step"], env_threads, device)
         if rank == 0:
             report_eval(results, args, run_dir)
         return {"eval": results}
 
-    numel = sum(p.numel() for p in agent.parameters())
-    store = CentralStore(comm, numel, args.update_chunks)
-    start_count = 0
+    store = CentralStore(comm, sum(p.numel() for p in agent.parameters()), args.update_chunks)
+    start_count = 0 if ckpt is None else ckpt["update"]  # every rank read the checkpoint
     if is_store:  # the initial central state: rank 0's parameters and zero averages, or the checkpoint's
         flat = nn.utils.parameters_to_vector(agent.parameters()).detach().cpu().numpy()
-        start_count = 0 if ckpt is None else ckpt["update"]
         store.initialise(flat, np.zeros_like(flat) if ckpt is None else ckpt["square_avg"], start_count)
         if ckpt is not None:
             print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
-    start_count = comm.bcast(start_count, root=0)
     comm.Barrier()  # the central state is initialised before anyone reads it
 
-    stop_requested = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
+    signalled = StopSignal()
+    writer = open_writer(args, run_name, run_dir) if is_store else None
+    progress = Progress(start_count * args.batch_size, args.num_updates * args.batch_size, args.print_every, is_store)
+    ckpt_path, last_checkpoint, reports = run_dir / "checkpoint.pt", start_count * args.batch_size, {}
 
-    writer, recent_returns, reports = None, deque(maxlen=20), {}
-    if is_store:
-        if args.track:
-            import wandb
-
-            wandb.init(
-                project=args.wandb_project_name,
-                entity=args.wandb_entity,
-                group=args.wandb_group,
-                tags=[ALGO, f"sims{args.total_envs}", *args.wandb_tags],
-                sync_tensorboard=True,
-                config=asdict(args),
-                name=run_name,
-                save_code=True,
-            )
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir))
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
-        (run_dir / "config.json").write_text(json.dumps({"algorithm": ALGO, **asdict(args)}, indent=1))
-
-    start_time = last_print = time.time()
-    last_checkpoint = start_count * args.batch_size
-
-    def checkpoint(message: Optional[str] = None) -> int:
-        """Store rank: save a consistent snapshot of the central state; returns its update count."""
+    def checkpoint() -> int:
+        """Store rank: a consistent snapshot of the central state into `agent` and the checkpoint file;
+        returns its update count."""
         central, square_avg, count = store.snapshot()
         nn.utils.vector_to_parameters(torch.from_numpy(central).to(device), agent.parameters())
-        save_checkpoint(run_dir / "checkpoint.pt", {
+        save_checkpoint(ckpt_path, {
             "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
             "update": count, "global_step": count * args.batch_size, "model": agent.state_dict(),
             "square_avg": square_avg, "args": asdict(args),
         })  # fmt: skip
-        if message is not None:
-            print(f"{message}checkpoint {run_dir / 'checkpoint.pt'}", flush=True)
         return count
 
     def handle(source: int, message: tuple) -> None:
-        """Store rank: log a worker's report (its episodes, mean losses and async statistics), and
-        checkpoint every --checkpoint-every steps when --save-model."""
-        nonlocal last_print, last_checkpoint
+        """Store rank: a worker's message ("stats", central step, finished games, statistics) or ("done",);
+        checkpoint every --checkpoint-every steps when --save-model, log the report."""
+        nonlocal last_checkpoint
         if message[0] != "stats":
             return
         _, step, episodes, stats = message
-        if args.save_model and args.checkpoint_every and step // args.checkpoint_every > last_checkpoint // args.checkpoint_every:
+        if step > last_checkpoint and checkpoint_due(args, step, step - last_checkpoint):
             last_checkpoint = checkpoint() * args.batch_size
-        for ret, length in episodes:
-            writer.add_scalar("charts/episodic_return", ret, step)
-            writer.add_scalar("charts/episodic_length", length, step)
-            recent_returns.append(ret)
-        reports[source] = stats
-        if source == min(reports):  # one worker's reports pace the scalar logs
-            elapsed = time.time() - start_time
-            done = step - start_count * args.batch_size
-            writer.add_scalar("charts/SPS", int(done / elapsed), step)
-            writer.add_scalar("charts/learning_rate", stats["lr"], step)
-            for name in ("policy_loss", "value_loss", "entropy"):
-                writer.add_scalar(f"losses/{name}", float(np.mean([r[name] for r in reports.values()])), step)
-            writer.add_scalar("async/staleness", float(np.mean([r["staleness"] for r in reports.values()])), step)
-            writer.add_scalar("async/lock_wait_ms", float(np.mean([r["lock_wait_ms"] for r in reports.values()])), step)
-            writer.add_scalar("async/updates_per_s", done / args.batch_size / elapsed, step)
-            if time.time() - last_print >= args.print_every:
-                last_print = time.time()
-                mean_ret = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-                print(f"global_step {step}/{args.num_updates * args.batch_size}  SPS {int(done / elapsed)}  "
-                      f"recent return {mean_ret}", flush=True)  # fmt: skip
+        log_report(writer, progress, reports, source, step, episodes, stats, args.batch_size)
 
     summary = {}
     if is_worker:
-        summary = run_worker(comm, args, agent, store, rank, world_size, env_threads, device, stop_requested,
-                             handle if world_size == 1 else None)  # fmt: skip
+        summary = work(comm, args, agent, store, env_threads, device, signalled, handle if world_size == 1 else None)
     else:
         serve(comm, args.num_workers, handle)
     end_time = time.time()
 
     # Teardown: every worker is done (the store rank saw their "done"); save and evaluate the central state.
     stop = comm.allreduce(bool(summary.get("stopped")), op=MPI.LOR)
-    final_count = comm.bcast(store.count() if is_store else None, root=0)
-    global_step = int(final_count) * args.batch_size
+    final_count = int(comm.bcast(store.count() if is_store else None, root=0))
+    global_step = final_count * args.batch_size
     if is_store:
         if args.save_model or stop:
-            checkpoint("stopped by signal; " if stop else "")
+            checkpoint()
+            print(f"{'stopped by signal at ' if stop else ''}global_step {global_step}: checkpoint {ckpt_path}",
+                  flush=True)  # fmt: skip
         else:
             nn.utils.vector_to_parameters(torch.from_numpy(store.snapshot()[0]).to(device), agent.parameters())
-        print(f"store: {int(final_count) - start_count} central updates in {end_time - start_time:.1f} s", flush=True)
+        print(f"store: {final_count - start_count} central updates in {end_time - progress.start_time:.1f} s",
+              flush=True)  # fmt: skip
+        summary["sps"] = progress.warm_sps(global_step, end_time)
     store.free()
     broadcast_parameters(comm, agent)  # everyone evaluates the central parameters
     summary.update(global_step=global_step, run_dir=str(run_dir), stopped=stop)
     if args.eval_episodes and not stop:
-        results = evaluate_all_ranks(comm, agent, args, int(final_count), env_threads, device)
+        results = evaluate_all_ranks(comm, agent, args, final_count, env_threads, device)
         if rank == 0:
             report_eval(results, args, run_dir, writer, global_step)
         summary["eval"] = results
-    if writer is not None:
-        writer.close()
-        if args.track:
-            import wandb
-
-            wandb.finish()
+    if is_store:
+        write_summary(run_dir, global_step, stop, summary["sps"])
+        close_writer(writer, args)
     return summary
 
 
-def run_worker(comm, args, agent, store, rank, world_size, env_threads, device, stop_requested, handle) -> dict:
+def log_report(
+    writer, progress, reports: dict, source: int, step: int, episodes: list, stats: dict, batch_size: int
+) -> None:
+    """Store rank: a worker's finished games at the central step of its report; the scalars (losses and
+    async statistics averaged over the workers' latest reports) and the progress line are paced by the
+    reports of one worker, the lowest rank that has reported."""
+    log_episodes(writer, [(step, ret, length) for ret, length in episodes], progress.recent_returns)
+    reports[source] = stats
+    if source != min(reports):
+        return
+    elapsed, done = time.time() - progress.start_time, step - progress.start_step
+    mean = lambda key: float(np.mean([r[key] for r in reports.values()]))  # noqa: E731
+    log_scalars(writer, step, {
+        "charts/SPS": int(done / elapsed), "charts/learning_rate": stats["lr"],
+        **{f"losses/{name}": mean(name) for name in ("policy_loss", "value_loss", "entropy")},
+        "async/staleness": mean("staleness"), "async/lock_wait_ms": mean("lock_wait_ms"),
+        "async/updates_per_s": done / batch_size / elapsed,
+    })  # fmt: skip
+    progress.update(step)
+
+
+def work(comm, args: Args, agent, store: CentralStore, env_threads: int, device, signalled, handle=None) -> dict:
     """A worker: read the central parameters, roll out, compute the clipped gradient, apply RMSprop to
     the central copy; repeat until the central count reaches num_updates (workers still updating then
-    finish their update: a run may end up to workers - 1 updates over) or a signal."""
-    T, N = args.num_steps, args.num_envs
+    finish their update: a run may end up to workers - 1 updates over) or a signal. Every --log-every
+    updates it reports to the store rank (in a world of one, to `handle` in the same process)."""
+    rank, T, N = comm.Get_rank(), args.num_steps, args.num_envs
     obs = torch.zeros((T, N, 4, 84, 84), dtype=torch.uint8, device=device)
     actions = torch.zeros((T, N), dtype=torch.long, device=device)
     values = torch.zeros((T, N), device=device)
@@ -707,9 +580,17 @@ def run_worker(comm, args, agent, store, rank, world_size, env_threads, device, 
     episodes, sends, window, last_stats = [], [], {"staleness": [], "lock_wait_ms": []}, None
     updates, warm, began = 0, None, time.time()
     start = rank % args.update_chunks
+
+    def report(message: tuple) -> None:
+        if handle is not None:
+            handle(rank, message)
+        else:
+            sends.append(comm.isend(message, dest=0, tag=TAG_WORKER))
+            sends[:] = [r for r in sends if not r.Test()]
+
     while True:
         version = store.read_params(params)
-        if version >= args.num_updates or stop_requested:
+        if version >= args.num_updates or signalled:
             break
         nn.utils.vector_to_parameters(torch.from_numpy(params).to(device), agent.parameters())
         lr = args.learning_rate * (1.0 - version / args.num_updates) if args.anneal_lr else args.learning_rate
@@ -743,44 +624,289 @@ def run_worker(comm, args, agent, store, rank, world_size, env_threads, device, 
         window["staleness"].append(previous - version)
         window["lock_wait_ms"].append(1000 * waited)
         if updates % args.log_every == 0:
-            report = ("stats", (previous + 1) * args.batch_size, episodes, {
-                "policy_loss": means[0], "value_loss": means[1], "entropy": means[2], "lr": lr,
-                "staleness": float(np.mean(window["staleness"])), "lock_wait_ms": float(np.mean(window["lock_wait_ms"])),
-            })  # fmt: skip
-            episodes, window, last_stats = [], {"staleness": [], "lock_wait_ms": []}, report[3]
-            if handle is not None:
-                handle(rank, report)
-            else:
-                sends.append(comm.isend(report, dest=0, tag=TAG_WORKER))
-                sends = [r for r in sends if not r.Test()]
+            last_stats = {"policy_loss": means[0], "value_loss": means[1], "entropy": means[2], "lr": lr,
+                          **{key: float(np.mean(xs)) for key, xs in window.items()}}  # fmt: skip
+            report(("stats", (previous + 1) * args.batch_size, episodes, last_stats))
+            episodes, window = [], {"staleness": [], "lock_wait_ms": []}
     if episodes and last_stats:  # the games that ended after the last report
-        report = ("stats", version * args.batch_size, episodes, last_stats)
-        if handle is not None:
-            handle(rank, report)
-        else:
-            sends.append(comm.isend(report, dest=0, tag=TAG_WORKER))
+        report(("stats", version * args.batch_size, episodes, last_stats))
     envs.close()
     if handle is None:
         MPI.Request.Waitall([*sends, comm.isend(("done",), dest=0, tag=TAG_WORKER)])
     sps = (updates - warm[1]) * args.batch_size / (time.time() - warm[0]) if warm else None
     print(f"[worker {rank}] {updates} updates in {time.time() - began:.1f} s", flush=True)
-    return {"stopped": bool(stop_requested), "updates": updates, "sps": sps}
+    return {"stopped": bool(signalled), "updates": updates, "sps": sps}
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing, identical in the four scripts (tests/test_scripts.py keeps it so): input checks, set-up,
+# logging, progress, the stop signal, checkpoint files, evaluation, the entry point
+# ---------------------------------------------------------------------------------------------
+def checked_input(comm, args: Args) -> Optional[dict]:
+    """Collective: finalize_args, then the checkpoint to start from (--resume or --eval-checkpoint).
+    Bad input on any rank: rank 0 says it once and every rank exits with 2, before anything is written."""
+    problem, ckpt = None, None
+    try:
+        finalize_args(args, comm.Get_size())
+        ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
+    except ConfigError as e:
+        problem = str(e)
+    fail_together(comm, problem)
+    return ckpt
+
+
+def fail_together(comm, problem: Optional[str]) -> None:
+    """Collective: if any rank found bad input, rank 0 says it once and every rank exits with 2."""
+    problems = comm.allgather(problem)
+    found = sorted({p for p in problems if p})
+    if found:
+        if comm.Get_rank() == 0:
+            for p in found:
+                ranks = [r for r, q in enumerate(problems) if q == p]
+                where = "" if len(ranks) == comm.Get_size() else f" (rank {', '.join(map(str, ranks))})"
+                print(f"error: {p}{where}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def check_env_id(env_id: str) -> None:
+    if env_id not in envpool.list_all_envs():
+        raise ConfigError(f"unknown env id {env_id!r}: envpool.list_all_envs() lists the valid ones")
+    if type(envpool.make_spec(env_id)).__name__ != "AtariEnvSpec":
+        raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
+
+
+def node_threads(comm) -> tuple[int, int]:
+    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_size, local_rank = local.Get_size(), local.Get_rank()
+    local.Free()
+    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
+
+
+def set_up(comm, args: Args) -> tuple[torch.device, int, int, str, Path]:
+    """Threads (by default this node's cores divided among its ranks), seeds, the device (CUDA when
+    present), and the run's name and directory (made by rank 0). Returns (device, torch threads, env
+    threads, run name, run directory)."""
+    rank = comm.Get_rank()
+    default_threads, local_rank = node_threads(comm)
+    torch_threads = args.torch_threads or default_threads
+    env_threads = args.env_threads or default_threads
+    torch.set_num_threads(torch_threads)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
+    use_cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
+    run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
+    run_dir = Path("runs") / run_name
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return device, torch_threads, env_threads, run_name, run_dir
+
+
+def open_writer(args: Args, run_name: str, run_dir: Path):
+    """Rank 0: TensorBoard events in run_dir (mirrored to W&B with --track), the arguments as text
+    and in config.json (which the benchmark report reads)."""
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            group=args.wandb_group,
+            tags=[ALGO, f"sims{args.total_envs}", *args.wandb_tags],
+            sync_tensorboard=True,
+            config=asdict(args),
+            name=run_name,
+            save_code=True,
+        )
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir))
+    table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    (run_dir / "config.json").write_text(json.dumps({"algorithm": ALGO, **asdict(args)}, indent=1))
+    return writer
+
+
+def log_scalars(writer, global_step: int, scalars: dict) -> None:
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value, global_step)
+
+
+def log_episodes(writer, episodes: list, recent_returns: deque) -> None:
+    """Episodes as (global step at its end, raw return, length), in the order of their steps."""
+    for step_at, ret, length in sorted(episodes):
+        writer.add_scalar("charts/episodic_return", ret, step_at)
+        writer.add_scalar("charts/episodic_length", length, step_at)
+        recent_returns.append(ret)
+
+
+def close_writer(writer, args: Args) -> None:
+    writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish()
+
+
+class Progress:
+    """Rank 0's progress line every --print-every seconds (steps, share done, SPS, ETA, recent
+    return), and the run's SPS measured from its 10th update on (start-up excluded)."""
+
+    def __init__(self, start_step: int, total_steps: int, print_every: float, prints: bool):
+        self.start_step, self.total_steps, self.print_every, self.prints = start_step, total_steps, print_every, prints
+        self.start_time = self.last_print = time.time()
+        self.recent_returns: deque = deque(maxlen=20)
+        self.updates, self.warm = 0, None
+
+    def sps(self, global_step: int) -> int:
+        return int((global_step - self.start_step) / max(time.time() - self.start_time, 1e-9))
+
+    def update(self, global_step: int, last: bool = False) -> None:
+        self.updates += 1
+        if self.updates == 10:
+            self.warm = (time.time(), global_step)
+        if self.prints and (last or time.time() - self.last_print >= self.print_every):
+            self.last_print = time.time()
+            sps = self.sps(global_step)
+            left = int((self.total_steps - global_step) / sps) if sps else 0
+            eta = f"{left // 3600}h{left % 3600 // 60:02d}m" if left >= 3600 else f"{left // 60}m{left % 60:02d}s"
+            share = 100 * global_step / self.total_steps
+            recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
+            print(f"global_step {global_step}/{self.total_steps} ({share:.1f}%)  SPS {sps}  ETA {eta}  "
+                  f"recent return {recent}", flush=True)  # fmt: skip
+
+    def warm_sps(self, global_step: int, end_time: float) -> Optional[float]:
+        if self.warm is None or end_time <= self.warm[0]:
+            return None
+        return (global_step - self.warm[1]) / (end_time - self.warm[0])
+
+
+class StopSignal:
+    """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C): truthy once received. The
+    job then stops at the end of an update with a checkpoint and exits 0."""
+
+    def __init__(self):
+        self.received = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        self.received = True
+
+    def __bool__(self) -> bool:
+        return self.received
+
+
+def write_summary(run_dir: Path, global_step: int, stopped: bool, sps: Optional[float]) -> dict:
+    """Rank 0: runs/<run_name>/summary.json, what the benchmark runner reads (steps, stopped by a
+    signal or not, SPS); returns it."""
+    summary = {"algorithm": ALGO, "global_step": int(global_step), "stopped": bool(stopped), "sps": sps}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: write a temporary file beside the target, flush it to disk, then rename it over the
+    target. A kill at any point leaves either the previous checkpoint or the new one, never a mix;
+    the next save removes a temporary file left by a killed writer."""
+    for stale in path.parent.glob(path.name + ".tmp*"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state(device: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def checkpoint_due(args: Args, global_step: int, steps: int) -> bool:
+    """--save-model with --checkpoint-every N: the last `steps` steps crossed a multiple of N."""
+    every = args.checkpoint_every
+    return args.save_model and every > 0 and global_step // every != (global_step - steps) // every
+
+
+def read_checkpoint(path: Path, args: Args, name: str) -> dict:
+    """A checkpoint file of this algorithm for this game, or ConfigError (`name` is how messages call it)."""
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {name!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"checkpoint {name!r} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("algorithm") != ALGO:
+        found = ckpt.get("algorithm") if isinstance(ckpt, dict) else None
+        raise ConfigError(f"checkpoint {name!r} is from {found!r}, not {ALGO!r}")
+    if ckpt["env_id"] != args.env_id:
+        raise ConfigError(f"checkpoint {name!r} is for {ckpt['env_id']}, not --env-id {args.env_id}")
+    return ckpt
+
+
+def evaluate(agent, env_id, episodes, greedy, seed, threads, device) -> np.ndarray:
+    """Raw returns of `episodes` full games (no episodic life, no reward clipping), one per simulator,
+    so that short games are not over-counted."""
+    envs = make_env(env_id, episodes, seed, threads, train=False)
+    obs, _ = envs.reset()
+    returns, done = np.zeros(episodes), np.zeros(episodes, dtype=bool)
+    running = np.zeros(episodes)
+    while not done.all():
+        with torch.no_grad():
+            logits, _ = agent(torch.from_numpy(obs).to(device))
+        action = logits.argmax(1) if greedy else Categorical(logits=logits).sample()
+        obs, _, _, truncated, info = envs.step(action.cpu().numpy())
+        running += info["reward"]
+        ended = (info["terminated"].astype(bool) | truncated) & ~done
+        returns[ended] = running[ended]
+        done |= ended
+    envs.close()
+    return returns
+
+
+def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
+    """Rank r plays games r, r + world, ...; rank 0 gathers and summarises (argmax and sampled)."""
+    results = {}
+    mine = len(range(comm.Get_rank(), args.eval_episodes, comm.Get_size()))
+    for mode in ("argmax", "sampled"):
+        seed = int(np.random.SeedSequence([args.seed, comm.Get_rank(), seed_base]).generate_state(1)[0] >> 1)
+        local = evaluate(agent, args.env_id, mine, mode == "argmax", seed, threads, device) if mine else np.zeros(0)
+        gathered = comm.gather(local, root=0)
+        if comm.Get_rank() == 0:
+            returns = np.concatenate(gathered)
+            results[mode] = {
+                "mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()
+            }  # fmt: skip
+    return results
 
 
 def report_eval(results: dict, args: Args, run_dir: Path, writer=None, global_step: int = 0) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "eval.json").write_text(json.dumps({"env_id": args.env_id, **results}, indent=1))
     for mode, r in results.items():
-        print(f"eval {mode}: mean {r['mean']:.2f} median {r['median']:.2f} over {len(r['returns'])} games", flush=True)
+        games = len(r["returns"])
+        print(f"eval {mode}: mean {r['mean']:.2f} median {r['median']:.2f} over {games} games", flush=True)
         if writer is not None:
             writer.add_scalar(f"eval/{mode}_return_mean", r["mean"], global_step)
             writer.add_scalar(f"eval/{mode}_return_median", r["median"], global_step)
 
 
-def run(args: Args) -> None:
-    """Any exception on any rank: print it with the rank, then abort the whole MPI job."""
+def main(args: Args) -> None:
+    """The entry point: train; an exception on any rank is printed with the rank and aborts the whole
+    MPI job (a rank never waits for one that died)."""
     try:
-        main(args)
+        train(args)
     except Exception:
         import traceback
 
@@ -792,4 +918,4 @@ def run(args: Args) -> None:
 if __name__ == "__main__":
     import tyro
 
-    run(tyro.cli(Args))
+    main(tyro.cli(Args))

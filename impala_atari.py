@@ -153,13 +153,6 @@ class ConfigError(Exception):
 # ---------------------------------------------------------------------------------------------
 # Environment
 # ---------------------------------------------------------------------------------------------
-def check_env_id(env_id: str) -> None:
-    if env_id not in envpool.list_all_envs():
-        raise ConfigError(f"unknown env id {env_id!r}: envpool.list_all_envs() lists the valid ones")
-    if type(envpool.make_spec(env_id)).__name__ != "AtariEnvSpec":
-        raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
-
-
 def make_env(env_id: str, num_envs: int, seed: int, threads: int, train: bool = True):
     """envpool Atari with the DeepMind settings: 84x84 gray, 4-frame stack, frame skip 4, up to 30
     no-ops; for training also episodic life and reward clipping (evaluation plays the real game)."""
@@ -272,7 +265,8 @@ class Unroll:
         floats, offset = self.buf[obs_bytes:].view(np.float32), 0
         for name, size in sizes.items():
             view = floats[offset : offset + size]
-            setattr(self, name, view.reshape(T, N, num_actions) if name == "logits" else view.reshape(T, N) if size > 1 else view)
+            setattr(self, name, view.reshape(T, N, num_actions) if name == "logits"
+                    else view.reshape(T, N) if size > 1 else view)  # fmt: skip
             offset += size
 
 
@@ -334,7 +328,8 @@ def impala_update(agent, optimizer, batch: dict, args: Args) -> dict:
     n = max(valid.sum().item(), 1.0)  # logged as means over the valid samples; the step above used the sums
     return {"losses/policy_loss": policy.item() / n, "losses/value_loss": baseline.item() / n,
             "losses/entropy": entropy.item() / n,
-            "vtrace/rho_mean": ratios.mean().item(), "vtrace/rho_clipped_frac": (ratios > args.rho_bar).float().mean().item()}  # fmt: skip
+            "vtrace/rho_mean": ratios.mean().item(),
+            "vtrace/rho_clipped_frac": (ratios > args.rho_bar).float().mean().item()}  # fmt: skip
 
 
 def to_batch(unrolls: list[Unroll], device: torch.device) -> dict:
@@ -420,7 +415,8 @@ class Learner:
         self.comm, self.args, self.flat = comm, args, flat
         self.actors = list(range(1, comm.Get_size()))
         per_batch = args.batch_size // args.num_envs
-        self.pool = [Unroll(args.unroll_length, args.num_envs, num_actions) for _ in range(len(self.actors) + 2 * per_batch)]
+        pool_size = len(self.actors) + 2 * per_batch
+        self.pool = [Unroll(args.unroll_length, args.num_envs, num_actions) for _ in range(pool_size)]
         self.posted: dict[int, Unroll] = {}  # actor -> the buffer its posted receive writes into
         self.reqs = {a: MPI.REQUEST_NULL for a in self.actors}
         self.waiting: deque = deque(self.actors)  # actors with no receive posted
@@ -537,10 +533,378 @@ def broadcast_parameters(comm, agent) -> None:
     comm.Bcast(flat, root=0)
     nn.utils.vector_to_parameters(torch.from_numpy(flat).to(next(agent.parameters()).device), agent.parameters())
 
+# ---------------------------------------------------------------------------------------------
+# Arguments and the checkpoint to start from
+# ---------------------------------------------------------------------------------------------
+def finalize_args(args: Args, world_size: int) -> None:
+    """Checks the input (ConfigError) and fills the runtime fields."""
+    check_env_id(args.env_id)
+    if args.num_envs < 1:
+        raise ConfigError(f"--num-envs must be at least 1, got {args.num_envs}")
+    if args.log_every < 1:
+        raise ConfigError(f"--log-every must be at least 1, got {args.log_every}")
+    if args.unroll_length < 1:
+        raise ConfigError(f"--unroll-length must be at least 1, got {args.unroll_length}")
+    if args.max_inflight < 1:
+        raise ConfigError(f"--max-inflight must be at least 1, got {args.max_inflight}")
+    if args.batch_size < args.num_envs:
+        raise ConfigError(
+            f"--batch-size {args.batch_size} is below one unroll ({args.num_envs} trajectories, --num-envs)"
+        )
+    if args.batch_size % args.num_envs:
+        raise ConfigError(
+            f"--batch-size {args.batch_size} must be a multiple of --num-envs {args.num_envs} (whole unrolls)"
+        )
+    if world_size == 1 and not args.single_process and args.eval_checkpoint is None:
+        raise ConfigError(
+            "IMPALA needs at least 2 ranks, a learner (rank 0) and an actor: `mpirun -np 3 python impala_atari.py`; "
+            "--single-process alternates acting and learning in one process"
+        )
+    if world_size > 1 and args.single_process:
+        raise ConfigError(f"--single-process runs without mpirun, not on {world_size} ranks")
+    args.world_size = world_size
+    args.num_actors = max(world_size - 1, 1)
+    args.total_envs = args.num_actors * args.num_envs
+    if args.learning_rate is None:
+        args.learning_rate = 6e-4
+    if args.eval_checkpoint is not None:
+        args.eval_episodes = args.eval_episodes or 10
+        return
+    args.num_updates = args.total_timesteps // (args.batch_size * args.unroll_length)
+    if args.num_updates < 1:
+        raise ConfigError(
+            f"--total-timesteps {args.total_timesteps} is below one update "
+            f"({args.batch_size} trajectories x {args.unroll_length} steps = {args.batch_size * args.unroll_length})"
+        )
+
+
+def load_checkpoint(path: str, args: Args) -> dict:
+    return read_checkpoint(Path(path), args, path)
+
+
+def start_checkpoint(args: Args, world_size: int, rank: int) -> Optional[dict]:
+    """The checkpoint to evaluate (--eval-checkpoint) or to resume (--resume, written by this world
+    size, --num-envs, --batch-size and --unroll-length), or None."""
+    if args.eval_checkpoint is not None:
+        return load_checkpoint(args.eval_checkpoint, args)
+    if args.resume is None:
+        return None
+    ckpt = load_checkpoint(args.resume, args)
+    if (ckpt["world_size"], ckpt["num_envs"]) != (world_size, args.num_envs):
+        raise ConfigError(
+            f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
+            f"this run has {world_size} x {args.num_envs}"
+        )
+    saved = (ckpt["args"]["batch_size"], ckpt["args"]["unroll_length"])
+    if saved != (args.batch_size, args.unroll_length):
+        raise ConfigError(
+            f"checkpoint {args.resume!r} counts updates of {saved[0]} x {saved[1]} steps, "
+            f"this run has --batch-size {args.batch_size} --unroll-length {args.unroll_length}"
+        )
+    return ckpt
+
+
+def resume(ckpt: dict, optimizer, args: Args) -> None:
+    """The learner: restores the optimizer and the torch RNG from a --resume checkpoint."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
+
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints, evaluation, set-up helpers
+# Training: set-up, the actors or the learner's loop, teardown
 # ---------------------------------------------------------------------------------------------
+def train(args: Args) -> dict:
+    comm = MPI.COMM_WORLD
+    rank, world_size = comm.Get_rank(), comm.Get_size()
+    ckpt = checked_input(comm, args)
+    device, torch_threads, env_threads, run_name, run_dir = set_up(comm, args)
+    if rank == 0:
+        print(
+            f"{ALGO}: " + (f"1 learner + {args.num_actors} actor(s)" if world_size > 1 else
+                           "one process: actor and learner alternate (no MPI)")
+            + f" x {args.num_envs} envs on {device} ({torch_threads} torch / {env_threads} env threads per rank), "
+            f"lr {args.learning_rate:.3g}, batch {args.batch_size} x {args.unroll_length}",
+            flush=True,
+        )  # fmt: skip
+    num_actions = envpool.make_spec(args.env_id).action_space.n
+    agent = Agent(num_actions).to(device)
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["model"])
+    broadcast_parameters(comm, agent)
+    flat = flatten_parameters(agent)
+    if args.eval_checkpoint is not None:  # evaluation only
+        results = evaluate_all_ranks(comm, agent, args, ckpt["global_step"], env_threads, device)
+        if rank == 0:
+            report_eval(results, args, run_dir)
+        return {"eval": results}
+
+    signalled = StopSignal()  # the learner stops the job; actors wait for its word
+    start_update = ckpt["update"] if ckpt else 0
+    env_seed = int(np.random.SeedSequence([args.seed, rank, start_update]).generate_state(1)[0] >> 1)
+    actor = Actor(args, agent, env_seed, env_threads, device) if world_size == 1 or rank > 0 else None
+    if rank > 0:
+        summary = run_actor(comm, args, agent, flat, actor, start_update)
+        return finish_ranks(comm, args, agent, None, run_dir, env_threads, device, summary, False, 0)
+
+    # The learner (rank 0), or actor and learner in turn in a world of one.
+    optimizer = torch.optim.RMSprop(
+        agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps, momentum=0.0
+    )
+    if ckpt is not None:
+        resume(ckpt, optimizer, args)
+    writer = open_writer(args, run_name, run_dir)
+    steps_per_update = args.batch_size * args.unroll_length
+    ckpt_path = run_dir / "checkpoint.pt"
+
+    def checkpoint(update: int) -> None:
+        save_checkpoint(ckpt_path, {
+            "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
+            "update": update, "global_step": update * steps_per_update, "model": agent.state_dict(),
+            "optimizer": optimizer.state_dict(), "args": asdict(args), "rng": {"torch": torch.get_rng_state()},
+        })  # fmt: skip
+
+    learner = Learner(comm, args, flat, num_actions) if world_size > 1 else None
+    local = [Unroll(args.unroll_length, args.num_envs, num_actions) for _ in range(args.batch_size // args.num_envs)]
+    progress = Progress(start_update * steps_per_update, args.num_updates * steps_per_update, args.print_every, True)
+
+    update, stop = start_update, False
+    global_step = update * steps_per_update
+    while update < args.num_updates and not stop:
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - update / args.num_updates)
+        if learner is None:
+            found = [e for u in local for e in actor.unroll(u, update)]
+            unrolls, depth = local, 0
+        else:
+            unrolls, depth = learner.next_batch(len(local))
+            found = learner.receive_episodes()
+        batch, lag = read_batch(unrolls, update, device, learner.release if learner else None)
+        metrics = impala_update(agent, optimizer, batch, args)
+        if rank_is_slow(comm, args) and world_size > 1:
+            time.sleep(args.debug_slow_seconds)
+        update += 1
+        global_step = update * steps_per_update
+        if learner is not None:
+            learner.publish(update)
+        log_episodes(writer, [(global_step, ret, length) for ret, length in found], progress.recent_returns)
+        stop = bool(signalled)
+        if update % args.log_every == 0 or update == args.num_updates or stop:
+            idle = (learner.idle if learner else 0.0) / (time.time() - progress.start_time)
+            log_scalars(writer, global_step, {
+                "charts/SPS": progress.sps(global_step), "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                **metrics, "impala/policy_lag": lag, "impala/queue_depth": depth, "impala/learner_idle_frac": idle,
+            })  # fmt: skip
+        if checkpoint_due(args, global_step, steps_per_update):
+            checkpoint(update)
+        progress.update(global_step, last=update == args.num_updates)
+
+    # Teardown: the actors stopped (every message read), the final checkpoint (at the end with
+    # --save-model, or when stopped), the final parameters to every rank, evaluation.
+    end_time = time.time()
+    idle = (learner.idle if learner else 0.0) / (end_time - progress.start_time)
+    summary = {"global_step": global_step, "run_dir": str(run_dir), "stopped": stop, "idle_frac": idle,
+               "sps": progress.warm_sps(global_step, end_time)}  # fmt: skip
+    if learner is not None:
+        found = learner.stop_actors()
+        log_episodes(writer, [(global_step, ret, length) for ret, length in found], progress.recent_returns)
+        print("learner: unrolls received per actor " + ", ".join(f"{a}: {n}" for a, n in learner.received.items())
+              + f"; idle {idle:.0%} of the time", flush=True)  # fmt: skip
+    if args.save_model or stop:
+        checkpoint(update)
+        print(f"{'stopped by signal at ' if stop else ''}global_step {global_step}: checkpoint {ckpt_path}", flush=True)
+    if actor is not None:
+        actor.envs.close()
+    return finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary, stop, global_step)
+
+
+def finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary, stop, global_step) -> dict:
+    """Collective teardown: the learner's final parameters reach every rank, which all evaluate; the
+    learner (which holds the writer) writes summary.json."""
+    stop = comm.bcast(stop, root=0)
+    broadcast_parameters(comm, agent)
+    if args.eval_episodes and not stop:
+        results = evaluate_all_ranks(comm, agent, args, args.num_updates, env_threads, device)
+        if comm.Get_rank() == 0:
+            report_eval(results, args, run_dir, writer, global_step)
+        summary["eval"] = results
+    if writer is not None:
+        write_summary(run_dir, global_step, stop, summary["sps"])
+        close_writer(writer, args)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing, identical in the four scripts (tests/test_scripts.py keeps it so): input checks, set-up,
+# logging, progress, the stop signal, checkpoint files, evaluation, the entry point
+# ---------------------------------------------------------------------------------------------
+def checked_input(comm, args: Args) -> Optional[dict]:
+    """Collective: finalize_args, then the checkpoint to start from (--resume or --eval-checkpoint).
+    Bad input on any rank: rank 0 says it once and every rank exits with 2, before anything is written."""
+    problem, ckpt = None, None
+    try:
+        finalize_args(args, comm.Get_size())
+        ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
+    except ConfigError as e:
+        problem = str(e)
+    fail_together(comm, problem)
+    return ckpt
+
+
+def fail_together(comm, problem: Optional[str]) -> None:
+    """Collective: if any rank found bad input, rank 0 says it once and every rank exits with 2."""
+    problems = comm.allgather(problem)
+    found = sorted({p for p in problems if p})
+    if found:
+        if comm.Get_rank() == 0:
+            for p in found:
+                ranks = [r for r, q in enumerate(problems) if q == p]
+                where = "" if len(ranks) == comm.Get_size() else f" (rank {', '.join(map(str, ranks))})"
+                print(f"error: {p}{where}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def check_env_id(env_id: str) -> None:
+    if env_id not in envpool.list_all_envs():
+        raise ConfigError(f"unknown env id {env_id!r}: envpool.list_all_envs() lists the valid ones")
+    if type(envpool.make_spec(env_id)).__name__ != "AtariEnvSpec":
+        raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
+
+
+def node_threads(comm) -> tuple[int, int]:
+    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_size, local_rank = local.Get_size(), local.Get_rank()
+    local.Free()
+    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
+
+
+def set_up(comm, args: Args) -> tuple[torch.device, int, int, str, Path]:
+    """Threads (by default this node's cores divided among its ranks), seeds, the device (CUDA when
+    present), and the run's name and directory (made by rank 0). Returns (device, torch threads, env
+    threads, run name, run directory)."""
+    rank = comm.Get_rank()
+    default_threads, local_rank = node_threads(comm)
+    torch_threads = args.torch_threads or default_threads
+    env_threads = args.env_threads or default_threads
+    torch.set_num_threads(torch_threads)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
+    use_cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
+    run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
+    run_dir = Path("runs") / run_name
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return device, torch_threads, env_threads, run_name, run_dir
+
+
+def open_writer(args: Args, run_name: str, run_dir: Path):
+    """Rank 0: TensorBoard events in run_dir (mirrored to W&B with --track), the arguments as text
+    and in config.json (which the benchmark report reads)."""
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            group=args.wandb_group,
+            tags=[ALGO, f"sims{args.total_envs}", *args.wandb_tags],
+            sync_tensorboard=True,
+            config=asdict(args),
+            name=run_name,
+            save_code=True,
+        )
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir))
+    table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    (run_dir / "config.json").write_text(json.dumps({"algorithm": ALGO, **asdict(args)}, indent=1))
+    return writer
+
+
+def log_scalars(writer, global_step: int, scalars: dict) -> None:
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value, global_step)
+
+
+def log_episodes(writer, episodes: list, recent_returns: deque) -> None:
+    """Episodes as (global step at its end, raw return, length), in the order of their steps."""
+    for step_at, ret, length in sorted(episodes):
+        writer.add_scalar("charts/episodic_return", ret, step_at)
+        writer.add_scalar("charts/episodic_length", length, step_at)
+        recent_returns.append(ret)
+
+
+def close_writer(writer, args: Args) -> None:
+    writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish()
+
+
+class Progress:
+    """Rank 0's progress line every --print-every seconds (steps, share done, SPS, ETA, recent
+    return), and the run's SPS measured from its 10th update on (start-up excluded)."""
+
+    def __init__(self, start_step: int, total_steps: int, print_every: float, prints: bool):
+        self.start_step, self.total_steps, self.print_every, self.prints = start_step, total_steps, print_every, prints
+        self.start_time = self.last_print = time.time()
+        self.recent_returns: deque = deque(maxlen=20)
+        self.updates, self.warm = 0, None
+
+    def sps(self, global_step: int) -> int:
+        return int((global_step - self.start_step) / max(time.time() - self.start_time, 1e-9))
+
+    def update(self, global_step: int, last: bool = False) -> None:
+        self.updates += 1
+        if self.updates == 10:
+            self.warm = (time.time(), global_step)
+        if self.prints and (last or time.time() - self.last_print >= self.print_every):
+            self.last_print = time.time()
+            sps = self.sps(global_step)
+            left = int((self.total_steps - global_step) / sps) if sps else 0
+            eta = f"{left // 3600}h{left % 3600 // 60:02d}m" if left >= 3600 else f"{left // 60}m{left % 60:02d}s"
+            share = 100 * global_step / self.total_steps
+            recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
+            print(f"global_step {global_step}/{self.total_steps} ({share:.1f}%)  SPS {sps}  ETA {eta}  "
+                  f"recent return {recent}", flush=True)  # fmt: skip
+
+    def warm_sps(self, global_step: int, end_time: float) -> Optional[float]:
+        if self.warm is None or end_time <= self.warm[0]:
+            return None
+        return (global_step - self.warm[1]) / (end_time - self.warm[0])
+
+
+class StopSignal:
+    """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C): truthy once received. The
+    job then stops at the end of an update with a checkpoint and exits 0."""
+
+    def __init__(self):
+        self.received = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        self.received = True
+
+    def __bool__(self) -> bool:
+        return self.received
+
+
+def write_summary(run_dir: Path, global_step: int, stopped: bool, sps: Optional[float]) -> dict:
+    """Rank 0: runs/<run_name>/summary.json, what the benchmark runner reads (steps, stopped by a
+    signal or not, SPS); returns it."""
+    summary = {"algorithm": ALGO, "global_step": int(global_step), "stopped": bool(stopped), "sps": sps}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic: write a temporary file beside the target, flush it to disk, then rename it over the
     target. A kill at any point leaves either the previous checkpoint or the new one, never a mix;
@@ -555,18 +919,35 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str, args: Args) -> dict:
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path!r} does not exist")
+def rng_state(device: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def checkpoint_due(args: Args, global_step: int, steps: int) -> bool:
+    """--save-model with --checkpoint-every N: the last `steps` steps crossed a multiple of N."""
+    every = args.checkpoint_every
+    return args.save_model and every > 0 and global_step // every != (global_step - steps) // every
+
+
+def read_checkpoint(path: Path, args: Args, name: str) -> dict:
+    """A checkpoint file of this algorithm for this game, or ConfigError (`name` is how messages call it)."""
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {name!r} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ConfigError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"checkpoint {name!r} cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("algorithm") != ALGO:
         found = ckpt.get("algorithm") if isinstance(ckpt, dict) else None
-        raise ConfigError(f"checkpoint {path!r} is from {found!r}, not {ALGO!r}")
+        raise ConfigError(f"checkpoint {name!r} is from {found!r}, not {ALGO!r}")
     if ckpt["env_id"] != args.env_id:
-        raise ConfigError(f"checkpoint {path!r} is for {ckpt['env_id']}, not --env-id {args.env_id}")
+        raise ConfigError(f"checkpoint {name!r} is for {ckpt['env_id']}, not --env-id {args.env_id}")
     return ckpt
 
 
@@ -600,281 +981,28 @@ def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
         gathered = comm.gather(local, root=0)
         if comm.Get_rank() == 0:
             returns = np.concatenate(gathered)
-            results[mode] = {"mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()}
+            results[mode] = {
+                "mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()
+            }  # fmt: skip
     return results
-
-
-def fail_together(comm, problem: Optional[str]) -> None:
-    """Collective: if any rank found bad input, rank 0 says it once and every rank exits with 2."""
-    problems = comm.allgather(problem)
-    found = sorted({p for p in problems if p})
-    if found:
-        if comm.Get_rank() == 0:
-            for p in found:
-                ranks = [r for r, q in enumerate(problems) if q == p]
-                where = "" if len(ranks) == comm.Get_size() else f" (rank {', '.join(map(str, ranks))})"
-                print(f"error: {p}{where}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
-def node_threads(comm) -> tuple[int, int]:
-    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_size, local_rank = local.Get_size(), local.Get_rank()
-    local.Free()
-    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
-
-
-def finalize_args(args: Args, world_size: int) -> Optional[dict]:
-    """Checks the input and fills the runtime fields; returns the checkpoint to resume, if any."""
-    check_env_id(args.env_id)
-    if args.num_envs < 1:
-        raise ConfigError(f"--num-envs must be at least 1, got {args.num_envs}")
-    if args.log_every < 1:
-        raise ConfigError(f"--log-every must be at least 1, got {args.log_every}")
-    if args.unroll_length < 1:
-        raise ConfigError(f"--unroll-length must be at least 1, got {args.unroll_length}")
-    if args.max_inflight < 1:
-        raise ConfigError(f"--max-inflight must be at least 1, got {args.max_inflight}")
-    if args.batch_size < args.num_envs:
-        raise ConfigError(f"--batch-size {args.batch_size} is below one unroll ({args.num_envs} trajectories, --num-envs)")
-    if args.batch_size % args.num_envs:
-        raise ConfigError(f"--batch-size {args.batch_size} must be a multiple of --num-envs {args.num_envs} (whole unrolls)")
-    if world_size == 1 and not args.single_process and args.eval_checkpoint is None:
-        raise ConfigError(
-            "IMPALA needs at least 2 ranks, a learner (rank 0) and an actor: `mpirun -np 3 python impala_atari.py`; "
-            "--single-process alternates acting and learning in one process"
-        )
-    if world_size > 1 and args.single_process:
-        raise ConfigError(f"--single-process runs without mpirun, not on {world_size} ranks")
-    args.world_size = world_size
-    args.num_actors = max(world_size - 1, 1)
-    args.total_envs = args.num_actors * args.num_envs
-    if args.learning_rate is None:
-        args.learning_rate = 6e-4
-    if args.eval_checkpoint is not None:
-        args.eval_episodes = args.eval_episodes or 10
-        return load_checkpoint(args.eval_checkpoint, args)
-    args.num_updates = args.total_timesteps // (args.batch_size * args.unroll_length)
-    if args.num_updates < 1:
-        raise ConfigError(
-            f"--total-timesteps {args.total_timesteps} is below one update "
-            f"({args.batch_size} trajectories x {args.unroll_length} steps = {args.batch_size * args.unroll_length})"
-        )
-    if args.resume is None:
-        return None
-    ckpt = load_checkpoint(args.resume, args)
-    if (ckpt["world_size"], ckpt["num_envs"]) != (world_size, args.num_envs):
-        raise ConfigError(
-            f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
-            f"this run has {world_size} x {args.num_envs}"
-        )
-    saved = (ckpt["args"]["batch_size"], ckpt["args"]["unroll_length"])
-    if saved != (args.batch_size, args.unroll_length):
-        raise ConfigError(
-            f"checkpoint {args.resume!r} counts updates of {saved[0]} x {saved[1]} steps, "
-            f"this run has --batch-size {args.batch_size} --unroll-length {args.unroll_length}"
-        )
-    return ckpt
-
-
-# ---------------------------------------------------------------------------------------------
-# Main
-# ---------------------------------------------------------------------------------------------
-def main(args: Args) -> dict:
-    comm = MPI.COMM_WORLD
-    rank, world_size = comm.Get_rank(), comm.Get_size()
-    problem, ckpt = None, None
-    try:
-        ckpt = finalize_args(args, world_size)
-    except ConfigError as e:
-        problem = str(e)
-    fail_together(comm, problem)
-
-    default_threads, local_rank = node_threads(comm)
-    torch_threads = args.torch_threads or default_threads
-    env_threads = args.env_threads or default_threads
-    torch.set_num_threads(torch_threads)
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed + rank)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
-    use_cuda = args.cuda and torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
-    run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
-    run_dir = Path("runs") / run_name
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        print(
-            f"{ALGO}: " + (f"1 learner + {args.num_actors} actor(s)" if world_size > 1 else
-                           "one process: actor and learner alternate (no MPI)")
-            + f" x {args.num_envs} envs on {device} ({torch_threads} torch / {env_threads} env threads per rank), "
-            f"lr {args.learning_rate:.3g}, batch {args.batch_size} x {args.unroll_length}",
-            flush=True,
-        )  # fmt: skip
-
-    num_actions = envpool.make_spec(args.env_id).action_space.n
-    agent = Agent(num_actions).to(device)
-    if ckpt is not None:
-        agent.load_state_dict(ckpt["model"])
-    broadcast_parameters(comm, agent)
-    flat = flatten_parameters(agent)
-
-    if args.eval_checkpoint is not None:  # evaluation only
-        results = evaluate_all_ranks(comm, agent, args, ckpt["global_step"], env_threads, device)
-        if rank == 0:
-            report_eval(results, args, run_dir)
-        return {"eval": results}
-
-    stop_requested = []
-    for sig in (signal.SIGTERM, signal.SIGINT):  # the learner stops the job; actors wait for its word
-        signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
-    env_seed = int(np.random.SeedSequence([args.seed, rank, ckpt["update"] if ckpt else 0]).generate_state(1)[0] >> 1)
-    actor = Actor(args, agent, env_seed, env_threads, device) if world_size == 1 or rank > 0 else None
-    if rank > 0:
-        summary = run_actor(comm, args, agent, flat, actor, ckpt["update"] if ckpt else 0)
-        return finish_ranks(comm, args, agent, None, run_dir, env_threads, device, summary, False, 0)
-
-    # The learner (rank 0), or actor and learner in turn in a world of one.
-    optimizer = torch.optim.RMSprop(
-        agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps, momentum=0.0
-    )
-    start_update = 0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_update = ckpt["update"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
-
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            group=args.wandb_group,
-            tags=[ALGO, f"sims{args.total_envs}", *args.wandb_tags],
-            sync_tensorboard=True,
-            config=asdict(args),
-            name=run_name,
-            save_code=True,
-        )
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
-    (run_dir / "config.json").write_text(json.dumps({"algorithm": ALGO, **asdict(args)}, indent=1))
-
-    def checkpoint(update: int) -> None:
-        state = {
-            "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
-            "update": update, "global_step": update * steps_per_update, "model": agent.state_dict(),
-            "optimizer": optimizer.state_dict(), "args": asdict(args), "rng": {"torch": torch.get_rng_state()},
-        }  # fmt: skip
-        save_checkpoint(run_dir / "checkpoint.pt", state)
-
-    learner = Learner(comm, args, flat, num_actions) if world_size > 1 else None
-    local = [Unroll(args.unroll_length, args.num_envs, num_actions) for _ in range(args.batch_size // args.num_envs)]
-    steps_per_update = args.batch_size * args.unroll_length
-    recent_returns = deque(maxlen=20)
-
-    def log_episodes(found: list, step: int) -> None:
-        for ret, length in found:
-            writer.add_scalar("charts/episodic_return", ret, step)
-            writer.add_scalar("charts/episodic_length", length, step)
-            recent_returns.append(ret)
-
-    start_time = last_print = time.time()
-    warm_time, warm_step = None, 0
-    update, stop = start_update, False
-    global_step = update * steps_per_update
-    while update < args.num_updates and not stop:
-        if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - update / args.num_updates)
-        if learner is None:
-            found = [e for u in local for e in actor.unroll(u, update)]
-            unrolls, depth = local, 0
-        else:
-            unrolls, depth = learner.next_batch(len(local))
-            found = learner.receive_episodes()
-        batch, lag = read_batch(unrolls, update, device, learner.release if learner else None)
-        metrics = impala_update(agent, optimizer, batch, args)
-        if rank_is_slow(comm, args) and world_size > 1:
-            time.sleep(args.debug_slow_seconds)
-        update += 1
-        global_step = update * steps_per_update
-        if learner is not None:
-            learner.publish(update)
-        if update == start_update + 10:
-            warm_time, warm_step = time.time(), global_step
-        log_episodes(found, global_step)
-        stop = bool(stop_requested)
-        if update % args.log_every == 0 or update == args.num_updates or stop:
-            elapsed = time.time() - start_time
-            writer.add_scalar("charts/SPS", int((global_step - start_update * steps_per_update) / elapsed), global_step)
-            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            for name, value in metrics.items():
-                writer.add_scalar(name, value, global_step)
-            writer.add_scalar("impala/policy_lag", lag, global_step)
-            writer.add_scalar("impala/queue_depth", depth, global_step)
-            writer.add_scalar("impala/learner_idle_frac", (learner.idle if learner else 0.0) / elapsed, global_step)
-        if args.save_model and args.checkpoint_every and global_step // args.checkpoint_every != (global_step - steps_per_update) // args.checkpoint_every:
-            checkpoint(update)
-        if time.time() - last_print >= args.print_every or update == args.num_updates:
-            last_print = time.time()
-            mean_ret = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            sps = int((global_step - start_update * steps_per_update) / (time.time() - start_time))
-            print(f"global_step {global_step}/{args.num_updates * steps_per_update}  SPS {sps}  recent return {mean_ret}", flush=True)
-
-    end_time = time.time()
-    if learner is not None:
-        log_episodes(learner.stop_actors(), global_step)
-        print("learner: unrolls received per actor " + ", ".join(f"{a}: {n}" for a, n in learner.received.items())
-              + f"; idle {learner.idle / (end_time - start_time):.0%} of the time", flush=True)  # fmt: skip
-    if args.save_model or stop:
-        checkpoint(update)
-        print(f"{'stopped by signal; ' if stop else ''}checkpoint {run_dir / 'checkpoint.pt'}", flush=True)
-    summary = {"global_step": global_step, "run_dir": str(run_dir), "stopped": stop,
-               "idle_frac": (learner.idle if learner else 0.0) / (end_time - start_time)}  # fmt: skip
-    summary["sps"] = (global_step - warm_step) / (end_time - warm_time) if warm_time and end_time > warm_time else None
-    if actor is not None:
-        actor.envs.close()
-    return finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary, stop, global_step)
-
-
-def finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary, stop, global_step) -> dict:
-    """Collective teardown: the learner's final parameters reach every rank, which all evaluate."""
-    stop = comm.bcast(stop, root=0)
-    broadcast_parameters(comm, agent)
-    if args.eval_episodes and not stop:
-        results = evaluate_all_ranks(comm, agent, args, args.num_updates, env_threads, device)
-        if comm.Get_rank() == 0:
-            report_eval(results, args, run_dir, writer, global_step)
-        summary["eval"] = results
-    if writer is not None:
-        writer.close()
-        if args.track:
-            import wandb
-
-            wandb.finish()
-    return summary
 
 
 def report_eval(results: dict, args: Args, run_dir: Path, writer=None, global_step: int = 0) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "eval.json").write_text(json.dumps({"env_id": args.env_id, **results}, indent=1))
     for mode, r in results.items():
-        print(f"eval {mode}: mean {r['mean']:.2f} median {r['median']:.2f} over {len(r['returns'])} games", flush=True)
+        games = len(r["returns"])
+        print(f"eval {mode}: mean {r['mean']:.2f} median {r['median']:.2f} over {games} games", flush=True)
         if writer is not None:
             writer.add_scalar(f"eval/{mode}_return_mean", r["mean"], global_step)
             writer.add_scalar(f"eval/{mode}_return_median", r["median"], global_step)
 
 
-def run(args: Args) -> None:
-    """Any exception on any rank: print it with the rank, then abort the whole MPI job."""
+def main(args: Args) -> None:
+    """The entry point: train; an exception on any rank is printed with the rank and aborts the whole
+    MPI job (a rank never waits for one that died)."""
     try:
-        main(args)
+        train(args)
     except Exception:
         import traceback
 
@@ -886,4 +1014,4 @@ def run(args: Args) -> None:
 if __name__ == "__main__":
     import tyro
 
-    run(tyro.cli(Args))
+    main(tyro.cli(Args))

@@ -2,18 +2,18 @@
 `python -m benchmark report ...` turns what they wrote into tables and plots (benchmark/report.py)."""
 
 import sys
+from typing import Optional
+
+import tyro
+
+from benchmark import report, run
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("run", "report"):
-        print("usage: python -m benchmark {run,report} [--help]", file=sys.stderr)
-        return 2
-    if argv[0] == "run":
-        from benchmark.run import main as subcommand
-    else:
-        from benchmark.report import main as subcommand
-    return subcommand(argv[1:])
+def main(argv: Optional[list[str]] = None) -> int:
+    cfg = tyro.extras.subcommand_cli_from_dict(
+        {"run": run.Config, "report": report.Config}, args=argv, prog="python -m benchmark", description=__doc__
+    )
+    return run.run_experiment(cfg) if isinstance(cfg, run.Config) else report.make_report(cfg)
 
 
 if __name__ == "__main__":

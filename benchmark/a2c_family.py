@@ -51,12 +51,14 @@ def main(cfg: Config) -> None:
         staleness = [v for _, v in tags["a3c_gpu_atari.py"]["async/staleness"]]
         rows.append((num_envs, sps["a2c_allreduce_atari.py"], sps["gala_a2c_atari.py"], sps["a3c_gpu_atari.py"],
                      sum(staleness) / len(staleness)))  # fmt: skip
-    table = [f"{cfg.env_id}, {cfg.ranks} workers (A3C: + 1 store rank), {cfg.steps} global steps per run, final global SPS",
+    table = [f"{cfg.env_id}, {cfg.ranks} workers (A3C: + 1 store rank), {cfg.steps} global steps per run, "
+             "final global SPS",
              "workers x envs   A2C-allreduce   GALA-A2C   A3C   GALA/A2C   A3C/A2C   A3C mean staleness"]  # fmt: skip
     table += [f"{cfg.ranks:7d} x {n:<5d}  {a:13.0f}  {g:9.0f}  {c:4.0f}  {g / a:9.2f}  {c / a:8.2f}  {st:18.2f}"
               for n, a, g, c, st in rows]  # fmt: skip
     if cfg.disagreement_steps:
-        run_dir = launch_at(cfg, "gala_a2c_atari.py", max(cfg.num_envs), cfg.disagreement_steps, "--disagreement-every", "20")
+        run_dir = launch_at(cfg, "gala_a2c_atari.py", max(cfg.num_envs), cfg.disagreement_steps,
+                            "--disagreement-every", "20")  # fmt: skip
         tags = scalars(run_dir)
         import matplotlib
 

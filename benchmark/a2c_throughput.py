@@ -93,7 +93,7 @@ def main(cfg: Config) -> None:
     for _ in range(cfg.rounds):
         env_rate, inference_rate, train_rate = measure_parts(cfg, threads)
         ceiling = 1.0 / (1.0 / env_rate + 1.0 / inference_rate + 1.0 / train_rate)
-        sps = a2c.main(args)["sps"]
+        sps = a2c.train(args)["sps"]
         rows.append((env_rate, inference_rate, train_rate, ceiling, sps, sps / ceiling))
     print(f"threads {threads}, {cfg.env_id}, 1 rank x {cfg.num_envs} envs, {cfg.num_steps} steps per update, "
           f"{cfg.updates} updates per script run")  # fmt: skip

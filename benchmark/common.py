@@ -1,4 +1,4 @@
-"""What the benchmarks and the tests share: launching a script, reading a run's TensorBoard scalars.
+"""What the benchmarks and the tests share: launching a script, reading a run's TensorBoard scalars, the manifest.
 
 What `python -m benchmark run` (benchmark/run.py) writes and `python -m benchmark report`
 (benchmark/report.py) reads.
@@ -17,7 +17,8 @@ The four scripts at the repository's root:
   multiple of --num-envs and >= --num-envs (default 32, unroll 20). A world of one is refused
   (`--single-process` exists for debugging only).
 - The `mpirun` to use is `benchmark.common.mpirun()`; `benchmark.common.command(script, *args, np=)`
-  builds the argv; `benchmark.common.scalars(run_dir)` reads TensorBoard scalars (tag -> [(step, value)]).
+  builds the argv; `benchmark.common.scalars(run_dir)` reads TensorBoard scalars (tag -> [(step, value)]);
+  `benchmark.common.script_module(script)` imports a script (its Args and their defaults, its functions).
 
 Each script run, launched with cwd = WORKDIR, writes `WORKDIR/runs/<run_name>/` containing:
 - `config.json`: {"algorithm": ALGO, **all args} (args include env_id, seed, num_envs, total_envs
@@ -29,37 +30,44 @@ Each script run, launched with cwd = WORKDIR, writes `WORKDIR/runs/<run_name>/` 
   `eval/argmax_return_mean`, `eval/sampled_return_mean`. The event wall_time gives wall-clock.
 - `eval.json` when --eval-episodes K > 0: {"env_id", "argmax": {"mean","median","returns":[...]},
   "sampled": {...}} (argmax = Table 1 style evaluation).
+- `summary.json`, written by rank 0 at the end of every run: {"algorithm": ALGO, "global_step": int,
+  "stopped": bool (ended early by a signal, with a checkpoint), "sps": float or null}. A run that exits 0
+  without it did not end as the scripts do: the runner counts it as failed.
 - with --track and WANDB_MODE=offline: `WORKDIR/wandb/offline-run-*/` (W&B run, synced later with
   `wandb sync`); online, the W&B run has config = the same args, group, tags, and (sync_tensorboard)
   the same scalar keys in its history.
 
 Runner layout: `bench_runs/<experiment>/` (experiment name defaults to the preset name; `--name`
 overrides). Each run's WORKDIR is `bench_runs/<experiment>/<label>/<env_id>/sims<S>/seed<k>/`, the label
-being ALGO, or a variant's own (`--variant LABEL=ALGO:FLAGS`: ALGO's runs with FLAGS, and --exp-name LABEL).
-The runner keeps `bench_runs/<experiment>/manifest.json`, a JSON list with one entry per run (label,
-env_id, simulators, seed), rewritten atomically after every run finishes; running the experiment again
-skips the runs it has ok, re-runs the others and keeps every entry it does not replace:
-{"experiment": str, "preset": str, "algorithm": ALGO str, "label": ALGO or the variant's label (older
- manifests have none: ALGO), "script": "gala_a2c_atari.py",
- "env_id": str, "seed": int, "simulators": int (total), "ranks": int (mpirun -np),
- "envs_per_rank": int, "workers": int (ranks that hold simulators), "total_timesteps": int,
- "command": [argv], "workdir": path relative to the experiment dir, "run_dir": path relative to the
- experiment dir of runs/<run_name> or null, "status": "ok" | "stopped" (exit 0 after a signal, cut
- short) | "failed", "returncode": int,
- "wall_seconds": float, "git_commit": str, "wandb_project": str, "wandb_group": str,
- "utilisation": null or {"interval_s": float, "cpu_percent": [samples of whole-machine CPU %],
- "gpu_percent": [samples] or null}}
+being ALGO, or a variant's own (`--variant LABEL=ALGO:FLAGS`: ALGO's runs with FLAGS, and --exp-name LABEL),
+with the run's `stdout.txt` and `stderr.txt` beside its `runs/`. The runner keeps
+`bench_runs/<experiment>/manifest.json`, a JSON list of `ManifestEntry` (below; its fields are the schema),
+one per run, rewritten atomically after every run finishes; running the experiment again skips the runs it
+has ok, re-runs the others and keeps every entry it does not replace.
 W&B tagging by the runner: project (default "gala-rl-benchmark"), group = experiment name, tags
 passed with --wandb-tags: the preset name and "commit-<short sha>"; the scripts add ALGO and
 "sims<S>" themselves.
 """
 
+import importlib
+import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def script_module(script: str) -> ModuleType:
+    """The module of a script at the root (`a2c_allreduce_atari.py` -> `a2c_allreduce_atari`), imported from ROOT
+    whatever the working directory; importing a script has no side effects."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(Path(script).stem)
 
 
 def mpirun() -> str:
@@ -97,3 +105,62 @@ def launch(where: Path, script: str, np: int, *args: str) -> Path:
     subprocess.run(command(script, *args, np=np), cwd=where, check=True)
     print(f"  {script} -np {np} {' '.join(args)}: {time.time() - began:.0f} s wall", flush=True)
     return max((where / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+
+
+@dataclass
+class ManifestEntry:
+    """One run of an experiment, the schema of an element of manifest.json (`asdict(entry)`): its launch, planned
+    by `python -m benchmark run`, then its outcome, set once it ended."""
+
+    experiment: str
+    preset: str
+    algorithm: str
+    """ALGO"""
+    label: str
+    """ALGO, or the label of a variant of it (--variant): what the report groups by; manifests older than labels
+    have none (read as ALGO)"""
+    script: str
+    """e.g. gala_a2c_atari.py"""
+    env_id: str
+    seed: int
+    simulators: int
+    """total simulators"""
+    ranks: int
+    """mpirun -np"""
+    envs_per_rank: int
+    workers: int
+    """ranks that hold simulators"""
+    total_timesteps: int
+    command: list[str]
+    """the launch's argv"""
+    workdir: str
+    """WORKDIR, relative to the experiment directory"""
+    git_commit: str
+    wandb_project: str
+    wandb_group: str
+    run_dir: Optional[str] = None
+    """runs/<run_name> of the run, relative to the experiment directory; None if it wrote none"""
+    status: str = "planned"
+    """"ok"; "stopped" (exit 0 and summary.json says stopped: cut short by a signal, with a checkpoint);
+    "failed" (any other exit, a launch that could not start, --timeout reached, or exit 0 without summary.json);
+    "planned" until the run ends (never in manifest.json)"""
+    returncode: Optional[int] = None
+    """the launch's exit code; -1 if it could not start or its SLURM job died"""
+    wall_seconds: float = 0.0
+    utilisation: Optional[dict] = None
+    """{"interval_s": float, "cpu_percent": [samples of whole-machine CPU %], "gpu_percent": [samples] or None}"""
+
+    @property
+    def key(self) -> tuple:
+        """The run in its experiment: (label, env id, simulators, seed); the manifest is sorted by it."""
+        return (self.label, self.env_id, self.simulators, self.seed)
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> "ManifestEntry":
+        """An entry as manifest.json holds it; one older than labels is labelled with its algorithm."""
+        return cls(**{"label": entry["algorithm"], **entry})
+
+
+def read_manifest(path: Path) -> list[ManifestEntry]:
+    """The entries of an experiment's manifest.json."""
+    return [ManifestEntry.from_dict(entry) for entry in json.loads(path.read_text())]

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import tyro
 
-from benchmark.common import ROOT, mpirun
+from benchmark.common import ROOT, mpirun, script_module
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,9 +59,7 @@ def consensus_worker(out: str, sync_freq: str, updates: int, work_ms: float, jit
     along the diagonal (|a| = 1), works, gossips; rank 0 writes the average's advance per update."""
     from mpi4py import MPI
 
-    sys.path.insert(0, str(ROOT))
-    import gala_a2c_atari as gala
-
+    gala = script_module("gala_a2c_atari.py")
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     rng = np.random.default_rng(rank)
@@ -106,7 +104,8 @@ def run_consensus(cfg: Consensus) -> None:
         total = sum(r["ages"].values())
         ages = ", ".join(f"{age}: {n / total:.0%}" for age, n in sorted(r["ages"].items(), key=lambda kv: int(kv[0])))
         mean_age = sum(int(age) * n for age, n in r["ages"].items()) / max(total, 1)
-        rows.append(f"| {sync_freq:>4} | {r['advance_per_update']:.3f} | {r['mix_rate']:.2f} | {mean_age:.2f} | {ages} |")
+        advance, mix_rate = r["advance_per_update"], r["mix_rate"]
+        rows.append(f"| {sync_freq:>4} | {advance:.3f} | {mix_rate:.2f} | {mean_age:.2f} | {ages} |")
     table = "\n".join([
         f"# Consensus speed of 2 agents (real Gossip), linear objective, {cfg.updates} updates, "
         f"{cfg.work_ms:g} ms +- {cfg.jitter:.0%} of work per update",
@@ -145,13 +144,13 @@ def flat_grad(agent) -> torch.Tensor:
 
 
 def run_step(cfg: Step) -> None:
-    sys.path.insert(0, str(ROOT))
-    import a2c_allreduce_atari as a2c
     from torch.distributions.categorical import Categorical
+
+    a2c = script_module("a2c_allreduce_atari.py")
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    S, T, finest = cfg.simulators, 5, max(cfg.agents)
+    S, T, finest = cfg.simulators, a2c.Args().num_steps, max(cfg.agents)  # T: the script's rollout
     if any(S % n for n in cfg.agents):
         sys.exit(f"error: every --agents value must divide --simulators {S}")
     args = a2c.Args(env_id=cfg.env_id)

@@ -19,7 +19,8 @@ into one `RunRecord` each, and writes into `--out` (default `<experiment>/report
 
 `--wandb-report` also builds the same view as a W&B report (wandb_workspaces) and prints its URL.
 The statistics are small pure functions (`final_score`, `iqm_with_ci`, `paired_ttest`,
-`success_share`, `run_sps`) so that tests call them directly.
+`success_share`, `run_sps`) so that tests call them directly; `compute_report` gathers report.md's numbers
+as plain data, `format_report` writes them out.
 
     python -m benchmark report                                  # the newest bench_runs/<experiment>
     python -m benchmark report --experiment bench_runs/paper --nominal Pong=18 Breakout=400
@@ -41,7 +42,7 @@ import pandas as pd
 import scipy.stats
 import tyro
 
-from benchmark.common import scalar_events
+from benchmark.common import read_manifest, scalar_events
 
 ALGORITHMS = ("a2c_allreduce", "gala_a2c", "a3c_gpu", "impala")
 """the `algorithm` of config.json and the manifest, in the order tables and legends use"""
@@ -157,26 +158,32 @@ def load_local(experiment: Path) -> list[RunRecord]:
     """The runs of one experiment directory, from its manifest. A manifest entry with status ok
     whose run directory is missing counts as failed."""
     records = []
-    for entry in json.loads((experiment / "manifest.json").read_text()):
-        run_dir = experiment / entry["run_dir"] if entry.get("run_dir") else None
-        status, note = entry["status"], {"ok": "", "stopped": "stopped by a signal"}.get(entry["status"], f"exit {entry.get('returncode')}")
+    for entry in read_manifest(experiment / "manifest.json"):
+        run_dir = experiment / entry.run_dir if entry.run_dir else None
+        status = entry.status
+        note = {"ok": "", "stopped": "stopped by a signal"}.get(status, f"exit {entry.returncode}")
         if run_dir is None or not run_dir.is_dir():
             status, note = "failed", note or "no run directory"
         events = read_events(run_dir) if status == "ok" else {}
-        config = json.loads((run_dir / "config.json").read_text()) if status == "ok" and (run_dir / "config.json").exists() else {}
-        evaluation = json.loads((run_dir / "eval.json").read_text()) if status == "ok" and (run_dir / "eval.json").exists() else {}
-        utilisation = entry.get("utilisation") or {}
+        config = read_json(run_dir / "config.json") if status == "ok" else {}
+        evaluation = read_json(run_dir / "eval.json") if status == "ok" else {}
+        utilisation = entry.utilisation or {}
         records.append(RunRecord(
-            name=f"{experiment.name}/{entry['workdir']}", algorithm=entry["algorithm"],
-            label=entry.get("label", entry["algorithm"]), env_id=entry["env_id"],
-            seed=config.get("seed", entry["seed"]), simulators=config.get("total_envs", entry["simulators"]),
-            total_timesteps=config.get("total_timesteps", entry["total_timesteps"]), status=status, note=note,
+            name=f"{experiment.name}/{entry.workdir}", algorithm=entry.algorithm, label=entry.label,
+            env_id=entry.env_id,
+            seed=config.get("seed", entry.seed), simulators=config.get("total_envs", entry.simulators),
+            total_timesteps=config.get("total_timesteps", entry.total_timesteps), status=status, note=note,
             **{key: events.get(tag, Series()) for key, tag in TAGS.items()},
             eval_argmax=evaluation.get("argmax", {}).get("mean", last_value(events, "eval/argmax_return_mean")),
             eval_sampled=evaluation.get("sampled", {}).get("mean", last_value(events, "eval/sampled_return_mean")),
             cpu_percent=list(utilisation.get("cpu_percent") or []), gpu_percent=utilisation.get("gpu_percent"),
         ))  # fmt: skip
     return records
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in PATH, {} if there is no such file."""
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def last_value(series: dict[str, Series], tag: str) -> Optional[float]:
@@ -214,7 +221,8 @@ def load_wandb(project: str, entity: Optional[str], group: Optional[str]) -> lis
         series = {}
         for key, tag in TAGS.items():
             rows = [r for r in run.scan_history(keys=["global_step", tag, "_runtime"])]
-            series[key] = Series.by_step([r["global_step"] for r in rows], [r["_runtime"] for r in rows], [r[tag] for r in rows])
+            series[key] = Series.by_step([r["global_step"] for r in rows], [r["_runtime"] for r in rows],
+                                         [r[tag] for r in rows])  # fmt: skip
         cpu, gpu = [], None
         try:
             system = run.history(stream="events", pandas=True)
@@ -228,8 +236,10 @@ def load_wandb(project: str, entity: Optional[str], group: Optional[str]) -> lis
             name=f"{path}/{run.id}", algorithm=algorithm, label=exp_name or algorithm, env_id=config.get("env_id", "?"),
             seed=int(config.get("seed", 0)), simulators=int(config.get("total_envs", 0)),
             total_timesteps=int(config.get("total_timesteps", 0)),
-            status="ok" if run.state == "finished" else "failed", note="" if run.state == "finished" else f"state {run.state}",
-            eval_argmax=run.summary.get("eval/argmax_return_mean"), eval_sampled=run.summary.get("eval/sampled_return_mean"),
+            status="ok" if run.state == "finished" else "failed",
+            note="" if run.state == "finished" else f"state {run.state}",
+            eval_argmax=run.summary.get("eval/argmax_return_mean"),
+            eval_sampled=run.summary.get("eval/sampled_return_mean"),
             cpu_percent=cpu, gpu_percent=gpu, **series,
         ))  # fmt: skip
     return records
@@ -265,7 +275,8 @@ def iqm_with_ci(scores: dict[str, np.ndarray], reps: int, seed: int) -> dict[str
         with warnings.catch_warnings():  # arch >= 7 deprecates the random_state that rliable passes
             warnings.simplefilter("ignore", FutureWarning)
             points, intervals = library.get_interval_estimates(
-                matrices, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps, random_state=np.random.RandomState(seed)
+                matrices, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps,
+                random_state=np.random.RandomState(seed),
             )
     finally:
         np.random.set_state(saved)
@@ -446,7 +457,8 @@ def plot_disagreement(ok: list[RunRecord], path: Path) -> bool:
     games = groups(gala, "game")
     plt, fig, axes = subplots(len(games), rows=2)
     for column, ((game,), runs) in enumerate(games.items()):
-        for row, (key, ylabel) in enumerate((("disagreement_relative", "RMS |θ_i − θ̄| / |θ̄|"), ("disagreement", "RMS |θ_i − θ̄|"))):
+        ylabels = (("disagreement_relative", "RMS |θ_i − θ̄| / |θ̄|"), ("disagreement", "RMS |θ_i − θ̄|"))
+        for row, (key, ylabel) in enumerate(ylabels):
             ax = axes[row][column]
             for r in runs:
                 series = getattr(r, key)
@@ -488,7 +500,7 @@ def plot_throughput(rows: list[dict], path: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# report.md
+# report.md: every number computed first (compute_report -> ReportData), then written out (format_report)
 
 
 def fmt(x: Optional[float], digits: int = 2) -> str:
@@ -496,7 +508,11 @@ def fmt(x: Optional[float], digits: int = 2) -> str:
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return [table_row(header), "|" + "---|" * len(header)] + [table_row(r) for r in rows]
+
+
+def table_row(cells: list) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
 
 
 def ttest_line(what: str, test: Optional[TTest]) -> str:
@@ -505,124 +521,222 @@ def ttest_line(what: str, test: Optional[TTest]) -> str:
     return f"- {what}: n = {test.n}, t = {fmt(test.t, 3)}, p = {test.p:.4g}"
 
 
+def fmt_ci(point: float, low: float, high: float) -> str:
+    return f"{fmt(point)} [{fmt(low)}, {fmt(high)}]"
+
+
+def fmt_mean_std(moments: Optional[tuple[float, Optional[float]]]) -> str:
+    return "n/a" if moments is None else f"{fmt(moments[0])} ± {fmt(moments[1])}"
+
+
+class Score(NamedTuple):
+    """The final scores of the runs of one (game, label, simulators)."""
+
+    game: str
+    label: str
+    simulators: int
+    n: int
+    mean: float
+    std: Optional[float]
+    """None for a single run"""
+    iqm: tuple[float, float, float]
+    """IQM and its 95% CI (low, high)"""
+
+
+class Nominal(NamedTuple):
+    """A game's nominal score (None: no A2C run and no --nominal), where it came from, and the success threshold."""
+
+    game: str
+    random: float
+    score: Optional[float]
+    source: str
+    threshold: Optional[float]
+
+
+class Evaluation(NamedTuple):
+    """The evaluations of one (game, label, simulators): (mean, std or None for one run) over runs, None if none."""
+
+    game: str
+    label: str
+    simulators: int
+    n: int
+    """runs with an argmax evaluation"""
+    argmax: Optional[tuple[float, Optional[float]]]
+    sampled: Optional[tuple[float, Optional[float]]]
+
+
 @dataclass
-class Report:
-    """What main writes: report.md's lines, and the rows the figures are drawn from."""
+class ReportData:
+    """What report.md says, computed from the records (compute_report) before it is written (format_report)."""
 
-    lines: list[str]
+    runs: list[tuple[str, str, int, int, int, int]]
+    """(label, game, simulators, ok, failed, ok without an episode)"""
+    failed: list[tuple[str, str]]
+    """(name, note) of each run left out of every statistic"""
+    no_episode: list[str]
+    """ok runs that logged no episode"""
+    scores: list[Score]
+    nominal: list[Nominal]
     shares: dict[tuple, tuple[float, int]]
+    """(game, label, simulators) -> (share of successful runs, runs), where the nominal is above random play"""
+    aggregate: dict[tuple, tuple[float, float, float]]
+    """(label, simulators, games, seeds) -> IQM of nominal-normalised final scores and its 95% CI"""
+    ttest_shares: Optional[TTest]
+    """GALA vs A2C, paired over (game, simulators) cells"""
+    ttest_finals: Optional[TTest]
+    """GALA vs A2C, paired over (game, simulators, seed)"""
+    evaluation: list[Evaluation]
     throughput: list[dict]
+    """{"algorithm" (the label), "simulators", "runs", "sps", "ratio" (to A2C's SPS; None without A2C), "cpu", "gpu"}"""
 
 
-def build_report(records: list[RunRecord], cfg: "Config", source: str) -> Report:
-    """report.md (without its figure list) from the records."""
+def mean_and_std(values: list[float]) -> Optional[tuple[float, Optional[float]]]:
+    """(mean, sample std or None for one value), None for none."""
+    if not values:
+        return None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def compute_report(records: list[RunRecord], cfg: "Config") -> ReportData:
+    """Every number of report.md, from the records."""
     ok = [r for r in records if r.status == "ok"]
     scored = [r for r in ok if math.isfinite(r.final)]
-    lines = ["# Benchmark report", "", f"Source: {source}.", ""]
-
-    # Runs found
-    lines += ["## Runs", ""]
-    rows = [[a, g, s, sum(r.status == "ok" for r in rs), sum(r.status != "ok" for r in rs),
-             sum(r.status == "ok" and not math.isfinite(r.final) for r in rs)]
+    runs = [(a, g, s, sum(r.status == "ok" for r in rs), sum(r.status != "ok" for r in rs),
+             sum(r.status == "ok" and not math.isfinite(r.final) for r in rs))
             for (g, a, s), rs in groups(records, "game", "label", "simulators").items()]  # fmt: skip
-    lines += table(["algorithm", "game", "simulators", "ok", "failed", "ok without an episode"], rows) + [""]
-    failed = [r for r in order(records) if r.status != "ok"]
-    lines += [f"Failed runs (excluded from every statistic): {len(failed) or 'none'}"]
-    lines += [f"- {r.name}: {r.note}" for r in failed] + [""]
-    for r in order(ok):
-        if not math.isfinite(r.final):
-            lines.append(f"- {r.name}: logged no episode, final score missing")
+    failed = [(r.name, r.note) for r in order(records) if r.status != "ok"]
+    no_episode = [r.name for r in order(ok) if not math.isfinite(r.final)]
 
     # Final scores
-    lines += ["## Final scores", "",
-              (f"Final score of a run: mean of the episodic returns (raw game score) logged in the last "
-               f"{cfg.final_window:.0%} of its global steps (at least its last logged episode). IQM: 25% "
-               f"trimmed mean over runs with a 95% stratified-bootstrap CI (rliable, {cfg.bootstrap_reps} "
-               f"reps, seed {cfg.seed}); each game is one task."), ""]  # fmt: skip
-    rows = []
-    for (game,), runs in groups(scored, "game").items():
-        cells = groups(runs, "label", "simulators")
+    scores = []
+    for (game,), game_runs in groups(scored, "game").items():
+        cells = groups(game_runs, "label", "simulators")
         iqm = iqm_with_ci({k: np.array([r.final for r in rs]) for k, rs in cells.items()}, cfg.bootstrap_reps, cfg.seed)
-        for (algorithm, simulators), rs in cells.items():
+        for (label, simulators), rs in cells.items():
             finals = np.array([r.final for r in rs])
-            point, low, high = iqm[algorithm, simulators]
-            rows.append([game, algorithm, simulators, len(finals), fmt(finals.mean()),
-                         fmt(finals.std(ddof=1) if len(finals) > 1 else None), f"{fmt(point)} [{fmt(low)}, {fmt(high)}]"])  # fmt: skip
-    lines += table(["game", "algorithm", "simulators", "n", "mean", "std", "IQM [95% CI]"], rows) + [""]
+            std = float(finals.std(ddof=1)) if len(finals) > 1 else None
+            scores.append(Score(game, label, simulators, len(finals), float(finals.mean()), std,
+                                iqm[label, simulators]))  # fmt: skip
 
     # Nominal scores, success, aggregate
-    given = dict(parse_nominal(cfg.nominal))
-    nominal = nominal_scores(scored, given)
-    lines += ["## Success (Fig 1a)", "",
-              (f"A run succeeds when its final score >= random + {cfg.success_fraction} x (nominal − random), "
-               "random = random-play score of Mnih et al. 2015 (Extended Data Table 2; 0 for games not listed)."), ""]  # fmt: skip
-    rows = []
+    nominal = nominal_scores(scored, dict(parse_nominal(cfg.nominal)))
+    nominal_rows = []
     for game in sorted({r.game for r in scored}):
         random = RANDOM_SCORES.get(game, 0.0)
         if game not in nominal:
-            rows.append([game, "n/a", "no A2C run and no --nominal", fmt(random), "n/a"])
+            nominal_rows.append(Nominal(game, random, None, "no A2C run and no --nominal", None))
             continue
         value, where = nominal[game]
-        warn = " (not above random play: no success share, no normalised score)" if value <= random else ""
-        rows.append([game, fmt(value), where + warn, fmt(random), fmt(success_threshold(value, random, cfg.success_fraction))])
-    lines += table(["game", "nominal", "nominal from", "random", "success threshold"], rows) + [""]
+        nominal_rows.append(Nominal(game, random, value, where, success_threshold(value, random, cfg.success_fraction)))
     shares = {}  # only where success means something: a nominal score above random play
     usable = [g for g, (v, _) in nominal.items() if v > RANDOM_SCORES.get(g, 0.0)]
-    for (game, algorithm, simulators), rs in groups(scored, "game", "label", "simulators").items():
+    for (game, label, simulators), rs in groups(scored, "game", "label", "simulators").items():
         if game in usable:
             finals = [r.final for r in rs]
-            shares[game, algorithm, simulators] = (success_share(finals, nominal[game][0], RANDOM_SCORES.get(game, 0.0), cfg.success_fraction), len(finals))
-    lines += table(["game", "algorithm", "simulators", "successful share (runs)"],
-                   [[g, a, s, f"{fmt(v)} ({n})"] for (g, a, s), (v, n) in shares.items()]) + [""]  # fmt: skip
-
-    lines += [("Aggregate over games: IQM of nominal-normalised final scores (final − random) / (nominal − random) "
-               "(1 = the nominal A2C score), over the seeds present in every game of that algorithm and simulator "
-               "count; games whose nominal is not above random play are left out."), ""]  # fmt: skip
+            random = RANDOM_SCORES.get(game, 0.0)
+            shares[game, label, simulators] = (success_share(finals, nominal[game][0], random, cfg.success_fraction),
+                                               len(finals))  # fmt: skip
     matrices = {}
-    for (algorithm, simulators), rs in groups([r for r in scored if r.game in usable], "label", "simulators").items():
+    for (label, simulators), rs in groups([r for r in scored if r.game in usable], "label", "simulators").items():
         games = sorted({r.game for r in rs})
         seeds = sorted(set.intersection(*({r.seed for r in rs if r.game == g} for g in games)))
         by = {(r.game, r.seed): r.final for r in rs}
-        norm = [[(by[g, s] - RANDOM_SCORES.get(g, 0.0)) / (nominal[g][0] - RANDOM_SCORES.get(g, 0.0)) for g in games] for s in seeds]
+        norm = [[(by[g, s] - RANDOM_SCORES.get(g, 0.0)) / (nominal[g][0] - RANDOM_SCORES.get(g, 0.0)) for g in games]
+                for s in seeds]  # fmt: skip
         if seeds:
-            matrices[line_name(algorithm, simulators, True), ", ".join(games), len(seeds)] = np.array(norm)
+            matrices[label, simulators, tuple(games), len(seeds)] = np.array(norm)
     aggregate = iqm_with_ci(matrices, cfg.bootstrap_reps, cfg.seed)
-    lines += table(["algorithm", "games", "seeds", "normalised IQM [95% CI]"],
-                   [[k[0], k[1], k[2], f"{fmt(p)} [{fmt(lo)}, {fmt(hi)}]"] for k, (p, lo, hi) in aggregate.items()]
-                   ) if aggregate else ["n/a: no game with a nominal score above random play"]  # fmt: skip
-    lines.append("")
 
     # Paired t-tests
     cells = sorted({(g, s) for g, a, s in shares if (g, GALA, s) in shares and (g, A2C, s) in shares})
     by_seed = {(r.game, r.simulators, r.seed, r.label): r.final for r in scored}  # GALA, A2C: the plain runs
     pairs = sorted({k[:3] for k in by_seed if (*k[:3], GALA) in by_seed and (*k[:3], A2C) in by_seed})
-    lines += ["## GALA-A2C vs A2C: paired t-tests (two-sided, scipy.stats.ttest_rel)", "",
-              ttest_line("success share, paired over (game, simulators) cells (as the authors did for Fig 1a)",
-                         paired_ttest([shares[g, GALA, s][0] for g, s in cells], [shares[g, A2C, s][0] for g, s in cells])),
-              ttest_line("final score, paired over (game, simulators, seed)",
-                         paired_ttest([by_seed[(*k, GALA)] for k in pairs], [by_seed[(*k, A2C)] for k in pairs])),
-              ""]  # fmt: skip
+    ttest_shares = paired_ttest([shares[g, GALA, s][0] for g, s in cells], [shares[g, A2C, s][0] for g, s in cells])
+    ttest_finals = paired_ttest([by_seed[(*k, GALA)] for k in pairs], [by_seed[(*k, A2C)] for k in pairs])
 
     # Evaluation, Table 1 style
-    lines += ["## Evaluation (Table 1 style: full games after training, mean ± std over seeds of each run's mean)", ""]
-    rows = []
-    for (game, algorithm, simulators), rs in groups(ok, "game", "label", "simulators").items():
+    evaluation = []
+    for (game, label, simulators), rs in groups(ok, "game", "label", "simulators").items():
         argmax = [r.eval_argmax for r in rs if r.eval_argmax is not None]
         sampled = [r.eval_sampled for r in rs if r.eval_sampled is not None]
         if argmax or sampled:
-            rows.append([game, algorithm, simulators, len(argmax), mean_std(argmax), mean_std(sampled)])
-    lines += (table(["game", "algorithm", "simulators", "n", "argmax", "sampled"], rows) if rows else ["no evaluation found (runs without --eval-episodes)"]) + [""]
+            evaluation.append(Evaluation(game, label, simulators, len(argmax), mean_and_std(argmax),
+                                         mean_and_std(sampled)))  # fmt: skip
 
     # Throughput
     throughput = []
-    for (algorithm, simulators), rs in sorted(groups(ok, "label", "simulators").items(), key=lambda kv: kv[0][1]):
+    for (label, simulators), rs in sorted(groups(ok, "label", "simulators").items(), key=lambda kv: kv[0][1]):
         per_run = [run_sps(r.sps.value) for r in rs if len(r.sps)]
         cpu = [float(np.mean(r.cpu_percent)) for r in rs if r.cpu_percent]
         gpu = [float(np.mean(r.gpu_percent)) for r in rs if r.gpu_percent]
-        throughput.append({"algorithm": algorithm, "simulators": simulators, "runs": len(per_run),
+        throughput.append({"algorithm": label, "simulators": simulators, "runs": len(per_run),
                            "sps": float(np.median(per_run)) if per_run else math.nan,
-                           "cpu": float(np.mean(cpu)) if cpu else None, "gpu": float(np.mean(gpu)) if gpu else None})  # fmt: skip
+                           "cpu": float(np.mean(cpu)) if cpu else None,
+                           "gpu": float(np.mean(gpu)) if gpu else None})  # fmt: skip
     base = {row["simulators"]: row["sps"] for row in throughput if row["algorithm"] == A2C}
+    for row in throughput:
+        row["ratio"] = row["sps"] / base[row["simulators"]] if row["simulators"] in base else None
+    return ReportData(runs, failed, no_episode, scores, nominal_rows, shares, aggregate, ttest_shares, ttest_finals,
+                      evaluation, throughput)  # fmt: skip
+
+
+def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
+    """report.md's lines (without its figure list)."""
+    lines = ["# Benchmark report", "", f"Source: {source}.", ""]
+
+    lines += ["## Runs", ""]
+    lines += table(["algorithm", "game", "simulators", "ok", "failed", "ok without an episode"], data.runs) + [""]
+    lines += [f"Failed runs (excluded from every statistic): {len(data.failed) or 'none'}"]
+    lines += [f"- {name}: {note}" for name, note in data.failed] + [""]
+    lines += [f"- {name}: logged no episode, final score missing" for name in data.no_episode]
+
+    lines += ["## Final scores", "",
+              (f"Final score of a run: mean of the episodic returns (raw game score) logged in the last "
+               f"{cfg.final_window:.0%} of its global steps (at least its last logged episode). IQM: 25% "
+               f"trimmed mean over runs with a 95% stratified-bootstrap CI (rliable, {cfg.bootstrap_reps} "
+               f"reps, seed {cfg.seed}); each game is one task."), ""]  # fmt: skip
+    lines += table(["game", "algorithm", "simulators", "n", "mean", "std", "IQM [95% CI]"],
+                   [[s.game, s.label, s.simulators, s.n, fmt(s.mean), fmt(s.std), fmt_ci(*s.iqm)]
+                    for s in data.scores]) + [""]  # fmt: skip
+
+    lines += ["## Success (Fig 1a)", "",
+              (f"A run succeeds when its final score >= random + {cfg.success_fraction} x (nominal − random), "
+               "random = random-play score of Mnih et al. 2015 (Extended Data Table 2; 0 for games not listed)."),
+              ""]  # fmt: skip
+    rows = []
+    for nominal in data.nominal:
+        if nominal.score is None:
+            rows.append([nominal.game, "n/a", nominal.source, fmt(nominal.random), "n/a"])
+            continue
+        below = nominal.score <= nominal.random
+        warn = " (not above random play: no success share, no normalised score)" if below else ""
+        rows.append([nominal.game, fmt(nominal.score), nominal.source + warn, fmt(nominal.random),
+                     fmt(nominal.threshold)])  # fmt: skip
+    lines += table(["game", "nominal", "nominal from", "random", "success threshold"], rows) + [""]
+    lines += table(["game", "algorithm", "simulators", "successful share (runs)"],
+                   [[g, a, s, f"{fmt(v)} ({n})"] for (g, a, s), (v, n) in data.shares.items()]) + [""]  # fmt: skip
+
+    lines += [("Aggregate over games: IQM of nominal-normalised final scores (final − random) / (nominal − random) "
+               "(1 = the nominal A2C score), over the seeds present in every game of that algorithm and simulator "
+               "count; games whose nominal is not above random play are left out."), ""]  # fmt: skip
+    lines += table(["algorithm", "games", "seeds", "normalised IQM [95% CI]"],
+                   [[line_name(label, simulators, True), ", ".join(games), seeds, fmt_ci(*iqm)]
+                    for (label, simulators, games, seeds), iqm in data.aggregate.items()]
+                   ) if data.aggregate else ["n/a: no game with a nominal score above random play"]  # fmt: skip
+    lines.append("")
+
+    lines += ["## GALA-A2C vs A2C: paired t-tests (two-sided, scipy.stats.ttest_rel)", "",
+              ttest_line("success share, paired over (game, simulators) cells (as the authors did for Fig 1a)",
+                         data.ttest_shares),
+              ttest_line("final score, paired over (game, simulators, seed)", data.ttest_finals),
+              ""]  # fmt: skip
+
+    lines += ["## Evaluation (Table 1 style: full games after training, mean ± std over seeds of each run's mean)", ""]
+    rows = [[e.game, e.label, e.simulators, e.n, fmt_mean_std(e.argmax), fmt_mean_std(e.sampled)]
+            for e in data.evaluation]  # fmt: skip
+    lines += (table(["game", "algorithm", "simulators", "n", "argmax", "sampled"], rows) if rows
+              else ["no evaluation found (runs without --eval-episodes)"]) + [""]  # fmt: skip
+
     lines += ["## Throughput (Fig 3)", "",
               "SPS of a run: median of its logged charts/SPS after the first point; per algorithm: median over "
               "its runs (all games). Ratio: to a2c_allreduce at the same total simulators. Utilisation: mean of "
@@ -630,15 +744,9 @@ def build_report(records: list[RunRecord], cfg: "Config", source: str) -> Report
               (" (W&B system metrics)." if cfg.wandb else " (the runner's samples in the manifest)."), ""]  # fmt: skip
     lines += table(["algorithm", "simulators", "runs", "SPS", "SPS / a2c_allreduce", "CPU %", "GPU %"],
                    [[row["algorithm"], row["simulators"], row["runs"], fmt(row["sps"], 0),
-                     fmt(row["sps"] / base[row["simulators"]]) if row["simulators"] in base else "n/a (no A2C run)",
-                     fmt(row["cpu"], 1), fmt(row["gpu"], 1)] for row in throughput]) + [""]  # fmt: skip
-    return Report(lines, shares, throughput)
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    return f"{fmt(float(np.mean(values)))} ± {fmt(float(np.std(values, ddof=1)) if len(values) > 1 else None)}"
+                     fmt(row["ratio"]) if row["ratio"] is not None else "n/a (no A2C run)",
+                     fmt(row["cpu"], 1), fmt(row["gpu"], 1)] for row in data.throughput]) + [""]  # fmt: skip
+    return lines
 
 
 def parse_nominal(items: tuple[str, ...]) -> list[tuple[str, float]]:
@@ -754,15 +862,22 @@ def duplicated_runs(records: list[RunRecord]) -> list[str]:
     for r in (r for r in records if r.status == "ok"):
         key = (r.label, r.env_id, r.simulators, r.seed)
         if key in seen:
-            problems.append(f"{r.name} and {seen[key]} are both {r.label} on {r.env_id} with {r.simulators} simulators, seed {r.seed}")
+            problems.append(f"{r.name} and {seen[key]} are both {r.label} on {r.env_id} with {r.simulators} "
+                            f"simulators, seed {r.seed}")  # fmt: skip
         seen[key] = r.name
         lengths[key[:3]].add(r.total_timesteps)
-    problems += [f"{a} on {g} with {s} simulators mixes runs of {sorted(n)} steps" for (a, g, s), n in lengths.items() if len(n) > 1]
+    problems += [f"{a} on {g} with {s} simulators mixes runs of {sorted(n)} steps"
+                 for (a, g, s), n in lengths.items() if len(n) > 1]  # fmt: skip
     return problems
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    cfg = tyro.cli(Config, args=argv, prog="python -m benchmark report")
+    """`python -m benchmark report ARGV`."""
+    return make_report(tyro.cli(Config, args=argv, prog="python -m benchmark report"))
+
+
+def make_report(cfg: Config) -> int:
+    """Reads the runs, refuses (exit 2) what cannot be compared, writes the figures and report.md."""
     try:
         parse_nominal(cfg.nominal)
     except ValueError as e:
@@ -781,7 +896,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         experiments = list(cfg.experiment) or [e for e in [newest_experiment()] if e]
         missing = [e for e in experiments if not (e / "manifest.json").exists()]
         if not experiments or missing:
-            print(f"error: no manifest.json in {', '.join(map(str, missing)) or 'any directory under bench_runs/'}", file=sys.stderr)
+            where = ", ".join(map(str, missing)) or "any directory under bench_runs/"
+            print(f"error: no manifest.json in {where}", file=sys.stderr)
             return 2
         records = [r for e in experiments for r in load_local(e)]
         source = "local runs of " + ", ".join(str(e) for e in experiments)
@@ -797,22 +913,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
 
-    report = build_report(records, cfg, source)
+    data = compute_report(records, cfg)
     ok = [r for r in records if r.status == "ok"]
     drawn = {
         "returns_vs_steps.png": plot_returns(ok, "step", cfg.smooth, cfg.grid_points, out / "returns_vs_steps.png")
         or "no run logged an episode",
         "returns_vs_time.png": plot_returns(ok, "wall", cfg.smooth, cfg.grid_points, out / "returns_vs_time.png")
         or "no run logged an episode",
-        "success_vs_simulators.png": plot_success(report.shares, out / "success_vs_simulators.png")
+        "success_vs_simulators.png": plot_success(data.shares, out / "success_vs_simulators.png")
         or "no game has a nominal score above random play (from --nominal or its A2C runs)",
         "disagreement.png": plot_disagreement(ok, out / "disagreement.png") or "no GALA run logged gossip/disagreement",
-        "throughput.png": plot_throughput(report.throughput, out / "throughput.png") or "no run logged charts/SPS",
+        "throughput.png": plot_throughput(data.throughput, out / "throughput.png") or "no run logged charts/SPS",
     }  # fmt: skip
-    lines = report.lines + ["## Figures", ""]
-    lines += [f"- `{name}`: {FIGURES[name]}" if done is True else f"- `{name}`: skipped, {done}" for name, done in drawn.items()]
+    lines = format_report(data, cfg, source) + ["## Figures", ""]
+    lines += [f"- `{name}`: {FIGURES[name]}" if done is True else f"- `{name}`: skipped, {done}"
+              for name, done in drawn.items()]  # fmt: skip
     if cfg.wandb:
-        lines.append("- utilisation online: W&B system metrics (system.cpu.<i>.cpu_percent, system.gpu.<i>.gpu) when present")
+        lines.append("- utilisation online: W&B system metrics (system.cpu.<i>.cpu_percent, system.gpu.<i>.gpu) "
+                     "when present")
     markdown = "\n".join(lines) + "\n"
     (out / "report.md").write_text(markdown)
     print(f"wrote {out / 'report.md'} and {sum(d is True for d in drawn.values())} figures in {out}")

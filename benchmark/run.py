@@ -13,7 +13,7 @@ Every run is tracked in one W&B project (group = the experiment, tags = the pres
 commit; WANDB_MODE is inherited, so offline works without network), runs in its own directory
 with its stdout and stderr saved there, and is sampled for whole-machine CPU (and GPU) utilisation
 while it runs. Runs go locally, as many at once as the cores allow, or to SLURM through submitit.
-`bench_runs/<experiment>/manifest.json` (its fields are described in benchmark/common.py) is what
+`bench_runs/<experiment>/manifest.json` (a list of benchmark.common.ManifestEntry) is what
 `python -m benchmark report` reads.
 
     python -m benchmark run --preset smoke
@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -41,7 +41,7 @@ import psutil
 import tyro
 from tqdm import tqdm
 
-from benchmark.common import ROOT, command
+from benchmark.common import ROOT, ManifestEntry, command, read_manifest, script_module
 
 Algorithm = Literal["gala_a2c", "a2c_allreduce", "a3c_gpu", "impala"]
 SCRIPTS = {
@@ -51,11 +51,11 @@ SCRIPTS = {
     "impala": "impala_atari.py",
 }
 GAMES = ("BeamRider-v5", "Breakout-v5", "Pong-v5", "Qbert-v5", "Seaquest-v5", "SpaceInvaders-v5")
-A2C_ROLLOUT = 5
-"""steps per simulator in one A2C-family update (the scripts' default --num-steps)"""
-IMPALA_UNROLL = 20
+DEFAULTS = {algorithm: script_module(script).Args() for algorithm, script in SCRIPTS.items()}
+"""each script's Args as it is by default: the rollouts that the runner counts steps with"""
+IMPALA_UNROLL = DEFAULTS["impala"].unroll_length
 """steps of one IMPALA trajectory (the script's default --unroll-length)"""
-IMPALA_BATCH = 32
+IMPALA_BATCH = DEFAULTS["impala"].batch_size
 """trajectories in one IMPALA update (the script's default --batch-size)"""
 
 
@@ -137,7 +137,9 @@ PRESETS = {
     # first (seeds 1-3), then A3C and IMPALA (seeds 1-2). IMPALA's batch is one actor's unroll of its 16 simulators
     # (320 steps per update, ~1,560 updates in 500k steps where Table G.1's batch of 32 would give 780), and its rate
     # is not annealed: 500k steps are the very start of Table G.1's 200M-step schedule, where the rate is still ~6e-4
-    # (the A2C-family scripts do not anneal either).
+    # (the A2C-family scripts do not anneal either). No evaluation games: the paper's learning curves (Fig 1) are the
+    # training returns of the sampled policy, and at 500k steps an argmax Breakout policy often never launches the
+    # ball, so each of its games runs to the 27,000-step limit (3-4 minutes of every run here).
     "learning": Preset(
         algorithms=("a2c_allreduce", "gala_a2c", "a3c_gpu", "impala"),
         env_ids=("Breakout-v5",),
@@ -147,7 +149,7 @@ PRESETS = {
         total_timesteps=500_000,
         workers=2,
         impala_batch_size=16,
-        flags=("--eval-episodes", "10"),
+        flags=(),
         flags_of={"impala": ("--unroll-length", str(IMPALA_UNROLL), "--no-anneal-lr")},
     ),
 }
@@ -274,39 +276,14 @@ def launch_plan(algorithm: str, simulators: int, workers: int, impala_batch_size
 
 def steps_per_update(algorithm: str, simulators: int, impala_batch_size: int) -> int:
     """Global steps of one update at the scripts' default rollouts: A2C, GALA and A3C step every
-    simulator 5 times; IMPALA learns from batch trajectories of 20 steps."""
+    simulator --num-steps times (5); IMPALA learns from batch trajectories of --unroll-length (20) steps."""
     if algorithm == "impala":
         return impala_batch_size * IMPALA_UNROLL
-    return A2C_ROLLOUT * simulators
+    return DEFAULTS[algorithm].num_steps * simulators
 
 
 # ---------------------------------------------------------------------------------------------
 # The runs of an experiment
-
-
-@dataclass
-class Run:
-    """One launch; its fields are the fixed part of its manifest entry."""
-
-    experiment: str
-    preset: str
-    algorithm: str
-    label: str
-    """the algorithm, or the label of a variant of it (--variant): what the report groups by"""
-    script: str
-    env_id: str
-    seed: int
-    simulators: int
-    ranks: int
-    envs_per_rank: int
-    workers: int
-    total_timesteps: int
-    command: list[str]
-    workdir: str
-    """relative to the experiment directory"""
-    git_commit: str
-    wandb_project: str
-    wandb_group: str
 
 
 def git_commit() -> str:
@@ -381,10 +358,10 @@ def run_shape(cfg: Config, preset: Preset, workers: int, algorithm: str, simulat
     return plan, batch, total_timesteps
 
 
-def plan_runs(cfg: Config) -> list[Run]:
-    """Every run of the experiment: the preset's values, overridden by the explicit flags, each
-    total split by launch_plan. Raises ConfigError before anything runs. The order is the order of
-    execution: seed-major within each group of consecutive arms with the same seeds (learning: A2C and
+def plan_runs(cfg: Config) -> list[ManifestEntry]:
+    """Every run of the experiment, as its manifest entry before it runs: the preset's values, overridden by the
+    explicit flags, each total split by launch_plan. Raises ConfigError before anything runs. The order is the
+    order of execution: seed-major within each group of consecutive arms with the same seeds (learning: A2C and
     GALA seed 1, 2, 3, then A3C and IMPALA seed 1, 2), then game, simulators, arm."""
     preset = PRESETS[cfg.preset]
     env_ids = first_given(cfg.env_ids, preset.env_ids)
@@ -418,7 +395,7 @@ def plan_runs(cfg: Config) -> list[Run]:
             if arm.algorithm == "impala":
                 args += ["--batch-size", str(batch)]
             args += [*preset.flags, *preset.flags_of.get(arm.algorithm, ()), *extra, *arm.flags]
-            runs.append(Run(
+            runs.append(ManifestEntry(
                 experiment=experiment, preset=cfg.preset, algorithm=arm.algorithm, label=arm.label,
                 script=SCRIPTS[arm.algorithm], env_id=env_id, seed=seed, simulators=simulators, ranks=plan.ranks,
                 envs_per_rank=plan.envs_per_rank, workers=plan.workers, total_timesteps=total_timesteps,
@@ -446,12 +423,15 @@ def gpu_percent() -> Optional[float]:
     return sum(values) / len(values) if proc.returncode == 0 and values else None
 
 
-def execute(run: Run, experiment_dir: Path, interval: float, timeout: Optional[float] = None) -> dict:
+def execute(
+    run: ManifestEntry, experiment_dir: Path, interval: float, timeout: Optional[float] = None
+) -> ManifestEntry:
     """Runs RUN's command to completion in its directory, with its stdout and stderr in stdout.txt
     and stderr.txt there, sampling whole-machine CPU % (and GPU % where nvidia-smi exists) every
-    INTERVAL seconds; returns its manifest entry. Status: "ok" (exit 0), "stopped" (exit 0 after a
-    signal: the run ended early with a checkpoint), or "failed" (any other exit, a launch that
-    could not start, or TIMEOUT minutes passed: the run is sent SIGTERM, then SIGKILL a minute later)."""
+    INTERVAL seconds; returns its manifest entry. Status, from the exit code and the run's summary.json:
+    "ok" (exit 0), "stopped" (exit 0, and the summary says stopped: the run ended early by a signal, with a
+    checkpoint), or "failed" (any other exit, a launch that could not start, TIMEOUT minutes passed: the run
+    is sent SIGTERM, then SIGKILL a minute later; or exit 0 without a summary: the reason ends stderr.txt)."""
     workdir = experiment_dir / run.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     before = set((workdir / "runs").glob("*"))
@@ -465,8 +445,7 @@ def execute(run: Run, experiment_dir: Path, interval: float, timeout: Optional[f
             proc = subprocess.Popen(run.command, cwd=workdir, stdout=out, stderr=err)
         except OSError as e:  # mpirun or python missing: this run fails, the others go on
             err.write(f"cannot start {run.command[0]}: {e}\n")
-            return {**asdict(run), "run_dir": None, "status": "failed", "returncode": -1, "wall_seconds": 0.0,
-                    "utilisation": None}  # fmt: skip
+            return replace(run, run_dir=None, status="failed", returncode=-1, wall_seconds=0.0, utilisation=None)
         try:
             while True:
                 try:
@@ -493,16 +472,39 @@ def execute(run: Run, experiment_dir: Path, interval: float, timeout: Optional[f
                     proc.kill()
                     proc.wait()
     wall_seconds = time.monotonic() - began
-    stopped = returncode == 0 and "stopped by signal" in (workdir / "stdout.txt").read_text(errors="replace")
     new = sorted(set((workdir / "runs").glob("*")) - before, key=lambda p: p.stat().st_mtime)
-    return {
-        **asdict(run),
-        "run_dir": f"{run.workdir}/runs/{new[-1].name}" if new else None,
-        "status": "failed" if returncode != 0 or timed_out else "stopped" if stopped else "ok",
-        "returncode": returncode,
-        "wall_seconds": round(wall_seconds, 2),
-        "utilisation": {"interval_s": interval, "cpu_percent": cpu, "gpu_percent": gpu},
-    }
+    status = "failed" if returncode != 0 or timed_out else "ok"
+    if status == "ok":
+        summary, problem = read_summary(new[-1] if new else None, workdir)
+        if problem:  # said where report_failure shows it: the last line of stderr.txt
+            status = "failed"
+            with open(workdir / "stderr.txt", "a") as err:
+                err.write(f"\nbenchmark run: exit 0 but {problem}: the run did not end as the scripts do, so it "
+                          "counts as failed\n")  # fmt: skip
+        elif summary["stopped"]:
+            status = "stopped"
+    return replace(
+        run, run_dir=f"{run.workdir}/runs/{new[-1].name}" if new else None, status=status, returncode=returncode,
+        wall_seconds=round(wall_seconds, 2),
+        utilisation={"interval_s": interval, "cpu_percent": cpu, "gpu_percent": gpu},
+    )  # fmt: skip
+
+
+def read_summary(run_dir: Optional[Path], workdir: Path) -> tuple[Optional[dict], str]:
+    """(the summary.json that a script writes at the end of every run (benchmark/common.py), ""), or (None, what
+    is wrong): no new run directory in WORKDIR/runs, no summary.json in it, or one without "stopped"."""
+    if run_dir is None:
+        return None, f"no new run directory in {workdir / 'runs'}"
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None, f"no {path}"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return None, f"cannot read {path} ({type(e).__name__}: {e})"
+    if not isinstance(summary, dict) or "stopped" not in summary:
+        return None, f'no "stopped" in {path}'
+    return summary, ""
 
 
 def cores() -> int:
@@ -510,8 +512,8 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def run_locally(runs: list[Run], experiment_dir: Path, interval: float, max_parallel: int,
-                timeout: Optional[float] = None) -> Iterator[dict]:  # fmt: skip
+def run_locally(runs: list[ManifestEntry], experiment_dir: Path, interval: float, max_parallel: int,
+                timeout: Optional[float] = None) -> Iterator[ManifestEntry]:  # fmt: skip
     """Executes the runs here, at most MAX_PARALLEL at once; yields each entry as its run ends. The
     runs share the runner's process group, so Ctrl-C reaches them too: they checkpoint and stop."""
     pool = ThreadPoolExecutor(max_workers=max_parallel)
@@ -538,7 +540,7 @@ def slurm_executor(cfg: Config, experiment_dir: Path, name: str, cpus_per_task: 
     return executor
 
 
-def run_on_slurm(runs: list[Run], experiment_dir: Path, interval: float, executor) -> Iterator[dict]:
+def run_on_slurm(runs: list[ManifestEntry], experiment_dir: Path, interval: float, executor) -> Iterator[ManifestEntry]:
     """Submits the runs as one job array, each job executing its run inside its allocation; yields
     each entry as its job ends. A job that dies itself (time limit, node failure) yields a failed
     entry with returncode -1 and wall_seconds 0."""
@@ -547,7 +549,8 @@ def run_on_slurm(runs: list[Run], experiment_dir: Path, interval: float, executo
     with executor.batch():
         jobs = [executor.submit(execute, run, experiment_dir.resolve(), interval) for run in runs]
     tqdm.write(
-        f"submitted {len(jobs)} SLURM jobs ({jobs[0].job_id.split('_')[0]}), submitit logs in {experiment_dir / 'slurm'}"
+        f"submitted {len(jobs)} SLURM jobs ({jobs[0].job_id.split('_')[0]}), "
+        f"submitit logs in {experiment_dir / 'slurm'}"
     )
     run_of = {job.job_id: run for job, run in zip(jobs, runs)}
     for job in submitit.helpers.as_completed(jobs):
@@ -558,45 +561,38 @@ def run_on_slurm(runs: list[Run], experiment_dir: Path, interval: float, executo
             tqdm.write(
                 f"SLURM job {job.job_id} ({run.workdir}) died: {type(e).__name__}: {str(e)[-2000:]}", file=sys.stderr
             )
-            yield {**asdict(run), "run_dir": None, "status": "failed", "returncode": -1, "wall_seconds": 0.0,
-                   "utilisation": None}  # fmt: skip
+            yield replace(run, run_dir=None, status="failed", returncode=-1, wall_seconds=0.0, utilisation=None)
 
 
 # ---------------------------------------------------------------------------------------------
 # The manifest and main
 
 
-def entry_key(entry: dict) -> tuple:
-    """A run of the experiment: (label, env id, simulators, seed); manifests older than labels have none."""
-    return (entry.get("label", entry["algorithm"]), entry["env_id"], entry["simulators"], entry["seed"])
-
-
-def read_manifest(path: Path) -> dict[tuple, dict]:
-    """The entries of an earlier invocation of the same experiment, by run; a run done again
+def earlier_entries(path: Path) -> dict[tuple, ManifestEntry]:
+    """The entries of an earlier invocation of the same experiment, by run (ManifestEntry.key); a run done again
     replaces its entry, the others are kept."""
-    if not path.exists():
-        return {}
-    return {entry_key(entry): entry for entry in json.loads(path.read_text())}
+    return {entry.key: entry for entry in read_manifest(path)} if path.exists() else {}
 
 
-def launch_of(entry: dict) -> str:
-    """How a run (a manifest entry, or a Run as a dict) is launched: its ranks and its script's flags, without the
+def launch_of(entry: ManifestEntry) -> str:
+    """How a run (planned, or as its manifest entry) is launched: its ranks and its script's flags, without the
     commit tag (a run continued after a commit is the same run)."""
-    command = entry["command"]
-    start = next(i for i, arg in enumerate(command) if Path(arg).name == entry["script"]) + 1
-    flags = [arg for arg in command[start:] if not arg.startswith("commit-")]
-    return f"-np {entry['ranks']} {entry['script']} {shlex.join(flags)}"
+    start = next(i for i, arg in enumerate(entry.command) if Path(arg).name == entry.script) + 1
+    flags = [arg for arg in entry.command[start:] if not arg.startswith("commit-")]
+    return f"-np {entry.ranks} {entry.script} {shlex.join(flags)}"
 
 
-def not_yet_ok(runs: list[Run], entries: dict[tuple, dict]) -> tuple[list[Run], list[Run]]:
+def not_yet_ok(
+    runs: list[ManifestEntry], entries: dict[tuple, ManifestEntry]
+) -> tuple[list[ManifestEntry], list[ManifestEntry]]:
     """Splits RUNS into (to run, skipped): skipped are those the manifest ENTRIES have ok. Raises ConfigError
     if one of those was launched otherwise: continuing would mix two experiments under one name."""
     todo, skipped, changed = [], [], []
     for run in runs:
-        entry = entries.get(entry_key(asdict(run)))
-        if entry is None or entry["status"] != "ok":
+        entry = entries.get(run.key)
+        if entry is None or entry.status != "ok":
             todo.append(run)
-        elif launch_of(entry) != launch_of(asdict(run)):
+        elif launch_of(entry) != launch_of(run):
             changed.append((entry, run))
         else:
             skipped.append(run)
@@ -604,40 +600,44 @@ def not_yet_ok(runs: list[Run], entries: dict[tuple, dict]) -> tuple[list[Run], 
         entry, run = changed[0]
         raise ConfigError(
             f"{len(changed)} run(s) already ok in this experiment were launched otherwise, e.g. {run.workdir}: "
-            f"{launch_of(entry)} (now {launch_of(asdict(run))}); continue it with the same flags, "
+            f"{launch_of(entry)} (now {launch_of(run)}); continue it with the same flags, "
             "or give another --name"
         )
     return todo, skipped
 
 
-def write_manifest(path: Path, entries: dict[tuple, dict]) -> None:
+def write_manifest(path: Path, entries: dict[tuple, ManifestEntry]) -> None:
     """Writes the entries sorted by run, atomically (temporary file, then rename)."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps([entries[key] for key in sorted(entries)], indent=1))
+    temporary.write_text(json.dumps([asdict(entries[key]) for key in sorted(entries)], indent=1))
     os.replace(temporary, path)
 
 
-def report_failure(entry: dict, experiment_dir: Path, lines: int = 15) -> None:
+def report_failure(entry: ManifestEntry, experiment_dir: Path, lines: int = 15) -> None:
     """Says which run failed, its exit code and the last lines of its stderr."""
-    stderr = experiment_dir / entry["workdir"] / "stderr.txt"
+    stderr = experiment_dir / entry.workdir / "stderr.txt"
     tail = stderr.read_text(errors="replace").splitlines()[-lines:] if stderr.exists() else []
     tqdm.write(
-        f"{entry['status'].upper()} {entry['label']} {entry['env_id']} sims{entry['simulators']} seed{entry['seed']}: "
-        f"exit {entry['returncode']}; last lines of {stderr}:" + "".join(f"\n    {line}" for line in tail),
+        f"{entry.status.upper()} {entry.label} {entry.env_id} sims{entry.simulators} seed{entry.seed}: "
+        f"exit {entry.returncode}; last lines of {stderr}:" + "".join(f"\n    {line}" for line in tail),
         file=sys.stderr,
     )
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m benchmark run ARGV`."""
+    return run_experiment(tyro.cli(Config, args=argv, prog="python -m benchmark run"))
+
+
+def run_experiment(cfg: Config) -> int:
     """Plans the runs (exit 2 if a total does not split), leaves out those already ok in the
     experiment's manifest, prints the others (--dry-run) or runs them locally or on SLURM, keeping
     the manifest; exit 1 if any run failed."""
-    cfg = tyro.cli(Config, args=argv, prog="python -m benchmark run")
     try:
         planned = plan_runs(cfg)
         experiment_dir = cfg.out / planned[0].experiment
         manifest_path = experiment_dir / "manifest.json"
-        entries = read_manifest(manifest_path)
+        entries = earlier_entries(manifest_path)
         runs, skipped = not_yet_ok(planned, entries)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -674,9 +674,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     failed = 0
     with tqdm(total=len(runs), unit="run", desc=runs[0].experiment) as bar:
         for entry in results:
-            entries[entry_key(entry)] = entry
+            entries[entry.key] = entry
             write_manifest(manifest_path, entries)
-            if entry["status"] != "ok":
+            if entry.status != "ok":
                 failed += 1
                 report_failure(entry, experiment_dir)
             bar.set_postfix(failed=failed, refresh=False)

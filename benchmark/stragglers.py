@@ -18,8 +18,7 @@ from pathlib import Path
 
 import tyro
 
-from benchmark.common import command, scalars
-from benchmark.run import A2C_ROLLOUT
+from benchmark.common import command, scalars, script_module
 
 
 @dataclass
@@ -55,17 +54,22 @@ def main(cfg: Config) -> None:
     rows = []
     for script, ranks, slow, fast in CASES:
         result = {}
-        for label, extra in (("as is", []), ("slowed", ["--debug-slow-rank", str(slow), "--debug-slow-seconds", str(cfg.slow_seconds)])):
+        slowed = ["--debug-slow-rank", str(slow), "--debug-slow-seconds", str(cfg.slow_seconds)]
+        for label, extra in (("as is", []), ("slowed", slowed)):
             where = cfg.out / script[:-3] / label.replace(" ", "_")
             where.mkdir(parents=True, exist_ok=True)
             args = ["--env-id", cfg.env_id, "--num-envs", str(cfg.envs), "--total-timesteps", str(cfg.steps),
                     "--torch-threads", "1", "--env-threads", "1", "--print-every", "30", *extra]  # fmt: skip
             if script == "impala_atari.py":
                 args += ["--batch-size", str(2 * cfg.envs)]  # one update = one unroll of each actor's simulators
-            proc = subprocess.run(command(script, *args, np=ranks), cwd=where, capture_output=True, text=True, check=True)
+            proc = subprocess.run(command(script, *args, np=ranks), cwd=where, capture_output=True, text=True,
+                                  check=True)  # fmt: skip
             run_dir = max((where / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
             job_sps = scalars(run_dir)["charts/SPS"][-1][1]
-            worker = fast_worker_sps(proc.stdout, fast, A2C_ROLLOUT * cfg.envs) if fast is not None else job_sps / 2
+            if fast is None:
+                worker = job_sps / 2
+            else:  # GALA's agent, A3C's worker: updates of the script's --num-steps on its simulators
+                worker = fast_worker_sps(proc.stdout, fast, script_module(script).Args().num_steps * cfg.envs)
             note = re.search(r"unrolls received per actor (.*?);", proc.stdout)
             result[label] = (worker, job_sps, note.group(1) if note else "")
         (w0, j0, _), (w1, j1, n1) = result["as is"], result["slowed"]
@@ -73,8 +77,10 @@ def main(cfg: Config) -> None:
         print(rows[-1], flush=True)
     table = [f"{cfg.env_id}, 2 workers x {cfg.envs} simulators, {cfg.steps} global steps; one worker sleeps "
              f"{cfg.slow_seconds} s per update in the slowed run",
-             "script                slow rank   other worker SPS (as is -> slowed)   job SPS (as is -> slowed)   unrolls per actor (slowed)"]  # fmt: skip
-    table += [f"{s:22s} {r:9d}   {w0:8.0f} -> {w1:5.0f} ({w1 / w0:4.0%})            {j0:6.0f} -> {j1:5.0f} ({j1 / j0:4.0%})    {n}"
+             "script                slow rank   other worker SPS (as is -> slowed)   job SPS (as is -> slowed)   "
+             "unrolls per actor (slowed)"]  # fmt: skip
+    table += [f"{s:22s} {r:9d}   {w0:8.0f} -> {w1:5.0f} ({w1 / w0:4.0%})            "
+              f"{j0:6.0f} -> {j1:5.0f} ({j1 / j0:4.0%})    {n}"
               for s, r, w0, w1, j0, j1, n in rows]  # fmt: skip
     (cfg.out / "table.txt").write_text("\n".join(table) + "\n")
     print("\n".join(table))

@@ -88,6 +88,22 @@ def assert_bad_input(script: str, args: list[str], message: str, cwd: Path, np: 
     assert not (cwd / "runs").exists()
 
 
+def config_error(module, args: list[str], world_size: int = 2) -> str:
+    """In-process, what every rank of a `world_size` job checks before anything runs: the script's
+    finalize_args and start_checkpoint on ARGS (parsed by tyro as on the command line). Returns the
+    ConfigError's message, or "" if the input is accepted. (One launch per script checks that such an
+    error gives one message and exit 2 from every rank: assert_bad_input.)"""
+    import tyro
+
+    parsed = tyro.cli(module.Args, args=args)
+    try:
+        module.finalize_args(parsed, world_size)
+        module.start_checkpoint(parsed, world_size, 0)
+    except module.ConfigError as e:
+        return str(e)
+    return ""
+
+
 def runner(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     """`python -m benchmark run ARGS` in a subprocess, as a user types it."""
     return subprocess.run([sys.executable, "-m", "benchmark", "run", *args], check=False, cwd=cwd,

@@ -164,7 +164,8 @@ def test_skipped_figures_and_nominal_from_a2c(experiment, tmp_path):
 
     # A nominal score no better than random play (-20.7) defines no success: that figure is skipped.
     out = tmp_path / "nominal_at_random_play"
-    assert report.main(["--experiment", str(only_a2c), "--out", str(out), "--bootstrap-reps", "50", "--nominal", "Pong=-21"]) == 0
+    args = ["--experiment", str(only_a2c), "--out", str(out), "--bootstrap-reps", "50", "--nominal", "Pong=-21"]
+    assert report.main(args) == 0
     assert "- `success_vs_simulators.png`: skipped" in (out / "report.md").read_text()
     assert not (out / "success_vs_simulators.png").exists()
 
@@ -198,13 +199,60 @@ def test_the_paired_test_takes_the_plain_runs_only():
     finals = {"a2c_allreduce": [-20, -19, -18], "gala_a2c": [-19, -17, -18.5], "gala_sync": [10, 12, 11]}
     algorithm = {"a2c_allreduce": "a2c_allreduce", "gala_a2c": "gala_a2c", "gala_sync": "gala_a2c"}
     records = [record(label, algorithm[label], seed, v) for label, vs in finals.items() for seed, v in enumerate(vs, 1)]
-    md = "\n".join(report.build_report(records, report.Config(bootstrap_reps=50, nominal=("Pong=18",)), "test").lines)
+    cfg = report.Config(bootstrap_reps=50, nominal=("Pong=18",))
+    md = "\n".join(report.format_report(report.compute_report(records, cfg), cfg, "test"))
     paired = scipy.stats.ttest_rel(finals["gala_a2c"], finals["a2c_allreduce"])  # not gala_sync's 11 on average
     assert f"paired over (game, simulators, seed): n = 3, t = {paired.statistic:.3f}, p = {paired.pvalue:.4g}" in md
     assert row(md, "Final scores", "Pong", "gala_sync", "4")[3:5] == ["3", "11.00"]
     assert row(md, "Final scores", "Pong", "gala_a2c", "4")[3:5] == ["3", f"{np.mean(finals['gala_a2c']):.2f}"]
     table = md.split("## Final scores")[1].split("## Success")[0]
     assert table.index("| Pong | gala_a2c |") < table.index("| Pong | gala_sync |")  # a variant after its algorithm
+
+
+def test_the_report_is_computed_then_written():
+    """compute_report's plain data, and format_report's table of it."""
+    finals = {("a2c_allreduce", 4): [-20, -19, -18], ("gala_a2c", 4): [-19, -17, -18], ("a2c_allreduce", 8): [-15]}
+    sps = {"a2c_allreduce": 0, "gala_a2c": 50}  # + 100 x seed: medians 200 and 250 over seeds 1-3
+    records = [report.RunRecord(name=f"{label}/{sims}/{seed}", algorithm=label, env_id="Pong-v5", seed=seed,
+                                simulators=sims, total_timesteps=1000, status="ok",
+                                returns=report.Series.by_step([950], [1.0], [final]),
+                                sps=report.Series.by_step([100, 950], [1, 2], [1, 100 * seed + sps[label]]))
+               for (label, sims), values in finals.items() for seed, final in enumerate(values, 1)]  # fmt: skip
+    cfg = report.Config(bootstrap_reps=50, nominal=("Pong=-16",))
+    data = report.compute_report(records, cfg)
+    score = {(s.label, s.simulators): s for s in data.scores}
+    assert (score["gala_a2c", 4].n, score["gala_a2c", 4].mean) == (3, pytest.approx(np.mean(finals["gala_a2c", 4])))
+    assert score["gala_a2c", 4].std == pytest.approx(np.std(finals["gala_a2c", 4], ddof=1))
+    assert score["a2c_allreduce", 8].std is None  # one run
+    # Nominal -16, random -20.7: success from -18.35 on; GALA 2 of 3 at 4 simulators, A2C 1 of 3.
+    assert data.shares == {
+        ("Pong", "a2c_allreduce", 4): (pytest.approx(1 / 3), 3),
+        ("Pong", "gala_a2c", 4): (pytest.approx(2 / 3), 3),
+        ("Pong", "a2c_allreduce", 8): (1.0, 1),
+    }
+    paired = scipy.stats.ttest_rel(finals["gala_a2c", 4], finals["a2c_allreduce", 4])
+    assert data.ttest_finals == (3, pytest.approx(paired.statistic), pytest.approx(paired.pvalue))
+    assert data.ttest_shares is None  # one (game, simulators) cell with both
+    ratio = {(row["algorithm"], row["simulators"]): row["ratio"] for row in data.throughput}
+    assert ratio == {("a2c_allreduce", 4): 1.0, ("gala_a2c", 4): pytest.approx(250 / 200), ("a2c_allreduce", 8): 1.0}
+    md = "\n".join(report.format_report(data, cfg, "test"))
+    assert row(md, "Final scores", "Pong", "gala_a2c", "4")[3:6] == ["3", f"{score['gala_a2c', 4].mean:.2f}",
+                                                                     f"{score['gala_a2c', 4].std:.2f}"]  # fmt: skip
+    assert row(md, "Final scores", "Pong", "a2c_allreduce", "8")[5] == "n/a"
+
+
+def test_manifests_older_than_labels_are_read(tmp_path):
+    """Entries without a label are their algorithm's; a failed run says its exit code, a stopped one that it was."""
+    entry = {"experiment": "old", "preset": "smoke", "algorithm": "gala_a2c", "script": "gala_a2c_atari.py",
+             "env_id": "Pong-v5", "seed": 1, "simulators": 4, "ranks": 2, "envs_per_rank": 2, "workers": 2,
+             "total_timesteps": 6000, "command": ["mpirun"], "workdir": "gala_a2c/Pong-v5/sims4/seed1",
+             "git_commit": "unknown", "wandb_project": "p", "wandb_group": "old", "run_dir": None, "status": "failed",
+             "returncode": 2, "wall_seconds": 1.0, "utilisation": None}  # fmt: skip
+    stopped = {**entry, "seed": 2, "workdir": "gala_a2c/Pong-v5/sims4/seed2", "status": "stopped", "returncode": 0}
+    (tmp_path / "manifest.json").write_text(json.dumps([entry, stopped]))
+    records = report.load_local(tmp_path)
+    assert [(r.label, r.seed, r.status, r.note) for r in records] == [
+        ("gala_a2c", 1, "failed", "exit 2"), ("gala_a2c", 2, "failed", "stopped by a signal")]  # fmt: skip
 
 
 # --- W&B -------------------------------------------------------------------------------------------------
@@ -242,9 +290,11 @@ def test_series_are_put_in_step_order():
 
 def test_a_run_cut_short_has_no_final_score():
     cut = report.RunRecord(name="cut", algorithm="gala_a2c", env_id="Pong-v5", seed=1, simulators=4,
-                           total_timesteps=1000, status="ok", sps=report.Series.by_step([100, 500], [1, 2], [9, 9]))  # fmt: skip
+                           total_timesteps=1000, status="ok",
+                           sps=report.Series.by_step([100, 500], [1, 2], [9, 9]))  # fmt: skip
     whole = report.RunRecord(name="whole", algorithm="gala_a2c", env_id="Pong-v5", seed=2, simulators=4,
-                             total_timesteps=1000, status="ok", sps=report.Series.by_step([500, 960], [1, 2], [9, 9]))  # fmt: skip
+                             total_timesteps=1000, status="ok",
+                             sps=report.Series.by_step([500, 960], [1, 2], [9, 9]))  # fmt: skip
     report.apply_final_window([cut, whole], 0.1)
     assert (cut.status, cut.note) == ("failed", "stopped at step 500 of 1000")
     assert whole.status == "ok"

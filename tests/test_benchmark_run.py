@@ -3,11 +3,27 @@ real experiment in which one run fails and the other still runs, then run again:
 
 import json
 import shutil
+import sys
+from dataclasses import asdict, replace
 
 import pytest
-from conftest import run_dirs, runner, tiny_run
+from conftest import runner, tiny_run
 
-from benchmark.run import Config, ConfigError, Plan, launch_plan, plan_runs
+import benchmark.run
+from benchmark.__main__ import main as benchmark_main
+from benchmark.common import ROOT, ManifestEntry, read_manifest
+from benchmark.run import (
+    Config,
+    ConfigError,
+    Plan,
+    earlier_entries,
+    execute,
+    launch_plan,
+    plan_runs,
+    report_failure,
+    run_experiment,
+    write_manifest,
+)
 
 
 def test_launch_plan_matches_total_simulators():
@@ -68,13 +84,14 @@ def test_refusal_is_one_message_and_exit_2(tmp_path, args, message):
         ("sweep", 600, ["cd {out}/sweep/gala_a2c/Seaquest-v5/sims1024/seed3 && ", "-np 4 ",
                         "/gala_a2c_atari.py --env-id Seaquest-v5 --seed 3 --total-timesteps 40000000 --num-envs 256 "]),
         # 200 updates of 5 steps x 16 simulators; IMPALA: 200 of 16 trajectories x 20 steps.
-        ("throughput", 4, ["-np 3 ", "/a3c_gpu_atari.py --env-id Pong-v5 --seed 1 --total-timesteps 16000 --num-envs 8 ",
+        ("throughput", 4, ["-np 3 ",
+                           "/a3c_gpu_atari.py --env-id Pong-v5 --seed 1 --total-timesteps 16000 --num-envs 8 ",
                            "/impala_atari.py --env-id Pong-v5 --seed 1 --total-timesteps 64000 --num-envs 8 ",
                            "--batch-size 16"]),
         # IMPALA: one actor's unroll of its 16 simulators per update, not annealed; the others take neither flag.
         ("learning", 10, ["cd {out}/learning/impala/Breakout-v5/sims32/seed2 && ", "-np 3 ",
                           "/impala_atari.py --env-id Breakout-v5 --seed 2 --total-timesteps 500000 --num-envs 16 ",
-                          "--batch-size 16 --eval-episodes 10 --unroll-length 20 --no-anneal-lr",
+                          "--batch-size 16 --unroll-length 20 --no-anneal-lr",
                           "/a3c_gpu_atari.py --env-id Breakout-v5 --seed 2 --total-timesteps 500000 --num-envs 16 "
                           "--torch-threads 1 --env-threads 1 --track --wandb-project-name gala-rl-benchmark "
                           "--wandb-group learning --wandb-tags learning commit-"]),
@@ -89,8 +106,8 @@ def test_dry_run_prints_each_presets_commands(tmp_path, preset, count, expected)
         field = field.format(out=tmp_path)
         assert any(field in line for line in lines), field
     # W&B: one project, the experiment as group, the preset and commit as tags; nothing was run.
-    assert all(f"--track --wandb-project-name gala-rl-benchmark --wandb-group {preset} --wandb-tags {preset} commit-" in line
-               for line in lines)  # fmt: skip
+    tracked = f"--track --wandb-project-name gala-rl-benchmark --wandb-group {preset} --wandb-tags {preset} commit-"
+    assert all(tracked in line for line in lines)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -135,7 +152,7 @@ def test_learning_runs_seed_major_with_variants_after():
         assert (r.simulators, r.ranks, r.envs_per_rank, r.total_timesteps) == (32, ranks[r.algorithm], 16, 500_000)
     variant = runs[-1]
     assert (variant.script, variant.workdir) == ("gala_a2c_atari.py", "gala_sync/Breakout-v5/sims32/seed3")
-    assert variant.command[-6:] == ["--eval-episodes", "10", "--exp-name", "gala_sync", "--sync-freq", "0"]
+    assert variant.command[-4:] == ["--exp-name", "gala_sync", "--sync-freq", "0"]
 
 
 def test_a_run_again_continues_the_experiment(tiny_experiment, tmp_path):
@@ -181,3 +198,107 @@ def test_a_run_again_lists_only_what_is_left_and_refuses_other_flags(tiny_experi
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("error: 2 run(s) already ok in this experiment were launched otherwise") == 1, proc.stderr
     assert "--total-timesteps 6000" in proc.stderr and "--total-timesteps 8000" in proc.stderr
+
+
+def test_help_lists_both_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        benchmark_main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "{run,report}" in out and "manifest.json" in out
+
+
+# A stand-in for a script (python -c CODE, run in the run's WORKDIR): it writes its run directory, and in it the
+# summary.json the scripts write at the end of every run (stopped: ended early by a signal), then exits with CODE.
+FAKE_SCRIPT = """
+import json, pathlib, sys
+stopped, code, write = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+run_dir = pathlib.Path("runs/Pong-v5__fake__1__1")
+if write != "no run directory":
+    run_dir.mkdir(parents=True)
+if write == "summary":
+    summary = {"algorithm": "a2c_allreduce", "global_step": 640, "stopped": stopped, "sps": 100.0}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+print("stopped by signal")  # what the runner used to look for in stdout: it says nothing now
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    "stopped, code, write, status, said",
+    [
+        (False, 0, "summary", "ok", None),
+        (True, 0, "summary", "stopped", None),
+        (True, 3, "summary", "failed", None),
+        (False, 0, "no summary", "failed", "exit 0 but no {run_dir}/summary.json"),
+        (False, 0, "no run directory", "failed", "exit 0 but no new run directory in {workdir}/runs"),
+    ],
+    ids=["ok", "stopped", "exit 3", "no summary", "no run directory"],
+)  # fmt: skip
+def test_the_status_of_a_run_comes_from_its_exit_code_and_summary(
+    tmp_path, capsys, stopped, code, write, status, said
+):
+    planned = plan_runs(Config(preset="smoke", algorithms=("a2c_allreduce",), seeds=(1,)))[0]
+    run = replace(planned, command=[sys.executable, "-c", FAKE_SCRIPT, json.dumps(stopped), str(code), write])
+    entry = execute(run, tmp_path, interval=0.05)
+    assert (entry.status, entry.returncode) == (status, code)
+    workdir = tmp_path / run.workdir
+    run_dir = workdir / "runs/Pong-v5__fake__1__1"
+    assert entry.run_dir == (None if write == "no run directory" else f"{run.workdir}/runs/{run_dir.name}")
+    assert asdict(replace(entry, run_dir=None, status="planned", returncode=None, wall_seconds=0.0,
+                          utilisation=None)) == asdict(run)  # the launch is kept as planned  # fmt: skip
+    if said is None:
+        return
+    # The reason ends the run's stderr, so the runner's report of the failure says it.
+    said = said.format(run_dir=run_dir, workdir=workdir)
+    assert said in (workdir / "stderr.txt").read_text().splitlines()[-1]
+    report_failure(entry, tmp_path)
+    err = capsys.readouterr().err
+    assert "FAILED a2c_allreduce Pong-v5 sims8 seed1: exit 0" in err and said in err, err
+
+
+def test_an_experiment_of_stand_ins_keeps_its_manifest_and_continues(tmp_path, monkeypatch, capsys):
+    """The runner on stand-ins for the script (FAKE_SCRIPT): seed 1 ends ok, seed 2 is stopped, seed 3 exits 0
+    without a summary. Run again, the experiment skips seed 1 and runs the others again."""
+    outcome = {"1": ("false", "0", "summary"), "2": ("true", "0", "summary"), "3": ("false", "0", "no summary")}
+
+    def stand_in(script: str, *args: str, np: int | None = None) -> list[str]:
+        seed = args[args.index("--seed") + 1]
+        return [sys.executable, "-c", FAKE_SCRIPT, *outcome[seed], str(ROOT / script), *args]
+
+    monkeypatch.setattr(benchmark.run, "command", stand_in)
+    cfg = Config(preset="smoke", algorithms=("a2c_allreduce",), seeds=(1, 2, 3), name="fake", out=tmp_path,
+                 sample_interval=0.05)  # fmt: skip
+    assert run_experiment(cfg) == 1  # a run stopped or failed
+    out, err = capsys.readouterr()
+    assert "1 of 3 runs ok, 2 failed" in out
+    assert "STOPPED a2c_allreduce Pong-v5 sims8 seed2: exit 0" in err
+    assert "FAILED a2c_allreduce Pong-v5 sims8 seed3: exit 0" in err and "summary.json: the run did not end" in err
+    manifest = tmp_path / "fake" / "manifest.json"
+    entries = read_manifest(manifest)
+    assert [(e.seed, e.status, e.returncode) for e in entries] == [(1, "ok", 0), (2, "stopped", 0), (3, "failed", 0)]
+    assert all(e.run_dir == f"{e.workdir}/runs/Pong-v5__fake__1__1" for e in entries)
+
+    assert run_experiment(cfg) == 1
+    out, err = capsys.readouterr()
+    assert f"skipped 1 of 3 runs, already ok in {manifest}" in out and "0 of 2 runs ok, 2 failed" in out
+    assert read_manifest(manifest)[0] == entries[0]  # the skipped run's entry as it was
+
+
+def test_the_manifest_is_a_list_of_entries_and_older_ones_have_no_label(tmp_path):
+    """What the runner writes reads back as the same entries; an entry written before labels is its algorithm's."""
+    runs = plan_runs(Config(preset="learning", variant=("gala_sync=gala_a2c:--sync-freq 0",)))
+    done = {run.key: replace(run, run_dir=f"{run.workdir}/runs/x", status="ok", returncode=0, wall_seconds=1.5,
+                             utilisation={"interval_s": 1.0, "cpu_percent": [50.0], "gpu_percent": None})
+            for run in runs}  # fmt: skip
+    path = tmp_path / "manifest.json"
+    write_manifest(path, done)
+    written = json.loads(path.read_text())
+    assert [tuple(e[k] for k in ("label", "env_id", "simulators", "seed")) for e in written] == sorted(done)
+    assert read_manifest(path) == [done[key] for key in sorted(done)]
+    assert earlier_entries(path) == done and earlier_entries(tmp_path / "none.json") == {}
+
+    older = [{k: v for k, v in e.items() if k != "label"} for e in written if e["label"] == e["algorithm"]]
+    path.write_text(json.dumps(older))
+    assert [e.label for e in read_manifest(path)] == [e["algorithm"] for e in older]
+    assert all(isinstance(e, ManifestEntry) for e in read_manifest(path))

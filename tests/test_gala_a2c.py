@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import assert_bad_input, ok, run, run_dirs, run_ok, sigterm_once_training, start
+from conftest import assert_bad_input, config_error, ok, run, run_dirs, run_ok, sigterm_once_training, start
 
 import gala_a2c_atari as gala
 from benchmark.common import command
@@ -200,5 +200,10 @@ def test_eval_uses_the_average_checkpoint(workdir):
         (["--resume", "missing"], "checkpoint directory 'missing' does not exist"),
     ],
 )
-def test_bad_input_exits_nonzero_on_every_rank(workdir, args, message):
-    assert_bad_input(SCRIPT, args, message, workdir)
+def test_bad_input_is_refused_by_the_argument_checks(workdir, monkeypatch, args, message):
+    monkeypatch.chdir(workdir)
+    assert message in config_error(gala, args)
+
+
+def test_bad_input_exits_2_on_every_rank_with_one_message(workdir):
+    assert_bad_input(SCRIPT, ["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'", workdir)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import assert_bad_input, interrupt_then_resume, ok, run, run_ok
+from conftest import assert_bad_input, config_error, interrupt_then_resume, ok, run, run_ok
 
 import impala_atari as impala
 
@@ -217,5 +217,10 @@ def test_the_learner_queue_is_bounded_when_actors_outpace_it(workdir):
         (["--resume", "missing.pt"], "'missing.pt' does not exist"),
     ],
 )
-def test_bad_input_exits_nonzero_on_every_rank(workdir, args, message):
-    assert_bad_input(SCRIPT, args, message, workdir, np=2)
+def test_bad_input_is_refused_by_the_argument_checks(workdir, monkeypatch, args, message):
+    monkeypatch.chdir(workdir)
+    assert message in config_error(impala, args)
+
+
+def test_bad_input_exits_2_on_every_rank_with_one_message(workdir):
+    assert_bad_input(SCRIPT, ["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'", workdir, np=2)
