@@ -614,7 +614,7 @@ def work(comm, args: Args, agent, store: CentralStore, env_threads: int, device,
         grad, means = a2c_gradient(
             agent, obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1), args
         )
-        step_fn = lambda p, s, g: rmsprop_step(p, s, g, lr, args.rmsprop_alpha, args.rmsprop_eps)  # noqa: E731
+        step_fn = lambda p, s, g, lr=lr: rmsprop_step(p, s, g, lr, args.rmsprop_alpha, args.rmsprop_eps)  # noqa: E731
         previous, waited = store.apply(grad, step_fn, start)
         updates += 1
         if rank == args.debug_slow_rank:

@@ -18,13 +18,21 @@
    the check of the measurement). Simplification: the shard RMSprop states follow the A2C run's
    parameters, not each agent's own trajectory.
 
+3. The study's own runs (`runs`): for every A2C and GALA-family run of an experiment, the final
+   score, the share of updates whose gradient was clipped (from losses/grad_norm) and, for GALA, the
+   mix rate, the longest run without a mix and the mean message age over all agents (from the agents'
+   closing lines: averaged over a ring, the drift of the agents' update counts cancels).
+
     python -m benchmark.gala_diagnosis consensus
     python -m benchmark.gala_diagnosis step --total-timesteps 200000
+    python -m benchmark.gala_diagnosis runs --experiment bench_runs/learning
 
 Writes its table to --out (default benchmark/results/gala_diagnosis_{consensus,step}.txt).
 """
 
+import ast
 import json
+import re
 import subprocess
 import sys
 import time
@@ -242,13 +250,75 @@ def run_step(cfg: Step) -> None:
     print(table)
 
 
+# ---------------------------------------------------------------------------------------------
+# 3. The study's runs
+@dataclass
+class Runs:
+    """Gossip and clipping statistics of an experiment's A2C and GALA-family runs."""
+
+    experiment: Path = Path("bench_runs/learning")
+    final_window: float = 0.25
+    """share of the run's last steps whose episodes make the final score"""
+    max_grad_norm: float = 0.5
+    out: Path = Path("benchmark/results/gala_diagnosis_runs.txt")
+
+
+AGENT_LINE = re.compile(
+    r"\[agent (\d+)\] .*mixes (\d+), skipped (\d+), longest_without_mix (\d+); message ages (\{.*\})"
+)
+
+
+def run_rows(cfg: Runs) -> list[str]:
+    from benchmark.common import read_manifest, scalars
+    from benchmark.report import final_score
+
+    rows, num_steps = [], script_module("gala_a2c_atari.py").Args().num_steps
+    for e in sorted(read_manifest(cfg.experiment / "manifest.json"), key=lambda e: (e.label, e.seed)):
+        if e.algorithm not in ("a2c_allreduce", "gala_a2c") or e.status != "ok" or e.run_dir is None:
+            continue
+        tags = scalars(cfg.experiment / e.run_dir)
+        steps, returns = zip(*tags["charts/episodic_return"])
+        score = final_score(np.array(steps), np.array(returns), e.total_timesteps, cfg.final_window)
+        norms = np.array([v for _, v in tags.get("losses/grad_norm", [])])
+        clipped = f"{np.mean(norms > cfg.max_grad_norm):.2f}" if len(norms) else "n/a"
+        gossip = ["", "", "", ""]
+        if e.algorithm == "gala_a2c":
+            stdout = (cfg.experiment / e.workdir / "stdout.txt").read_text()
+            agents = AGENT_LINE.findall(stdout)
+            ages: dict[int, int] = {}
+            for _, _, _, _, hist in agents:
+                for age, n in ast.literal_eval(hist).items():
+                    ages[age] = ages.get(age, 0) + n
+            mixes, total = sum(int(a[1]) for a in agents), max(sum(ages.values()), 1)
+            updates = e.total_timesteps // (e.envs_per_rank * num_steps)  # of all agents together
+            common = ", ".join(f"{a}: {n / total:.0%}" for a, n in sorted(ages.items()) if n / total >= 0.01)
+            mean_age = sum(a * n for a, n in ages.items()) / total
+            gossip = [f"{mixes / updates:.2f}", str(max(int(a[3]) for a in agents)), f"{mean_age:.2f}", common]
+        rows.append(f"| {e.label} | {e.seed} | {score:.1f} | {clipped} | " + " | ".join(gossip) + " |")
+    return rows
+
+
+def run_runs(cfg: Runs) -> None:
+    table = "\n".join([
+        f"# {cfg.experiment}: final score = mean raw return over the last {cfg.final_window:.0%} of the steps;",
+        f"# clipped = share of logged updates with a gradient norm above {cfg.max_grad_norm}; GALA: mix rate (mixes",
+        "# / updates, all agents), longest run of updates without a mix, mean message age over all agents and its",
+        "# histogram.",
+        "| run | seed | final score | clipped | mix rate | longest without mix | mean age | ages >= 1% |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |", *run_rows(cfg),
+    ])  # fmt: skip
+    print(table)
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    cfg.out.write_text(f"python -m benchmark.gala_diagnosis runs --experiment {cfg.experiment}\n{table}\n")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "consensus-worker":
         out, sync_freq, updates, work_ms, jitter = sys.argv[2:7]
         consensus_worker(out, sync_freq, int(updates), float(work_ms), float(jitter))
         return
-    cfg = tyro.extras.subcommand_cli_from_dict({"consensus": Consensus, "step": Step})
-    run_consensus(cfg) if isinstance(cfg, Consensus) else run_step(cfg)
+    cfg = tyro.extras.subcommand_cli_from_dict({"consensus": Consensus, "step": Step, "runs": Runs})
+    {Consensus: run_consensus, Step: run_step, Runs: run_runs}[type(cfg)](cfg)
 
 
 if __name__ == "__main__":

@@ -57,5 +57,6 @@ if rank == 0:
     params, square_avg, count = store.snapshot()  # under lock epochs, as the workers' updates
     Path(out).write_text(json.dumps({"count": count, "workers": results[1:]}))
     np.savez(out + ".npz", params=params, square_avg=square_avg, initial=initial,
-             gradients=np.array([[gradient(r, k) for k in range(20 if mode == "sum" else 1)] for r in range(1, world)]))  # fmt: skip
+             gradients=np.array([[gradient(r, k) for k in range(20 if mode == "sum" else 1)]
+                                 for r in range(1, world)]))  # fmt: skip
 store.free()

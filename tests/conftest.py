@@ -16,12 +16,16 @@ from benchmark.common import command, scalars  # noqa: E402
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
 
 
-def run(script: str, *args: str, cwd: Path, np: int | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(command(script, *args, np=np), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+def run(
+    script: str, *args: str, cwd: Path, np: int | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(command(script, *args, np=np), cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
 
 
 def start(script: str, *args: str, cwd: Path, np: int | None = None) -> subprocess.Popen:
-    return subprocess.Popen(command(script, *args, np=np), cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command(script, *args, np=np), cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def run_dirs(cwd: Path) -> list[Path]:
@@ -107,7 +111,8 @@ def config_error(module, args: list[str], world_size: int = 2) -> str:
 def runner(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     """`python -m benchmark run ARGS` in a subprocess, as a user types it."""
     return subprocess.run([sys.executable, "-m", "benchmark", "run", *args], check=False, cwd=cwd,
-                          env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+                          env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
 
 
 def tiny_run(out: Path, *more: str) -> subprocess.CompletedProcess:

@@ -43,7 +43,8 @@ for t in range(1, int(rounds) + 1):
 gossip.finish()
 counts = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()), "mixes": gossip.mixes,
           "skipped": gossip.skipped, "longest_without_mix": gossip.longest_without_mix}
-starts, finals, all_counts = comm.gather(start, root=0), comm.gather(flat.numpy().copy(), root=0), comm.gather(counts, root=0)
+starts, finals = comm.gather(start, root=0), comm.gather(flat.numpy().copy(), root=0)
+all_counts = comm.gather(counts, root=0)
 grads = comm.gather(grad, root=0)
 if rank == 0:
     starts, finals = np.array(starts, dtype=np.float64), np.array(finals, dtype=np.float64)
@@ -58,7 +59,8 @@ if rank == 0:
         "metrics": {"disagreement": disagreement, "relative": relative, "cosine": cosine},
         "numpy": {
             "disagreement": float(np.sqrt(np.mean(np.sum((starts - starts.mean(0)) ** 2, axis=1)))),
-            "relative": float(np.sqrt(np.mean(np.sum((starts - starts.mean(0)) ** 2, axis=1))) / np.linalg.norm(starts.mean(0))),
+            "relative": float(np.sqrt(np.mean(np.sum((starts - starts.mean(0)) ** 2, axis=1)))
+                              / np.linalg.norm(starts.mean(0))),
             "cosine": float(np.mean([np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)
                                      for i, a in enumerate(np.array(grads, dtype=np.float64))
                                      for j, b in enumerate(np.array(grads, dtype=np.float64)) if i != j])),

@@ -48,7 +48,10 @@ def test_targets_match_naive_loop(seed):
     truncs = (rng.random((T, N)) < 0.15) & ~terms
     truncs[3, 0] = terms[3, 0] = True  # both at once: a termination wins
     prev_done = rng.random(N) < 0.5
-    as_t = lambda x: torch.tensor(np.asarray(x, dtype=np.float64))
+
+    def as_t(x):
+        return torch.tensor(np.asarray(x, dtype=np.float64))
+
     returns, valid = a2c.a2c_targets(
         as_t(rewards), as_t(terms), as_t(truncs), as_t(values), as_t(next_value), as_t(prev_done), 0.9
     )
@@ -128,7 +131,8 @@ def test_end_to_end_tracked_offline(workdir, np_, track):
     world = np_ or 1
     total = 400 * 8 * world  # 400 steps per simulator
     proc, _, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(total), "--log-every", "5",
-                           "--check-sync-every", "5", *FAST, *(["--track"] if track else []), cwd=workdir, np=np_)  # fmt: skip
+                           "--check-sync-every", "5", *FAST, *(["--track"] if track else []),
+                           cwd=workdir, np=np_)  # fmt: skip
     for tag in ("charts/SPS", "charts/learning_rate", "losses/policy_loss", "losses/value_loss", "losses/entropy",
                 "charts/episodic_return", "charts/episodic_length"):  # fmt: skip
         assert tag in tags, tag

@@ -17,7 +17,8 @@ FAST = ["--num-envs", "8", "--print-every", "1", "--log-every", "5"]
 # --- the central store -----------------------------------------------------------------------------
 def store(tmp_path, mode: str, np_: int) -> tuple[dict, dict]:
     out = tmp_path / "store.json"
-    ok(subprocess.run(command("tests/a3c_store_worker.py", str(out), mode, np=np_), capture_output=True, text=True, timeout=120))
+    ok(subprocess.run(command("tests/a3c_store_worker.py", str(out), mode, np=np_), capture_output=True, text=True,
+                      timeout=120))  # fmt: skip
     return json.loads(out.read_text()), dict(np.load(str(out) + ".npz"))
 
 

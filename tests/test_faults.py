@@ -56,8 +56,8 @@ def rank_process(family: list[psutil.Process], rank: int) -> psutil.Process:
 def test_a_killed_rank_ends_the_whole_job(workdir, script, np_, rank, track):
     """SIGKILL one rank mid-run: mpirun (Hydra) ends the job non-zero within 30 s, and every process
     it started (ranks, proxies, the W&B service) is gone."""
-    proc = start(script, "--total-timesteps", "10000000", "--print-every", "0", *fast(script), *(["--track"] if track else []),
-                 cwd=workdir, np=np_)  # fmt: skip
+    proc = start(script, "--total-timesteps", "10000000", "--print-every", "0", *fast(script),
+                 *(["--track"] if track else []), cwd=workdir, np=np_)  # fmt: skip
     deadline = time.time() + 90
     for line in proc.stdout:  # training has begun once rank 0 prints progress
         if line.startswith("global_step") or time.time() > deadline:
@@ -68,9 +68,9 @@ def test_a_killed_rank_ends_the_whole_job(workdir, script, np_, rank, track):
     victim.kill()
     try:
         proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
         proc.kill()
-        raise AssertionError(f"the job was still running 30 s after rank {rank} was killed")
+        raise AssertionError(f"the job was still running 30 s after rank {rank} was killed") from err
     took = time.monotonic() - began
     assert proc.returncode != 0
     assert took < 30

@@ -87,7 +87,8 @@ def test_sync_freq_blocks_after_k_updates_without_a_mix_and_senders_never_wait(t
 
 # --- the script end to end -------------------------------------------------------------------------
 def agent_lines(out: str) -> dict[int, dict[str, int]]:
-    found = re.findall(r"\[agent (\d+)\] (\d+) updates in [\d.]+ s; gossip: sent (\d+), received (\d+), mixes (\d+), skipped (\d+)", out)
+    found = re.findall(r"\[agent (\d+)\] (\d+) updates in [\d.]+ s; "
+                       r"gossip: sent (\d+), received (\d+), mixes (\d+), skipped (\d+)", out)  # fmt: skip
     keys = ("updates", "sent", "received", "mixes", "skipped")
     return {int(r): dict(zip(keys, map(int, rest))) for r, *rest in found}
 
@@ -102,7 +103,8 @@ def test_end_to_end_tracked_offline(workdir, np_, envs):
     assert sorted(agents) == list(range(np_)) and all(a["updates"] == updates for a in agents.values())
     assert sum(a["sent"] for a in agents.values()) == sum(a["received"] for a in agents.values()) > 0
     for tag in ("charts/SPS", "losses/policy_loss", "charts/episodic_return", "gossip/disagreement",
-                "gossip/disagreement_relative", "gossip/grad_cosine", "gossip/mix_rate", "gossip/sent", "gossip/skipped_sends", "gossip/staleness"):  # fmt: skip
+                "gossip/disagreement_relative", "gossip/grad_cosine", "gossip/mix_rate", "gossip/sent",
+                "gossip/skipped_sends", "gossip/staleness"):  # fmt: skip
         assert tag in tags, tag
     assert len(tags["gossip/disagreement"]) == updates // 5  # every measurement completed and was logged
     assert len(tags["charts/episodic_return"]) >= envs * np_  # games of every agent reached rank 0

@@ -25,7 +25,8 @@ def naive_vtrace(log_rhos, rewards, discounts, values, bootstrap, rho_bar, c_bar
         for s in range(T):
             total, trace = values[s, b], 1.0
             for t in range(s, T):
-                delta = min(rho_bar, rhos[t, b]) * (rewards[t, b] + discounts[t, b] * values_ext[t + 1, b] - values[t, b])
+                td = rewards[t, b] + discounts[t, b] * values_ext[t + 1, b] - values[t, b]
+                delta = min(rho_bar, rhos[t, b]) * td
                 total += trace * delta
                 trace *= discounts[t, b] * min(c_bar, rhos[t, b])
             vs[s, b] = total
@@ -52,7 +53,8 @@ def test_vtrace_matches_naive_evaluation_of_eq_1(seed, rho_bar, c_bar):
     t = {k: torch.tensor(v) for k, v in x.items()}
     vs, pg = impala.vtrace(t["behaviour"], t["target"], t["rewards"], t["discounts"], t["values"], t["bootstrap"],
                            rho_bar, c_bar)  # fmt: skip
-    exp_vs, exp_pg = naive_vtrace(x["log_rhos"], x["rewards"], x["discounts"], x["values"], x["bootstrap"], rho_bar, c_bar)
+    exp_vs, exp_pg = naive_vtrace(x["log_rhos"], x["rewards"], x["discounts"], x["values"], x["bootstrap"],
+                                  rho_bar, c_bar)  # fmt: skip
     np.testing.assert_allclose(vs.numpy(), exp_vs, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(pg.numpy(), exp_pg, rtol=1e-10, atol=1e-10)
 
@@ -152,11 +154,12 @@ def test_the_batch_and_its_policy_lag_are_read_before_its_buffers_are_released()
 
 # --- the script end to end -------------------------------------------------------------------------
 def test_end_to_end_learner_and_two_actors_tracked_offline(workdir):
-    proc, _, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", "8000", "--track", "--log-every", "2",
-                           *FAST, cwd=workdir, np=3)  # fmt: skip
+    proc, _, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", "8000", "--track",
+                           "--log-every", "2", *FAST, cwd=workdir, np=3)  # fmt: skip
     assert "1 learner + 2 actor(s)" in proc.stdout
     for tag in ("charts/SPS", "charts/episodic_return", "losses/policy_loss", "vtrace/rho_mean",
-                "vtrace/rho_clipped_frac", "impala/policy_lag", "impala/learner_idle_frac", "impala/queue_depth"):  # fmt: skip
+                "vtrace/rho_clipped_frac", "impala/policy_lag", "impala/learner_idle_frac",
+                "impala/queue_depth"):  # fmt: skip
         assert tag in tags, tag
     assert tags["charts/SPS"][-1][0] == 8000 // 80 * 80
     assert all(0.0 <= v <= 1.0 for _, v in tags["impala/learner_idle_frac"])

@@ -36,7 +36,8 @@ def assert_same(copies: dict[str, str], what: str) -> None:
     first, reference = next(iter(copies.items()))
     for script, copy in copies.items():
         if copy != reference:
-            diff = "\n".join(difflib.unified_diff(reference.splitlines(), copy.splitlines(), first, script, lineterm=""))
+            lines = difflib.unified_diff(reference.splitlines(), copy.splitlines(), first, script, lineterm="")
+            diff = "\n".join(lines)
             pytest.fail(f"{what} differs between {first} and {script}:\n{diff}")
 
 
