@@ -395,7 +395,7 @@ def train(args: Args) -> dict:
     reduce_grads = AllreduceGradients(comm, list(agent.parameters()), device)
     start_update = 0 if ckpt is None else resume(ckpt, optimizer, device, rank, args)
     writer = open_writer(args, run_name, run_dir) if rank == 0 else None
-    signalled = StopSignal()
+    signalled = StopSignal(comm)
     progress = Progress(start_update * args.batch_size, args.num_updates * args.batch_size, args.print_every, rank == 0)
     ckpt_path = run_dir / "checkpoint.pt"
 
@@ -474,6 +474,7 @@ def train(args: Args) -> dict:
     # Teardown: the final checkpoint (at the end with --save-model, or when stopped), evaluation.
     end_time = time.time()
     envs.close()
+    signalled.finish()
     if args.save_model or stop:
         checkpoint(update)
         if rank == 0:
@@ -640,11 +641,18 @@ class Progress:
 
 
 class StopSignal:
-    """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C): truthy once received. The
-    job then stops at the end of an update with a checkpoint and exits 0."""
+    """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C) to any one rank stops the whole
+    job: truthy once a signal reached this rank or word of one reached it from another rank. The first
+    look after its own signal tells every other rank (a one-byte non-blocking send on a communicator of
+    its own), so a preempted node's ranks stop the job instead of vanishing from it. The job then stops
+    at the end of an update with a checkpoint and exits 0. finish() (collective) reads every word sent."""
 
-    def __init__(self):
-        self.received = False
+    def __init__(self, comm):
+        self.comm = comm.Dup()
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.received, self.told, self.heard = False, False, 0
+        self.word, self.sends = np.zeros(1, dtype=np.int8), []
+        self.listen = self.comm.Irecv(self.word, source=MPI.ANY_SOURCE, tag=0)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.handle)
 
@@ -652,7 +660,29 @@ class StopSignal:
         self.received = True
 
     def __bool__(self) -> bool:
-        return self.received
+        if self.received and not self.told:
+            self.told = True
+            word = np.ones(1, dtype=np.int8)
+            self.sends = [self.comm.Isend(word, dest=r, tag=0) for r in range(self.size) if r != self.rank]
+        if self.listen.Test():
+            self.heard += 1
+            self.listen = self.comm.Irecv(self.word, source=MPI.ANY_SOURCE, tag=0)
+        return self.received or self.heard > 0
+
+    def finish(self) -> bool:
+        """Collective, once training is over: every word sent is read (a signal from now on is not
+        passed on). Returns whether any rank was signalled."""
+        bool(self)
+        tellers = sum(self.comm.allgather(self.told))
+        while self.heard < tellers - self.told:
+            self.listen.Wait()
+            self.heard += 1
+            self.listen = self.comm.Irecv(self.word, source=MPI.ANY_SOURCE, tag=0)
+        self.listen.Cancel()
+        self.listen.Wait()
+        MPI.Request.Waitall(self.sends)
+        self.comm.Free()
+        return tellers > 0
 
 
 def write_summary(run_dir: Path, global_step: int, stopped: bool, sps: Optional[float]) -> dict:

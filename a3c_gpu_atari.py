@@ -360,12 +360,15 @@ class CentralStore:
 TAG_WORKER = 7
 
 
-def serve(comm, workers: int, handle=lambda source, message: None, poll_seconds: float = 5e-4) -> None:
+def serve(comm, workers: int, handle=lambda source, message: None, poll_seconds: float = 5e-4, tick=None) -> None:
     """The store rank's loop: keep MPI progressing for the workers' one-sided operations (Iprobe,
-    then a short sleep), hand their messages ("stats", ...) / ("done", ...) to `handle`, and return
-    when every worker is done. Messages of one worker arrive in order (one tag)."""
+    then a short sleep), hand their messages ("stats", ...) / ("done", ...) to `handle`, call `tick`
+    (which passes a signal on), and return when every worker is done. Messages of one worker arrive
+    in order (one tag)."""
     status, done = MPI.Status(), 0
     while done < workers:
+        if tick is not None:
+            tick()
         if comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_WORKER, status=status):
             message = comm.recv(source=status.Get_source(), tag=TAG_WORKER)
             done += message[0] == "done"
@@ -477,7 +480,7 @@ def train(args: Args) -> dict:
             print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
     comm.Barrier()  # the central state is initialised before anyone reads it
 
-    signalled = StopSignal()
+    signalled = StopSignal(comm)
     writer = open_writer(args, run_name, run_dir) if is_store else None
     progress = Progress(start_count * args.batch_size, args.num_updates * args.batch_size, args.print_every, is_store)
     ckpt_path, last_checkpoint, reports = run_dir / "checkpoint.pt", start_count * args.batch_size, {}
@@ -509,10 +512,11 @@ def train(args: Args) -> dict:
     if is_worker:
         summary = work(comm, args, agent, store, env_threads, device, signalled, handle if world_size == 1 else None)
     else:
-        serve(comm, args.num_workers, handle)
+        serve(comm, args.num_workers, handle, tick=lambda: bool(signalled))
     end_time = time.time()
 
     # Teardown: every worker is done (the store rank saw their "done"); save and evaluate the central state.
+    signalled.finish()
     stop = comm.allreduce(bool(summary.get("stopped")), op=MPI.LOR)
     final_count = int(comm.bcast(store.count() if is_store else None, root=0))
     global_step = final_count * args.batch_size
@@ -786,11 +790,18 @@ class Progress:
 
 
 class StopSignal:
-    """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C): truthy once received. The
-    job then stops at the end of an update with a checkpoint and exits 0."""
+    """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C) to any one rank stops the whole
+    job: truthy once a signal reached this rank or word of one reached it from another rank. The first
+    look after its own signal tells every other rank (a one-byte non-blocking send on a communicator of
+    its own), so a preempted node's ranks stop the job instead of vanishing from it. The job then stops
+    at the end of an update with a checkpoint and exits 0. finish() (collective) reads every word sent."""
 
-    def __init__(self):
-        self.received = False
+    def __init__(self, comm):
+        self.comm = comm.Dup()
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.received, self.told, self.heard = False, False, 0
+        self.word, self.sends = np.zeros(1, dtype=np.int8), []
+        self.listen = self.comm.Irecv(self.word, source=MPI.ANY_SOURCE, tag=0)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.handle)
 
@@ -798,7 +809,29 @@ class StopSignal:
         self.received = True
 
     def __bool__(self) -> bool:
-        return self.received
+        if self.received and not self.told:
+            self.told = True
+            word = np.ones(1, dtype=np.int8)
+            self.sends = [self.comm.Isend(word, dest=r, tag=0) for r in range(self.size) if r != self.rank]
+        if self.listen.Test():
+            self.heard += 1
+            self.listen = self.comm.Irecv(self.word, source=MPI.ANY_SOURCE, tag=0)
+        return self.received or self.heard > 0
+
+    def finish(self) -> bool:
+        """Collective, once training is over: every word sent is read (a signal from now on is not
+        passed on). Returns whether any rank was signalled."""
+        bool(self)
+        tellers = sum(self.comm.allgather(self.told))
+        while self.heard < tellers - self.told:
+            self.listen.Wait()
+            self.heard += 1
+            self.listen = self.comm.Irecv(self.word, source=MPI.ANY_SOURCE, tag=0)
+        self.listen.Cancel()
+        self.listen.Wait()
+        MPI.Request.Waitall(self.sends)
+        self.comm.Free()
+        return tellers > 0
 
 
 def write_summary(run_dir: Path, global_step: int, stopped: bool, sps: Optional[float]) -> dict:

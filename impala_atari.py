@@ -351,10 +351,11 @@ def read_batch(unrolls: list[Unroll], update: int, device: torch.device, release
 TAG_UNROLL, TAG_PARAMS, TAG_STOP, TAG_DONE, TAG_EPISODES = 1, 2, 3, 4, 5
 
 
-def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Actor, version: int) -> dict:
+def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Actor, version: int, signalled) -> dict:
     """An actor rank: act with the newest parameters received, send unrolls from `max_inflight`
-    pre-allocated slots without waiting (except when all are in flight), until the learner says stop;
-    then take the parameter messages it announced, report its counts and complete every send."""
+    pre-allocated slots without waiting (except when all are in flight), until the learner says stop
+    (a signal to this actor is passed on to the learner, which stops the job); then take the parameter
+    messages it announced, report its counts and complete every send."""
     num_actions = envpool.make_spec(args.env_id).action_space.n
     slots = [Unroll(args.unroll_length, args.num_envs, num_actions) for _ in range(args.max_inflight)]
     sends = [MPI.REQUEST_NULL] * args.max_inflight
@@ -368,6 +369,7 @@ def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Act
         MPI.Request.Testall(sends)
 
     while not stop_req.Test():
+        bool(signalled)  # pass a signal to this rank on
         if params_req.Test():
             flat.copy_(torch.from_numpy(params[:-1]))
             version, got = int(params[-1]), got + 1
@@ -639,12 +641,13 @@ def train(args: Args) -> dict:
             report_eval(results, args, run_dir)
         return {"eval": results}
 
-    signalled = StopSignal()  # the learner stops the job; actors wait for its word
+    signalled = StopSignal(comm)  # a signal to any rank reaches the learner, which stops the job
     start_update = ckpt["update"] if ckpt else 0
     env_seed = int(np.random.SeedSequence([args.seed, rank, start_update]).generate_state(1)[0] >> 1)
     actor = Actor(args, agent, env_seed, env_threads, device) if world_size == 1 or rank > 0 else None
     if rank > 0:
-        summary = run_actor(comm, args, agent, flat, actor, start_update)
+        summary = run_actor(comm, args, agent, flat, actor, start_update, signalled)
+        signalled.finish()
         return finish_ranks(comm, args, agent, None, run_dir, env_threads, device, summary, False, 0)
 
     # The learner (rank 0), or actor and learner in turn in a world of one.
@@ -715,6 +718,7 @@ def train(args: Args) -> dict:
         print(f"{'stopped by signal at ' if stop else ''}global_step {global_step}: checkpoint {ckpt_path}", flush=True)
     if actor is not None:
         actor.envs.close()
+    signalled.finish()
     return finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary, stop, global_step)
 
 
@@ -882,11 +886,18 @@ class Progress:
 
 
 class StopSignal:
-    """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C): truthy once received. The
-    job then stops at the end of an update with a checkpoint and exits 0."""
+    """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C) to any one rank stops the whole
+    job: truthy once a signal reached this rank or word of one reached it from another rank. The first
+    look after its own signal tells every other rank (a one-byte non-blocking send on a communicator of
+    its own), so a preempted node's ranks stop the job instead of vanishing from it. The job then stops
+    at the end of an update with a checkpoint and exits 0. finish() (collective) reads every word sent."""
 
-    def __init__(self):
-        self.received = False
+    def __init__(self, comm):
+        self.comm = comm.Dup()
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.received, self.told, self.heard = False, False, 0
+        self.word, self.sends = np.zeros(1, dtype=np.int8), []
+        self.listen = self.comm.Irecv(self.word, source=MPI.ANY_SOURCE, tag=0)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.handle)
 
@@ -894,7 +905,29 @@ class StopSignal:
         self.received = True
 
     def __bool__(self) -> bool:
-        return self.received
+        if self.received and not self.told:
+            self.told = True
+            word = np.ones(1, dtype=np.int8)
+            self.sends = [self.comm.Isend(word, dest=r, tag=0) for r in range(self.size) if r != self.rank]
+        if self.listen.Test():
+            self.heard += 1
+            self.listen = self.comm.Irecv(self.word, source=MPI.ANY_SOURCE, tag=0)
+        return self.received or self.heard > 0
+
+    def finish(self) -> bool:
+        """Collective, once training is over: every word sent is read (a signal from now on is not
+        passed on). Returns whether any rank was signalled."""
+        bool(self)
+        tellers = sum(self.comm.allgather(self.told))
+        while self.heard < tellers - self.told:
+            self.listen.Wait()
+            self.heard += 1
+            self.listen = self.comm.Irecv(self.word, source=MPI.ANY_SOURCE, tag=0)
+        self.listen.Cancel()
+        self.listen.Wait()
+        MPI.Request.Waitall(self.sends)
+        self.comm.Free()
+        return tellers > 0
 
 
 def write_summary(run_dir: Path, global_step: int, stopped: bool, sps: Optional[float]) -> dict:

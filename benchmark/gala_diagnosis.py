@@ -263,8 +263,8 @@ class Runs:
     out: Path = Path("benchmark/results/gala_diagnosis_runs.txt")
 
 
-AGENT_LINE = re.compile(
-    r"\[agent (\d+)\] .*mixes (\d+), skipped (\d+), longest_without_mix (\d+); message ages (\{.*\})"
+AGENT_LINE = re.compile(  # the ranks' lines may be run together in the merged stdout
+    r"\[agent (\d+)\] [^\[]*?mixes (\d+), skipped (\d+), longest_without_mix (\d+); message ages (\{[^}]*\})"
 )
 
 

@@ -6,6 +6,8 @@ script (test_<script>.py); this file holds what is the same for all four.
 """
 
 import importlib
+import json
+import signal
 import subprocess
 import sys
 import time
@@ -78,6 +80,52 @@ def test_a_killed_rank_ends_the_whole_job(workdir, script, np_, rank, track):
     alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
     print(f"{script} rank {rank} killed: job ended with {proc.returncode} after {took:.1f} s")
+
+
+# --- a signal to one rank ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "script, np_, rank",
+    [
+        ("a2c_allreduce_atari.py", 2, 1),
+        ("gala_a2c_atari.py", 3, 2),  # an agent
+        ("gala_a2c_atari.py", 3, 0),
+        ("a3c_gpu_atari.py", 3, 2),  # a worker
+        ("a3c_gpu_atari.py", 3, 0),  # the store rank
+        ("impala_atari.py", 3, 2),  # an actor
+        ("impala_atari.py", 3, 0),  # the learner
+    ],
+)
+def test_a_signal_to_one_rank_stops_the_whole_job_with_a_checkpoint(workdir, script, np_, rank):
+    """SIGTERM to one rank only, as a preempted node's ranks get it: every rank finishes its step, the
+    job writes one checkpoint (GALA: every agent and their average), says it was stopped and exits 0
+    within 30 s, with nothing left running."""
+    proc = start(script, "--total-timesteps", "10000000", "--save-model", "--print-every", "1", *fast(script),
+                 cwd=workdir, np=np_)  # fmt: skip
+    deadline = time.time() + 90
+    for line in proc.stdout:  # training has begun once rank 0 prints progress
+        if line.startswith("global_step") or time.time() > deadline:
+            break
+    family = psutil.Process(proc.pid).children(recursive=True)
+    began = time.monotonic()
+    rank_process(family, rank).send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired as err:
+        proc.kill()
+        raise AssertionError(f"the job was still running 60 s after rank {rank} was signalled") from err
+    took = time.monotonic() - began
+    assert proc.returncode == 0, err
+    assert "stopped by signal" in out and took < 30
+    (run_dir,) = sorted((workdir / "runs").iterdir())
+    assert json.loads((run_dir / "summary.json").read_text())["stopped"] is True
+    files = ["checkpoint.pt"]
+    if script == "gala_a2c_atari.py":
+        files = [f"checkpoint/agent{r}.pt" for r in range(np_)] + ["checkpoint/average.pt"]
+    for name in files:
+        assert torch.load(run_dir / name, weights_only=False)["global_step"] > 0, name
+    _, alive = psutil.wait_procs(family, timeout=5)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    print(f"{script} rank {rank} signalled: job stopped with a checkpoint after {took:.1f} s")
 
 
 # --- a kill during a checkpoint write ---------------------------------------------------------------
