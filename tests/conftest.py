@@ -50,14 +50,19 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def wait_until_training(proc: subprocess.Popen, within: float = 90) -> None:
+    """Read the script's stdout until rank 0's first progress line (training has begun), or `within` s."""
+    deadline = time.time() + within
+    for line in proc.stdout:
+        if line.startswith("global_step") or time.time() > deadline:
+            break
+
+
 def sigterm_once_training(script: str, *args: str, cwd: Path, np: int) -> tuple[int, str, str]:
     """Start the script, wait for its first progress line, send SIGTERM to mpirun (which forwards
     it to every rank, as SLURM's preemption does); returns (exit code, stdout, stderr)."""
     proc = start(script, *args, cwd=cwd, np=np)
-    deadline = time.time() + 90
-    for line in proc.stdout:
-        if line.startswith("global_step") or time.time() > deadline:
-            break
+    wait_until_training(proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, out, err

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import ENV, ROOT, config_error, run_ok, start
+from conftest import ENV, ROOT, config_error, run_ok, start, wait_until_training
 
 SCRIPTS = {
     "a2c_allreduce_atari.py": "a2c_allreduce",
@@ -44,6 +44,13 @@ def rank_process(family: list[psutil.Process], rank: int) -> psutil.Process:
     raise AssertionError(f"no process of rank {rank} among {[p.cmdline() for p in family]}")
 
 
+def assert_nothing_left(family: list[psutil.Process]) -> None:
+    """Every process the job started (ranks, proxies, the W&B service) has ended (zombies aside)."""
+    _, alive = psutil.wait_procs(family, timeout=5)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
+
+
 @pytest.mark.parametrize(
     "script, np_, rank, track",
     [
@@ -60,10 +67,7 @@ def test_a_killed_rank_ends_the_whole_job(workdir, script, np_, rank, track):
     it started (ranks, proxies, the W&B service) is gone."""
     proc = start(script, "--total-timesteps", "10000000", "--print-every", "0", *fast(script),
                  *(["--track"] if track else []), cwd=workdir, np=np_)  # fmt: skip
-    deadline = time.time() + 90
-    for line in proc.stdout:  # training has begun once rank 0 prints progress
-        if line.startswith("global_step") or time.time() > deadline:
-            break
+    wait_until_training(proc)
     family = psutil.Process(proc.pid).children(recursive=True)
     victim = rank_process(family, rank)
     began = time.monotonic()
@@ -76,9 +80,7 @@ def test_a_killed_rank_ends_the_whole_job(workdir, script, np_, rank, track):
     took = time.monotonic() - began
     assert proc.returncode != 0
     assert took < 30
-    _, alive = psutil.wait_procs(family, timeout=5)
-    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
-    assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
+    assert_nothing_left(family)
     print(f"{script} rank {rank} killed: job ended with {proc.returncode} after {took:.1f} s")
 
 
@@ -101,10 +103,7 @@ def test_a_signal_to_one_rank_stops_the_whole_job_with_a_checkpoint(workdir, scr
     within 30 s, with nothing left running."""
     proc = start(script, "--total-timesteps", "10000000", "--save-model", "--print-every", "1", *fast(script),
                  cwd=workdir, np=np_)  # fmt: skip
-    deadline = time.time() + 90
-    for line in proc.stdout:  # training has begun once rank 0 prints progress
-        if line.startswith("global_step") or time.time() > deadline:
-            break
+    wait_until_training(proc)
     family = psutil.Process(proc.pid).children(recursive=True)
     began = time.monotonic()
     rank_process(family, rank).send_signal(signal.SIGTERM)
@@ -123,8 +122,7 @@ def test_a_signal_to_one_rank_stops_the_whole_job_with_a_checkpoint(workdir, scr
         files = [f"checkpoint/agent{r}.pt" for r in range(np_)] + ["checkpoint/average.pt"]
     for name in files:
         assert torch.load(run_dir / name, weights_only=False)["global_step"] > 0, name
-    _, alive = psutil.wait_procs(family, timeout=5)
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert_nothing_left(family)
     print(f"{script} rank {rank} signalled: job stopped with a checkpoint after {took:.1f} s")
 
 
