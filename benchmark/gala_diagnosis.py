@@ -268,17 +268,26 @@ AGENT_LINE = re.compile(  # the ranks' lines may be run together in the merged s
 )
 
 
-def run_rows(cfg: Runs) -> list[str]:
+def quarters(steps: np.ndarray, returns: np.ndarray, total: int) -> list[float]:
+    """Mean episodic return in each quarter of a run's steps (nan for a quarter without a finished game)."""
+    return [float(np.mean(returns[(steps > q * total / 4) & (steps <= (q + 1) * total / 4)]))
+            if np.any((steps > q * total / 4) & (steps <= (q + 1) * total / 4)) else float("nan")
+            for q in range(4)]  # fmt: skip
+
+
+def run_rows(cfg: Runs) -> tuple[list[str], dict[str, list[list[float]]]]:
+    """The table's rows, and each label's runs' mean return per quarter of the steps."""
     from benchmark.common import read_manifest, scalars
     from benchmark.report import final_score
 
-    rows, num_steps = [], script_module("gala_a2c_atari.py").Args().num_steps
+    rows, num_steps, by_label = [], script_module("gala_a2c_atari.py").Args().num_steps, {}
     for e in sorted(read_manifest(cfg.experiment / "manifest.json"), key=lambda e: (e.label, e.seed)):
         if e.algorithm not in ("a2c_allreduce", "gala_a2c") or e.status != "ok" or e.run_dir is None:
             continue
         tags = scalars(cfg.experiment / e.run_dir)
         steps, returns = zip(*tags["charts/episodic_return"])
         score = final_score(np.array(steps), np.array(returns), e.total_timesteps, cfg.final_window)
+        by_label.setdefault(e.label, []).append(quarters(np.array(steps), np.array(returns), e.total_timesteps))
         norms = np.array([v for _, v in tags.get("losses/grad_norm", [])])
         clipped = f"{np.mean(norms > cfg.max_grad_norm):.2f}" if len(norms) else "n/a"
         gossip = ["", "", "", ""]
@@ -294,18 +303,26 @@ def run_rows(cfg: Runs) -> list[str]:
             common = ", ".join(f"{a}: {n / total:.0%}" for a, n in sorted(ages.items()) if n / total >= 0.01)
             mean_age = sum(a * n for a, n in ages.items()) / total
             gossip = [f"{mixes / updates:.2f}", str(max(int(a[3]) for a in agents)), f"{mean_age:.2f}", common]
-        rows.append(f"| {e.label} | {e.seed} | {score:.1f} | {clipped} | " + " | ".join(gossip) + " |")
-    return rows
+        cells = [e.label, str(e.seed), f"{score:.1f}", " / ".join(f"{q:.1f}" for q in by_label[e.label][-1]), clipped]
+        rows.append("| " + " | ".join(cells + gossip) + " |")
+    return rows, by_label
 
 
 def run_runs(cfg: Runs) -> None:
+    rows, by_label = run_rows(cfg)
+    means = [f"| {label} | {len(runs)} | " + " | ".join(f"{q:.1f}" for q in np.mean(runs, axis=0)) + " |"
+             for label, runs in by_label.items()]  # fmt: skip
     table = "\n".join([
         f"# {cfg.experiment}: final score = mean raw return over the last {cfg.final_window:.0%} of the steps;",
         f"# clipped = share of logged updates with a gradient norm above {cfg.max_grad_norm}; GALA: mix rate (mixes",
         "# / updates, all agents), longest run of updates without a mix, mean message age over all agents and its",
-        "# histogram.",
-        "| run | seed | final score | clipped | mix rate | longest without mix | mean age | ages >= 1% |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |", *run_rows(cfg),
+        "# histogram. quarters: mean return in each quarter of the run's steps.",
+        "| run | seed | final score | quarters | clipped | mix rate | longest without mix | mean age | ages >= 1% |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows,
+        "",
+        "# mean over each label's runs of the mean return per quarter of the steps",
+        "| run | runs | 1st quarter | 2nd | 3rd | 4th |",
+        "| --- | --- | --- | --- | --- | --- |", *means,
     ])  # fmt: skip
     print(table)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
