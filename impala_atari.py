@@ -219,7 +219,9 @@ class Agent(nn.Module):
         self.critic = layer_init(nn.Linear(512, 1), std=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.network(x.float() / 255.0)
+        # Channels-last input (the weights stay contiguous): the convolutions' train step runs 1.2-1.5x
+        # faster on a CPU (benchmark/results/channels_last.txt), the same values to float rounding.
+        hidden = self.network((x.float() / 255.0).contiguous(memory_format=torch.channels_last))
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 
 
@@ -351,6 +353,18 @@ def read_batch(unrolls: list[Unroll], update: int, device: torch.device, release
 TAG_UNROLL, TAG_PARAMS, TAG_STOP, TAG_DONE, TAG_EPISODES = 1, 2, 3, 4, 5
 
 
+def wait_any(requests: list, poll_seconds: float = 1e-3) -> int:
+    """MPI.Request.Waitany that sleeps between tests instead of spinning: MPICH's blocking calls
+    busy-poll a core, and an actor waiting for a free slot then takes that core from the learner it
+    waits for (1 learner + 2 actors on 2 cores: 977 SPS spinning, 1,112 polling every 1 ms; 0.1 ms and
+    sched_yield measured no better: benchmark/results/throughput_levers.txt)."""
+    while True:
+        index, done = MPI.Request.Testany(requests)
+        if done:
+            return index
+        time.sleep(poll_seconds)
+
+
 def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Actor, version: int, signalled) -> dict:
     """An actor rank: act with the newest parameters received, send unrolls from `max_inflight`
     pre-allocated slots without waiting (except when all are in flight), until the learner says stop
@@ -375,7 +389,7 @@ def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Act
             version, got = int(params[-1]), got + 1
             params_req = comm.Irecv(params, source=0, tag=TAG_PARAMS)
         free = [i for i, req in enumerate(sends) if req.Test()]
-        i = free[0] if free else MPI.Request.Waitany(sends)  # the --max-inflight bound
+        i = free[0] if free else wait_any(sends)  # the --max-inflight bound
         if rank_is_slow(comm, args):
             time.sleep(args.debug_slow_seconds)
         finished = actor.unroll(slots[i], version, progress)
@@ -456,7 +470,7 @@ class Learner:
         while len(self.ready) < unrolls:  # some receive is posted: the pool outnumbers actors + a batch
             began = time.time()
             actors = list(self.posted)
-            index = MPI.Request.Waitany([self.reqs[a] for a in actors])
+            index = wait_any([self.reqs[a] for a in actors])
             self.idle += time.time() - began
             self._collect(actors[index])
             self.poll()

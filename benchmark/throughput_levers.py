@@ -1,0 +1,171 @@
+"""Throughput levers, each measured in alternating rounds in one invocation (never beside another job).
+
+- `channels-last`: the official network's train step (forward, backward, RMSprop on 80 and 160 samples)
+  and inference (16 samples), with contiguous input, with the whole model channels-last, and with only
+  the input channels-last (what the scripts do), at 1 and 2 torch threads.
+- `gossip-cost`: GALA 2 x 16 under mpirun against two 1 x 16 GALA runs side by side (one agent each:
+  no gossip, the same 2 processes on the same cores), and A2C 2 x 16: what gossip costs per second.
+- `before-after --old-tree DIR`: every script's SPS from another checkout (`git worktree add --detach
+  DIR COMMIT`) and from this one, alternating, at the learning preset's shapes (A2C 1 x 16 and 2 x 16,
+  GALA 2 x 16, A3C store + 2 x 16, IMPALA learner + 2 x 16 with the preset's batch).
+
+    python -m benchmark.throughput_levers channels-last
+    python -m benchmark.throughput_levers gossip-cost --steps 40000
+    python -m benchmark.throughput_levers before-after --old-tree /work/old --steps 40000
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+from benchmark.common import ROOT, mpirun, script_module
+
+
+@dataclass
+class ChannelsLast:
+    rounds: int = 2
+    seconds: float = 4.0
+    """time spent measuring each cell"""
+
+
+@dataclass
+class GossipCost:
+    steps: int = 40_000
+    """global steps of each run"""
+    rounds: int = 2
+    env_id: str = "Breakout-v5"
+
+
+@dataclass
+class BeforeAfter:
+    old_tree: Path
+    """a checkout of the commit to compare with"""
+    steps: int = 40_000
+    rounds: int = 2
+    env_id: str = "Breakout-v5"
+
+
+def samples_per_second(layout: str, threads: int, batch: int, train: bool, seconds: float) -> float:
+    """The official network (from a2c_allreduce_atari.py) on random frames; layout "contiguous",
+    "model" (weights and input channels-last) or "input" (input only, as the scripts do)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    agent = script_module("a2c_allreduce_atari.py").Agent(4)
+    network = agent.network
+    if layout == "model":
+        network = network.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.RMSprop(agent.parameters(), lr=7e-4, alpha=0.99, eps=1e-5)
+    x = torch.randint(0, 255, (batch, 4, 84, 84), dtype=torch.uint8).float() / 255.0
+    if layout != "contiguous":
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():  # the network itself, so that the script's own forward does not choose the layout
+        if train:
+            hidden = network(x)
+            loss = agent.actor(hidden).logsumexp(-1).mean() + agent.critic(hidden).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        else:
+            with torch.no_grad():
+                hidden = network(x)
+                agent.actor(hidden), agent.critic(hidden)
+
+    step(), step()
+    calls, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        step()
+        calls += 1
+    return calls * batch / (time.perf_counter() - began)
+
+
+def channels_last(cfg: ChannelsLast) -> list[str]:
+    lines = ["threads  round  work        contiguous  model (x)     input only (x)   samples/s"]
+    for threads in (1, 2):
+        for r in range(cfg.rounds):
+            for work, batch, train in (("train 80", 80, True), ("train 160", 160, True), ("infer 16", 16, False)):
+                rate = {lay: samples_per_second(lay, threads, batch, train, cfg.seconds)
+                        for lay in ("contiguous", "model", "input")}  # fmt: skip
+                c, m, i = rate["contiguous"], rate["model"], rate["input"]
+                row = f"{threads:7d}  {r:5d}  {work:10s}  {c:10.0f}"
+                lines.append(row + f"  {m:5.0f} ({m / c:.2f})  {i:5.0f} ({i / c:.2f})")
+                print(lines[-1], flush=True)
+    return lines
+
+
+def sps(tree: Path, script: str, np_: int | None, env_id: str, steps: int, *extra: str, wait: bool = True):
+    """Launch SCRIPT from TREE in a temporary directory; returns its summary's SPS (or the process if not wait)."""
+    cmd = [sys.executable, str(tree / script), "--env-id", env_id, "--num-envs", "16", "--total-timesteps",
+           str(steps), *extra]  # fmt: skip
+    if np_ is not None:
+        cmd = [mpirun(), "-np", str(np_), *cmd]
+    where = tempfile.mkdtemp()
+    proc = subprocess.Popen(cmd, cwd=where, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "WANDB_MODE": "offline"})  # fmt: skip
+
+    def result() -> float:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-2000:]}")
+        (run,) = (Path(where) / "runs").iterdir()
+        return json.loads((run / "summary.json").read_text())["sps"]
+
+    return result() if wait else result
+
+
+def gossip_cost(cfg: GossipCost) -> list[str]:
+    lines = []
+    for r in range(cfg.rounds):
+        gala = sps(ROOT, "gala_a2c_atari.py", 2, cfg.env_id, cfg.steps)
+        one = ["--torch-threads", "1", "--env-threads", "1"]
+        pending = [sps(ROOT, "gala_a2c_atari.py", None, cfg.env_id, cfg.steps // 2, *one, wait=False) for _ in "ab"]
+        alone = sum(result() for result in pending)
+        a2c = sps(ROOT, "a2c_allreduce_atari.py", 2, cfg.env_id, cfg.steps)
+        lines.append(
+            f"round {r}: GALA 2 x 16 {gala:.0f} SPS; two 1 x 16 side by side (no gossip) {alone:.0f}; "
+            f"A2C 2 x 16 {a2c:.0f}; GALA / no gossip {gala / alone:.2f}; GALA / A2C {gala / a2c:.2f}"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+CASES = [
+    ("a2c_allreduce_atari.py", None, ()),
+    ("a2c_allreduce_atari.py", 2, ()),
+    ("gala_a2c_atari.py", 2, ()),
+    ("a3c_gpu_atari.py", 3, ()),
+    ("impala_atari.py", 3, ("--batch-size", "16", "--unroll-length", "20", "--no-anneal-lr")),
+]
+
+
+def before_after(cfg: BeforeAfter) -> list[str]:
+    lines = []
+    for r in range(cfg.rounds):
+        for script, np_, extra in CASES:
+            old = sps(cfg.old_tree, script, np_, cfg.env_id, cfg.steps, *extra)
+            new = sps(ROOT, script, np_, cfg.env_id, cfg.steps, *extra)
+            shape = "1 x 16" if np_ is None else f"-np {np_}, 16 per worker"
+            lines.append(f"round {r} {script} {shape}: before {old:.0f}  after {new:.0f}  ratio {new / old:.2f}")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    cfg = tyro.extras.subcommand_cli_from_dict(
+        {"channels-last": ChannelsLast, "gossip-cost": GossipCost, "before-after": BeforeAfter}
+    )
+    run = {ChannelsLast: channels_last, GossipCost: gossip_cost, BeforeAfter: before_after}[type(cfg)]
+    print(f"python -m benchmark.throughput_levers {' '.join(sys.argv[1:])}")
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
