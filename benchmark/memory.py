@@ -110,7 +110,8 @@ def measure(cfg: Config, script: str) -> tuple[dict[int, Rank], float]:
 def role(script: str, rank: int) -> str:
     if rank < SERVER_RANKS.get(script, 0):
         return {"a3c_gpu_atari.py": "store", "impala_atari.py": "learner"}[script]
-    return f"{'actor' if script == 'impala_atari.py' else 'worker'} ({rank})"
+    name = {"impala_atari.py": "actor", "gala_a2c_atari.py": "agent"}.get(script, "worker")
+    return f"{name} ({rank})"
 
 
 def table(cfg: Config, results: dict[str, tuple[dict[int, Rank], float]]) -> str:
