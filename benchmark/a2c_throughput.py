@@ -11,7 +11,6 @@ the medians reported with each round's ratio.
     python -m benchmark.a2c_throughput --updates 300 --rounds 3
 """
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ import tyro
 from mpi4py import MPI
 
 import a2c_allreduce_atari as a2c
+from benchmark.common import rate
 
 
 @dataclass
@@ -38,16 +38,6 @@ class Config:
     """torch and envpool threads (0: the script's default, all cores of this node)"""
     rounds: int = 3
     """alternating rounds of (parts, script)"""
-
-
-def rate(fn, units_per_call: int, seconds: float) -> float:
-    """Units per second of `fn`, after two warm-up calls."""
-    fn(), fn()
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        calls += 1
-    return calls * units_per_call / (time.perf_counter() - start)
 
 
 def measure_parts(cfg: Config, threads: int) -> tuple[float, float, float]:

@@ -97,6 +97,16 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events] for tag, events in scalar_events(run_dir)[1].items()}
 
 
+def rate(fn, units_per_call: int, seconds: float) -> float:
+    """Units per second of `fn`, after two warm-up calls."""
+    fn(), fn()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    return calls * units_per_call / (time.perf_counter() - start)
+
+
 def launch(where: Path, script: str, np: int, *args: str) -> Path:
     """Runs `mpirun -np NP python SCRIPT ARGS` to completion in `where` (created); returns the run
     directory it wrote under runs/."""

@@ -16,17 +16,17 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import tyro
 
-from benchmark.common import ROOT, mpirun, script_module
+from benchmark.common import ROOT, mpirun, rate, script_module
 
 
 @dataclass
@@ -79,12 +79,7 @@ def samples_per_second(layout: str, threads: int, batch: int, train: bool, secon
                 hidden = network(x)
                 agent.actor(hidden), agent.critic(hidden)
 
-    step(), step()
-    calls, began = 0, time.perf_counter()
-    while time.perf_counter() - began < seconds:
-        step()
-        calls += 1
-    return calls * batch / (time.perf_counter() - began)
+    return rate(step, batch, seconds)
 
 
 def channels_last(cfg: ChannelsLast) -> list[str]:
@@ -116,7 +111,9 @@ def sps(tree: Path, script: str, np_: int | None, env_id: str, steps: int, *extr
         if proc.returncode != 0:
             sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-2000:]}")
         (run,) = (Path(where) / "runs").iterdir()
-        return json.loads((run / "summary.json").read_text())["sps"]
+        measured = json.loads((run / "summary.json").read_text())["sps"]
+        shutil.rmtree(where)
+        return measured
 
     return result() if wait else result
 
