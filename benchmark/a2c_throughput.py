@@ -1,10 +1,11 @@
 """How close does a2c_allreduce_atari.py come to the speed its parts allow?
 
-At 1 rank x 16 simulators, measured in this one process: the raw envpool stepping rate (random
-actions), the model's inference rate (batches of `num_envs`, no grad) and train-step rate (forward,
-backward and RMSprop on `num_steps x num_envs` samples), then the script itself for a number of
-updates (its SPS after 10 warm-up updates). A step of the script costs one env step, one inference
-sample and one training sample, so its ceiling is 1 / (1/env + 1/inference + 1/train). On a shared
+At 1 rank x 16 simulators: the raw envpool stepping rate (random actions), the model's inference
+rate (batches of `num_envs`, no grad) and train-step rate (forward, backward and RMSprop on
+`num_steps x num_envs` samples), each alone in this process with OpenMP's default (spinning) wait;
+then the script for a number of updates, launched as a user launches it (its own process, its own
+OpenMP setting; its summary's SPS). A step of the script costs one env step, one inference sample
+and one training sample, so its ceiling is 1 / (1/env + 1/inference + 1/train). On a shared
 machine single readings vary by +-20%, so parts and script are measured in alternating rounds and
 the medians reported with each round's ratio.
 
@@ -19,7 +20,7 @@ import tyro
 from mpi4py import MPI
 
 import a2c_allreduce_atari as a2c
-from benchmark.common import rate
+from benchmark.common import ROOT, rate, script_sps
 
 
 @dataclass
@@ -75,15 +76,14 @@ def measure_parts(cfg: Config, threads: int) -> tuple[float, float, float]:
 def main(cfg: Config) -> None:
     threads = cfg.threads or a2c.node_threads(MPI.COMM_WORLD)[0]
     torch.set_num_threads(threads)
-    args = a2c.Args(
-        env_id=cfg.env_id, num_envs=cfg.num_envs, num_steps=cfg.num_steps, torch_threads=threads,
-        env_threads=threads, total_timesteps=cfg.updates * cfg.num_steps * cfg.num_envs, print_every=1e9,
-    )  # fmt: skip
+    flags = ("--num-envs", str(cfg.num_envs), "--num-steps", str(cfg.num_steps), "--torch-threads", str(threads),
+             "--env-threads", str(threads))  # fmt: skip
+    steps = cfg.updates * cfg.num_steps * cfg.num_envs
     rows = []
     for _ in range(cfg.rounds):
         env_rate, inference_rate, train_rate = measure_parts(cfg, threads)
         ceiling = 1.0 / (1.0 / env_rate + 1.0 / inference_rate + 1.0 / train_rate)
-        sps = a2c.train(args)["sps"]
+        sps = script_sps(ROOT, "a2c_allreduce_atari.py", None, cfg.env_id, steps, *flags)
         rows.append((env_rate, inference_rate, train_rate, ceiling, sps, sps / ceiling))
     print(f"threads {threads}, {cfg.env_id}, 1 rank x {cfg.num_envs} envs, {cfg.num_steps} steps per update, "
           f"{cfg.updates} updates per script run")  # fmt: skip

@@ -51,8 +51,11 @@ passed with --wandb-tags: the preset name and "commit-<short sha>"; the scripts 
 
 import importlib
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +108,30 @@ def rate(fn, units_per_call: int, seconds: float) -> float:
         fn()
         calls += 1
     return calls * units_per_call / (time.perf_counter() - start)
+
+
+def script_sps(tree: Path, script: str, np_: int | None, env_id: str, steps: int, *extra: str, wait: bool = True):
+    """Runs SCRIPT from TREE (a checkout) with 16 simulators per worker (unless EXTRA says otherwise), under `mpirun
+    -np NP_` unless NP_ is None, in a temporary directory, as a user runs it (the environment of this process, W&B
+    offline); returns its summary's SPS (or, if not WAIT, a function that waits and returns it)."""
+    cmd = [sys.executable, str(tree / script), "--env-id", env_id, "--num-envs", "16", "--total-timesteps",
+           str(steps), *extra]  # fmt: skip
+    if np_ is not None:
+        cmd = [mpirun(), "-np", str(np_), *cmd]
+    where = tempfile.mkdtemp()
+    proc = subprocess.Popen(cmd, cwd=where, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "WANDB_MODE": "offline"})  # fmt: skip
+
+    def result() -> float:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-2000:]}")
+        (run,) = (Path(where) / "runs").iterdir()
+        measured = json.loads((run / "summary.json").read_text())["sps"]
+        shutil.rmtree(where)
+        return measured
+
+    return result() if wait else result
 
 
 def launch(where: Path, script: str, np: int, *args: str) -> Path:

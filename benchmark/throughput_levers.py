@@ -7,26 +7,28 @@
   no gossip, the same 2 processes on the same cores), and A2C 2 x 16: what gossip costs per second.
 - `before-after --old-tree DIR`: every script's SPS from another checkout (`git worktree add --detach
   DIR COMMIT`) and from this one, alternating, at the learning preset's shapes (A2C 1 x 16 and 2 x 16,
-  GALA 2 x 16, A3C store + 2 x 16, IMPALA learner + 2 x 16 with the preset's batch).
+  GALA 2 x 16, A3C store + 2 x 16, IMPALA learner + 2 x 16 with the preset's batch); `--only a2c_allreduce`
+  keeps the cases of one script.
+- `overlap`: the rollout alone (envpool steps and the policy's inference, no training), 16 simulators on
+  one rank: one pool stepped synchronously against two pools of 8 double-buffered (one steps while the
+  policy acts for the other, envpool's send/recv), the overlap Sample Factory's `worker_num_splits` gives.
 
     python -m benchmark.throughput_levers channels-last
     python -m benchmark.throughput_levers gossip-cost --steps 40000
     python -m benchmark.throughput_levers before-after --old-tree /work/old --steps 40000
+    python -m benchmark.throughput_levers overlap
 """
 
-import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import tyro
 
-from benchmark.common import ROOT, mpirun, rate, script_module
+from benchmark.common import ROOT, rate, script_module, script_sps
 
 
 @dataclass
@@ -51,6 +53,16 @@ class BeforeAfter:
     steps: int = 40_000
     rounds: int = 2
     env_id: str = "Breakout-v5"
+    only: tuple[str, ...] = ()
+    """ALGOs whose cases to run (default: all)"""
+
+
+@dataclass
+class Overlap:
+    rounds: int = 2
+    steps: int = 400
+    """rollout steps timed per cell (after 20 warm-up steps)"""
+    env_id: str = "Pong-v5"
 
 
 def samples_per_second(layout: str, threads: int, batch: int, train: bool, seconds: float) -> float:
@@ -96,36 +108,15 @@ def channels_last(cfg: ChannelsLast) -> list[str]:
     return lines
 
 
-def sps(tree: Path, script: str, np_: int | None, env_id: str, steps: int, *extra: str, wait: bool = True):
-    """Launch SCRIPT from TREE in a temporary directory; returns its summary's SPS (or the process if not wait)."""
-    cmd = [sys.executable, str(tree / script), "--env-id", env_id, "--num-envs", "16", "--total-timesteps",
-           str(steps), *extra]  # fmt: skip
-    if np_ is not None:
-        cmd = [mpirun(), "-np", str(np_), *cmd]
-    where = tempfile.mkdtemp()
-    proc = subprocess.Popen(cmd, cwd=where, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "WANDB_MODE": "offline"})  # fmt: skip
-
-    def result() -> float:
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-2000:]}")
-        (run,) = (Path(where) / "runs").iterdir()
-        measured = json.loads((run / "summary.json").read_text())["sps"]
-        shutil.rmtree(where)
-        return measured
-
-    return result() if wait else result
-
-
 def gossip_cost(cfg: GossipCost) -> list[str]:
     lines = []
     for r in range(cfg.rounds):
-        gala = sps(ROOT, "gala_a2c_atari.py", 2, cfg.env_id, cfg.steps)
+        gala = script_sps(ROOT, "gala_a2c_atari.py", 2, cfg.env_id, cfg.steps)
         one = ["--torch-threads", "1", "--env-threads", "1"]
-        pending = [sps(ROOT, "gala_a2c_atari.py", None, cfg.env_id, cfg.steps // 2, *one, wait=False) for _ in "ab"]
+        half = cfg.steps // 2
+        pending = [script_sps(ROOT, "gala_a2c_atari.py", None, cfg.env_id, half, *one, wait=False) for _ in "ab"]
         alone = sum(result() for result in pending)
-        a2c = sps(ROOT, "a2c_allreduce_atari.py", 2, cfg.env_id, cfg.steps)
+        a2c = script_sps(ROOT, "a2c_allreduce_atari.py", 2, cfg.env_id, cfg.steps)
         lines.append(
             f"round {r}: GALA 2 x 16 {gala:.0f} SPS; two 1 x 16 side by side (no gossip) {alone:.0f}; "
             f"A2C 2 x 16 {a2c:.0f}; GALA / no gossip {gala / alone:.2f}; GALA / A2C {gala / a2c:.2f}"
@@ -147,19 +138,78 @@ def before_after(cfg: BeforeAfter) -> list[str]:
     lines = []
     for r in range(cfg.rounds):
         for script, np_, extra in CASES:
-            old = sps(cfg.old_tree, script, np_, cfg.env_id, cfg.steps, *extra)
-            new = sps(ROOT, script, np_, cfg.env_id, cfg.steps, *extra)
+            if cfg.only and script.removesuffix("_atari.py") not in cfg.only:
+                continue
+            old = script_sps(cfg.old_tree, script, np_, cfg.env_id, cfg.steps, *extra)
+            new = script_sps(ROOT, script, np_, cfg.env_id, cfg.steps, *extra)
             shape = "1 x 16" if np_ is None else f"-np {np_}, 16 per worker"
             lines.append(f"round {r} {script} {shape}: before {old:.0f}  after {new:.0f}  ratio {new / old:.2f}")
             print(lines[-1], flush=True)
     return lines
 
 
+def rollout_rate(env_id: str, steps: int, pools: int, threads: int) -> float:
+    """Steps/s of 16 simulators driven by the official network's sampled actions (no training): one pool
+    stepped synchronously (pools=1), or two pools of 8 double-buffered (pools=2): each pool's actions are
+    sent (envpool steps it in its threads) while the policy acts for the other pool. The two pools seed
+    their simulators as the one pool does (seed + index)."""
+    from torch.distributions import Categorical
+
+    a2c = script_module("a2c_allreduce_atari.py")
+    size = 16 // pools
+    envs = [a2c.make_env(env_id, size, seed=size * i, threads=threads) for i in range(pools)]
+    agent = a2c.Agent(envs[0].action_space.n)
+    ids = np.arange(size)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits, _ = agent(torch.from_numpy(obs))
+        return Categorical(logits=logits).sample().numpy()
+
+    obs = [e.reset()[0] for e in envs]
+
+    def rollout(n: int) -> None:
+        if pools == 1:
+            for _ in range(n):
+                obs[0] = envs[0].step(act(obs[0]))[0]
+            return
+        envs[0].send(act(obs[0]), ids)
+        for _ in range(n):
+            envs[1].send(act(obs[1]), ids)
+            obs[0] = envs[0].recv()[0]
+            envs[0].send(act(obs[0]), ids)
+            obs[1] = envs[1].recv()[0]
+        obs[0] = envs[0].recv()[0]
+
+    rollout(20)
+    start = time.perf_counter()
+    rollout(steps)
+    measured = steps * 16 / (time.perf_counter() - start)
+    for e in envs:
+        e.close()
+    return measured
+
+
+def overlap(cfg: Overlap) -> list[str]:
+    torch.set_num_threads(2)
+    lines = []
+    for r in range(cfg.rounds):
+        one = rollout_rate(cfg.env_id, cfg.steps, pools=1, threads=2)
+        cells = {threads: rollout_rate(cfg.env_id, cfg.steps, pools=2, threads=threads) for threads in (1, 2)}
+        lines.append(f"round {r}: one pool of 16 (2 env threads) {one:.0f} steps/s; two pools of 8 double-buffered, "
+                     f"1 env thread each {cells[1]:.0f} ({cells[1] / one:.2f}), 2 each {cells[2]:.0f} "
+                     f"({cells[2] / one:.2f})")  # fmt: skip
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     cfg = tyro.extras.subcommand_cli_from_dict(
-        {"channels-last": ChannelsLast, "gossip-cost": GossipCost, "before-after": BeforeAfter}
+        {"channels-last": ChannelsLast, "gossip-cost": GossipCost, "before-after": BeforeAfter, "overlap": Overlap}
     )
-    run = {ChannelsLast: channels_last, GossipCost: gossip_cost, BeforeAfter: before_after}[type(cfg)]
+    run = {ChannelsLast: channels_last, GossipCost: gossip_cost, BeforeAfter: before_after, Overlap: overlap}[
+        type(cfg)
+    ]
     print(f"python -m benchmark.throughput_levers {' '.join(sys.argv[1:])}")
     run(cfg)
 
