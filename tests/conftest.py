@@ -120,14 +120,25 @@ def runner(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedPr
                           timeout=timeout)  # fmt: skip
 
 
-def tiny_run(out: Path, *more: str) -> subprocess.CompletedProcess:
+def runner_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """What `runner(*args)` gives, from this process (without a new interpreter's 3 s of imports): for the runner's
+    plans, dry runs and refusals. One refusal keeps the subprocess, as a user types it."""
+    from benchmark.__main__ import main
+
+    capsys.readouterr()
+    code = main(["run", *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["python", "-m", "benchmark", "run", *args], code, out, err)
+
+
+def tiny_run(out: Path, *more: str, capsys=None) -> subprocess.CompletedProcess:
     """`python -m benchmark run` of the tiny experiment into OUT/tiny, with MORE flags after its own: an A2C and
     a GALA run (2 ranks x 2 simulators, Pong, 6000 steps, so every simulator finishes a game; side by side; W&B
-    offline), and the same two on an unknown game, which fail."""
-    return runner("--name", "tiny", "--out", str(out), "--algorithms", "a2c_allreduce", "gala_a2c",
-                  "--env-ids", "Pong-v5", "Pongg-v5", "--seeds", "1", "--simulators", "4", "--workers", "2",
-                  "--total-timesteps", "6000", "--max-parallel", "2", "--extra=--eval-episodes 1 --log-every 5",
-                  *more, cwd=out, timeout=300)  # fmt: skip
+    offline), and the same two on an unknown game, which fail. With CAPSYS, in this process (for dry runs)."""
+    args = ("--name", "tiny", "--out", str(out), "--algorithms", "a2c_allreduce", "gala_a2c",
+            "--env-ids", "Pong-v5", "Pongg-v5", "--seeds", "1", "--simulators", "4", "--workers", "2",
+            "--total-timesteps", "6000", "--max-parallel", "2", "--extra=--eval-episodes 1 --log-every 5", *more)
+    return runner_in_process(capsys, *args) if capsys else runner(*args, cwd=out, timeout=300)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

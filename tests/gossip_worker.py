@@ -1,8 +1,11 @@
 """Pure gossip, no learning: each rank starts from its own random vector and runs the script's
 Gossip for a number of rounds (sleeping a little each round, as an agent computes), then finishes.
 Before gossiping, GossipMetrics measures the starting vectors (with random "gradients"), to be
-checked against numpy. Rank 0 writes a JSON summary to the path given. Usage:
-    mpirun -np 4 python gossip_worker.py OUT GRAPH NUM_PEERS SYNC_FREQ ROUNDS SLEEP_SECONDS [SLOW_RANK]
+checked against numpy. One launch runs several configurations one after the other (each from the
+same starting vectors, on its own communicators); rank 0 writes a JSON object with one summary per
+configuration to the path given. Usage:
+    mpirun -np 4 python gossip_worker.py OUT CONFIG [CONFIG ...]
+    CONFIG = GRAPH,NUM_PEERS,SYNC_FREQ,ROUNDS,SLEEP_SECONDS[,SLOW_RANK], e.g. ring,1,0,40,lockstep
 SYNC_FREQ "none" never blocks; with SLOW_RANK only that rank sleeps; SLEEP_SECONDS "lockstep" puts a
 barrier before every round instead of sleeping (every message of a round read before the next)."""
 
@@ -18,41 +21,46 @@ from mpi4py import MPI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gala_a2c_atari as gala  # noqa: E402
 
-out, graph, num_peers, sync_freq, rounds, sleep = sys.argv[1:7]
-slow_rank = int(sys.argv[7]) if len(sys.argv) > 7 else None
 comm = MPI.COMM_WORLD
 rank = comm.Get_rank()
-rng = np.random.default_rng(rank)
-start = rng.normal(size=20_000).astype(np.float32)
-grad = (rng.normal(size=20_000) + 0.5).astype(np.float32)  # correlated across ranks by the offset
-flat = torch.from_numpy(start.copy())
-holder = torch.nn.Module()
-holder.theta = torch.nn.Parameter(torch.from_numpy(start.copy()))
-holder.theta.grad = torch.from_numpy(grad)
-metrics = gala.GossipMetrics(comm.Dup(), every=1)
-metrics.start(0, holder)
-((_, disagreement, relative, cosine),) = metrics.finish(comm, holder)
-gossip = gala.Gossip(comm.Dup(), flat, graph, int(num_peers), None if sync_freq == "none" else int(sync_freq))
-comm.Barrier()  # start together, as agents do after their collective set-up
-for t in range(1, int(rounds) + 1):
-    if sleep == "lockstep":
-        comm.Barrier()
-    elif slow_rank is None or rank == slow_rank:
-        time.sleep(float(sleep))
-    gossip.exchange(t)
-gossip.finish()
-counts = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()), "mixes": gossip.mixes,
-          "skipped": gossip.skipped, "longest_without_mix": gossip.longest_without_mix}
-starts, finals = comm.gather(start, root=0), comm.gather(flat.numpy().copy(), root=0)
-all_counts = comm.gather(counts, root=0)
-grads = comm.gather(grad, root=0)
-if rank == 0:
+
+
+def run(config: str) -> dict | None:
+    """One configuration; its summary on rank 0 (None on the other ranks)."""
+    graph, num_peers, sync_freq, rounds, sleep, *slow = config.split(",")
+    slow_rank = int(slow[0]) if slow else None
+    rng = np.random.default_rng(rank)
+    start = rng.normal(size=20_000).astype(np.float32)
+    grad = (rng.normal(size=20_000) + 0.5).astype(np.float32)  # correlated across ranks by the offset
+    flat = torch.from_numpy(start.copy())
+    holder = torch.nn.Module()
+    holder.theta = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    holder.theta.grad = torch.from_numpy(grad)
+    metrics = gala.GossipMetrics(comm.Dup(), every=1)
+    metrics.start(0, holder)
+    ((_, disagreement, relative, cosine),) = metrics.finish(comm, holder)
+    gossip = gala.Gossip(comm.Dup(), flat, graph, int(num_peers), None if sync_freq == "none" else int(sync_freq))
+    comm.Barrier()  # start together, as agents do after their collective set-up
+    for t in range(1, int(rounds) + 1):
+        if sleep == "lockstep":
+            comm.Barrier()
+        elif slow_rank is None or rank == slow_rank:
+            time.sleep(float(sleep))
+        gossip.exchange(t)
+    gossip.finish()
+    counts = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()), "mixes": gossip.mixes,
+              "skipped": gossip.skipped, "longest_without_mix": gossip.longest_without_mix}
+    starts, finals = comm.gather(start, root=0), comm.gather(flat.numpy().copy(), root=0)
+    all_counts = comm.gather(counts, root=0)
+    grads = comm.gather(grad, root=0)
+    if rank != 0:
+        return None
     starts, finals = np.array(starts, dtype=np.float64), np.array(finals, dtype=np.float64)
 
     def spread(x):
         return float(np.linalg.norm(x - x.mean(0), axis=1).max())
 
-    Path(out).write_text(json.dumps({
+    return {
         "initial_spread": spread(starts), "final_spread": spread(finals),
         "average_error": float(np.abs(finals - starts.mean(0)).max()),
         "counts": all_counts,
@@ -65,4 +73,10 @@ if rank == 0:
                                      for i, a in enumerate(np.array(grads, dtype=np.float64))
                                      for j, b in enumerate(np.array(grads, dtype=np.float64)) if i != j])),
         },
-    }))  # fmt: skip
+    }  # fmt: skip
+
+
+out, configs = sys.argv[1], sys.argv[2:]
+results = {config: run(config) for config in configs}
+if rank == 0:
+    Path(out).write_text(json.dumps(results))

@@ -145,9 +145,17 @@ def test_end_to_end_tracked_offline(workdir, np_, track):
     assert f"{world} rank(s) x 8 envs" in proc.stdout
 
 
-def test_sigterm_checkpoint_then_resume_to_the_same_total(workdir):
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """2 ranks x 8 simulators on Pong stopped by SIGTERM once training, then resumed to 40 updates with
+    --save-model and --eval-episodes 2 (one launch of each, for the resume and the evaluation tests)."""
+    workdir = tmp_path_factory.mktemp("resumed")
     total = 40 * 2 * 8 * 5  # 40 updates of 2 ranks x 8 envs x 5 steps
-    saved, final, proc, second = interrupt_then_resume(SCRIPT, total, 40, *FAST, cwd=workdir, np=2)
+    return total, *interrupt_then_resume(SCRIPT, total, 40, "--eval-episodes", "2", *FAST, cwd=workdir, np=2)
+
+
+def test_sigterm_checkpoint_then_resume_to_the_same_total(resumed):
+    total, saved, final, proc, second = resumed
     assert saved["global_step"] == saved["update"] * 80 and len(saved["rng"]) == 2
     assert f"at global_step {saved['global_step']}" in proc.stdout
     assert final["global_step"] == total and final["update"] == 40
@@ -158,18 +166,18 @@ def test_sigterm_checkpoint_then_resume_to_the_same_total(workdir):
     assert first_logged > saved["global_step"]
 
 
-def test_eval_after_training_and_from_checkpoint(workdir):
-    proc = run(SCRIPT, "--total-timesteps", "400", "--save-model", "--eval-episodes", "2", *FAST, cwd=workdir)
-    ok(proc)
+def test_eval_after_training_and_from_checkpoint(resumed, workdir):
+    """The resumed run evaluated itself after training (2 episodes over its 2 ranks); its checkpoint is then
+    evaluated alone (3 episodes)."""
+    _, _, _, proc, run_dir = resumed
     assert "eval argmax" in proc.stdout and "eval sampled" in proc.stdout
-    (run_dir,) = run_dirs(workdir)
     trained = json.loads((run_dir / "eval.json").read_text())
     assert len(trained["argmax"]["returns"]) == 2 and len(trained["sampled"]["returns"]) == 2
     assert all(-21 <= r <= 21 for r in trained["argmax"]["returns"])  # whole games of Pong, raw score
 
     proc = run(SCRIPT, "--eval-checkpoint", str(run_dir / "checkpoint.pt"), "--eval-episodes", "3", cwd=workdir, np=2)
     ok(proc)
-    (evaluated,) = [d for d in run_dirs(workdir) if d != run_dir]
+    (evaluated,) = run_dirs(workdir)
     result = json.loads((evaluated / "eval.json").read_text())
     assert len(result["argmax"]["returns"]) == 3  # split over the two ranks, gathered on rank 0
     assert not (evaluated / "checkpoint.pt").exists()  # no training happened

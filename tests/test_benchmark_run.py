@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict, replace
 
 import pytest
-from conftest import runner, tiny_run
+from conftest import runner, runner_in_process, tiny_run
 
 import benchmark.run
 from benchmark.__main__ import main as benchmark_main
@@ -64,12 +64,21 @@ def test_launch_plan_refuses_totals_that_do_not_split(algorithm, simulators, wor
         (["--variant", "gala_a2c=gala_a2c:--sync-freq 0"], "the label 'gala_a2c' is a plain algorithm's"),
     ],
 )  # fmt: skip
-def test_refusal_is_one_message_and_exit_2(tmp_path, args, message):
-    proc = runner(*args, "--dry-run", "--out", str(tmp_path), cwd=tmp_path)
+def test_refusal_is_one_message_and_exit_2(tmp_path, capsys, args, message):
+    proc = runner_in_process(capsys, *args, "--dry-run", "--out", str(tmp_path))
     assert proc.returncode == 2
     assert proc.stderr.count(message) == 1 and proc.stderr.count("error:") == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refusal_on_the_command_line_is_one_message_and_exit_2(tmp_path):
+    """The refusals above, checked in this process, are what a user sees: one launch as typed."""
+    proc = runner("--simulators", "63", "--dry-run", "--out", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("63 simulators do not split over 2 workers") == 1, proc.stderr
+    assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr and proc.stdout == ""
     assert list(tmp_path.iterdir()) == []
 
 
@@ -97,8 +106,8 @@ def test_refusal_is_one_message_and_exit_2(tmp_path, args, message):
                           "--wandb-group learning --wandb-tags learning commit-"]),
     ],
 )  # fmt: skip
-def test_dry_run_prints_each_presets_commands(tmp_path, preset, count, expected):
-    proc = runner("--preset", preset, "--dry-run", "--out", str(tmp_path), cwd=tmp_path)
+def test_dry_run_prints_each_presets_commands(tmp_path, capsys, preset, count, expected):
+    proc = runner_in_process(capsys, "--preset", preset, "--dry-run", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == count
@@ -186,15 +195,15 @@ def test_a_run_again_continues_the_experiment(tiny_experiment, tmp_path):
     assert {path: path.stat().st_mtime_ns for workdir in ok for path in workdir.rglob("*")} == untouched
 
 
-def test_a_run_again_lists_only_what_is_left_and_refuses_other_flags(tiny_experiment):
+def test_a_run_again_lists_only_what_is_left_and_refuses_other_flags(tiny_experiment, capsys):
     experiment, _ = tiny_experiment
-    proc = tiny_run(experiment.parent, "--dry-run")
+    proc = tiny_run(experiment.parent, "--dry-run", capsys=capsys)
     assert proc.returncode == 0, proc.stderr
     assert [line.split(" && ")[0] for line in proc.stdout.splitlines()] == [
         f"cd {experiment}/{algorithm}/Pongg-v5/sims4/seed1" for algorithm in ("a2c_allreduce", "gala_a2c")]
     assert "skipped 2 of 4 runs, already ok in" in proc.stderr
     # The same experiment with other steps would mix two experiments under one name.
-    proc = tiny_run(experiment.parent, "--total-timesteps", "8000", "--dry-run")
+    proc = tiny_run(experiment.parent, "--total-timesteps", "8000", "--dry-run", capsys=capsys)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("error: 2 run(s) already ok in this experiment were launched otherwise") == 1, proc.stderr
     assert "--total-timesteps 6000" in proc.stderr and "--total-timesteps 8000" in proc.stderr

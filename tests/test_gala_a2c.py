@@ -2,6 +2,7 @@ import json
 import re
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,24 +35,50 @@ def test_exponential_graph_rotates_through_powers_of_two():
 
 
 # --- gossip alone: consensus, exact average when synchronous, every message accounted for -----------
-def gossip(tmp_path, graph, num_peers, sync_freq, rounds, sleep, slow_rank=None, np=4) -> dict:
+def config(graph, num_peers, sync_freq, rounds, sleep, slow_rank=None) -> str:
+    """A configuration of tests/gossip_worker.py."""
+    fields = (graph, num_peers, str(sync_freq).lower(), rounds, sleep) + (() if slow_rank is None else (slow_rank,))
+    return ",".join(map(str, fields))
+
+
+def gossip(tmp_path, configs: list[str], np: int) -> dict:
+    """One launch of tests/gossip_worker.py on NP ranks running CONFIGS one after the other; their summaries."""
     out = tmp_path / "gossip.json"
-    slow = [] if slow_rank is None else [str(slow_rank)]
-    cmd = command("tests/gossip_worker.py", str(out), graph, str(num_peers), str(sync_freq).lower(), str(rounds),
-                  str(sleep), *slow, np=np)  # fmt: skip
-    ok(subprocess.run(cmd, capture_output=True, text=True, timeout=120))
-    result = json.loads(out.read_text())
+    ok(subprocess.run(command("tests/gossip_worker.py", str(out), *configs, np=np), capture_output=True, text=True,
+                      timeout=120))  # fmt: skip
+    return json.loads(out.read_text())
+
+
+def accounted(result: dict) -> dict:
     counts = result["counts"]
     assert sum(c["sent"] for c in counts) == sum(c["received"] for c in counts)  # none lost, none left over
     return result
 
 
-@pytest.mark.parametrize("graph, num_peers", [("ring", 1), ("ring", 2), ("exponential", 1), ("exponential", 2)])
-def test_synchronous_gossip_reaches_the_exact_initial_average(tmp_path, graph, num_peers):
+GRAPHS = [("ring", 1), ("ring", 2), ("exponential", 1), ("exponential", 2)]
+LOCKSTEP = {(g, k): config(g, k, 0, 40, "lockstep") for g, k in GRAPHS}
+FREE = {g: config(g, 1, None, 60, 0.002) for g in ("ring", "exponential")}
+SLOW_PEER = {k: config("ring", 1, k, 24, 0.05, slow_rank=1) for k in (0, 1, 2, None)}
+
+
+@pytest.fixture(scope="module")
+def four_agents(tmp_path_factory) -> dict:
+    """Four agents, every graph: in lockstep and asynchronously (one launch for the tests that read it)."""
+    return gossip(tmp_path_factory.mktemp("gossip4"), [*LOCKSTEP.values(), *FREE.values()], np=4)
+
+
+@pytest.fixture(scope="module")
+def two_agents(tmp_path_factory) -> dict:
+    """Two agents on a ring, agent 1 slow, for each --sync-freq (one launch)."""
+    return gossip(tmp_path_factory.mktemp("gossip2"), list(SLOW_PEER.values()), np=2)
+
+
+@pytest.mark.parametrize("graph, num_peers", GRAPHS)
+def test_synchronous_gossip_reaches_the_exact_initial_average(four_agents, graph, num_peers):
     """--sync-freq 0 blocks every update for that update's in-peers. A sender still never waits (the
     official rule), so the exact average needs every send to go out: the rounds are in lockstep (a
     barrier before each), so every peer has read the previous message before the next is written."""
-    result = gossip(tmp_path, graph, num_peers, sync_freq=0, rounds=40, sleep="lockstep")
+    result = accounted(four_agents[LOCKSTEP[graph, num_peers]])
     assert all(c["skipped"] == 0 for c in result["counts"])
     assert result["final_spread"] < 1e-3 * result["initial_spread"]
     assert result["average_error"] < 1e-4  # entries are ~N(0, 1): float32 rounding only
@@ -59,8 +86,8 @@ def test_synchronous_gossip_reaches_the_exact_initial_average(tmp_path, graph, n
 
 
 @pytest.mark.parametrize("graph", ["ring", "exponential"])
-def test_asynchronous_gossip_reaches_consensus(tmp_path, graph):
-    result = gossip(tmp_path, graph, 1, sync_freq=None, rounds=60, sleep=0.002)
+def test_asynchronous_gossip_reaches_consensus(four_agents, graph):
+    result = accounted(four_agents[FREE[graph]])
     assert result["final_spread"] < 1e-3 * result["initial_spread"]
     # The disagreement and gradient-cosine metrics of the starting point equal numpy's.
     for name in ("disagreement", "relative", "cosine"):
@@ -68,13 +95,13 @@ def test_asynchronous_gossip_reaches_consensus(tmp_path, graph):
 
 
 @pytest.mark.parametrize("sync_freq", [0, 1, 2, None])
-def test_sync_freq_blocks_after_k_updates_without_a_mix_and_senders_never_wait(tmp_path, sync_freq):
+def test_sync_freq_blocks_after_k_updates_without_a_mix_and_senders_never_wait(two_agents, sync_freq):
     """Two agents, agent 1 sleeping 50 ms per update, agent 0 not at all. The official rule: agent 0
     tolerates K updates in a row without a mix and then blocks for agent 1's message, so its longest
     run without a mix is exactly K (K = 0: it mixes at every update); without K it never waits. Agent 0
     also sends at every update but never waits for agent 1 to read: the sends it skipped show it."""
     rounds = 24
-    result = gossip(tmp_path, "ring", 1, sync_freq, rounds, sleep=0.05, slow_rank=1, np=2)
+    result = accounted(two_agents[SLOW_PEER[sync_freq]])
     fast, slow = result["counts"]
     if sync_freq is None:
         assert fast["mixes"] < rounds // 3 and fast["longest_without_mix"] > rounds // 2
@@ -85,20 +112,22 @@ def test_sync_freq_blocks_after_k_updates_without_a_mix_and_senders_never_wait(t
         assert fast["skipped"] > 0 and fast["sent"] + fast["skipped"] == rounds
 
 
-def test_gossip_alone_at_32_agents_on_both_graphs(tmp_path):
+@pytest.mark.parametrize("agents", [8, pytest.param(32, marks=pytest.mark.scale)])
+def test_gossip_alone_at_many_agents_on_both_graphs(tmp_path, agents):
     """The Gossip class at a cluster's size, 2 peers on both graphs: synchronous rounds in lockstep keep
     the exact average (float32 rounding only); synchronous and asynchronous rounds (agents working
     unevenly) contract the agents towards consensus (the exponential graph reaches it); every message is
-    accounted for. One launch of 32 ranks (about a minute on 2 cores)."""
+    accounted for. One launch of 8 ranks in the default suite; of 32 with the scale tests (a minute on 2
+    cores: 32 Python processes that import torch)."""
     out = tmp_path / "scale.json"
-    ok(subprocess.run(command("tests/gossip_scale_worker.py", str(out), "60", np=32), capture_output=True, text=True,
-                      timeout=280))  # fmt: skip
+    ok(subprocess.run(command("tests/gossip_scale_worker.py", str(out), "60", np=agents), capture_output=True,
+                      text=True, timeout=280))  # fmt: skip
     for graph, r in json.loads(out.read_text()).items():
         sync, free = r["synchronous"], r["asynchronous"]
         assert sync["skipped"] == 0 and max(abs(a - b) for a, b in zip(sync["mean"], r["initial_mean"])) < 1e-4, graph
         # A ring of 32 with 2 peers contracts by (1 + 2 cos(2 pi / 32)) / 3 = 0.987 per round at worst: it needs
         # ~500 rounds to reach 1e-3, so in 60 it must only have shrunk (measured: to 0.12 synchronously). The
-        # exponential graph mixes in a few rounds.
+        # exponential graph mixes in a few rounds. (A ring of 8 contracts by 0.80 per round: the same bound holds.)
         bound = 0.5 if graph == "ring" else 1e-3
         assert sync["spread"] < bound * r["initial_spread"], graph
         assert free["spread"] < bound * r["initial_spread"], graph
@@ -113,12 +142,14 @@ def agent_lines(out: str) -> dict[int, dict[str, int]]:
     return {int(r): dict(zip(keys, map(int, rest))) for r, *rest in found}
 
 
-@pytest.mark.parametrize("np_, envs", [(2, 8), (4, 4)])
-def test_end_to_end_tracked_offline(workdir, np_, envs):
+@pytest.mark.parametrize("np_, envs, track", [(2, 8, True), (4, 4, False)])
+def test_end_to_end_tracked_offline(workdir, np_, envs, track):
+    """W&B is tracked in one of the two (its offline shutdown holds a short run for ~5 s)."""
     updates = 60  # 300 steps per simulator: random Breakout games end within that
     proc, run_dir, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(updates * np_ * envs * 5),
-                                 "--track", "--save-model", "--log-every", "5", "--disagreement-every", "5", *FAST,
-                                 "--num-envs", str(envs), cwd=workdir, np=np_)  # fmt: skip
+                                 *(["--track"] if track else []), "--save-model", "--log-every", "5",
+                                 "--disagreement-every", "5", *FAST, "--num-envs", str(envs), cwd=workdir,
+                                 np=np_)  # fmt: skip
     agents = agent_lines(proc.stdout)
     assert sorted(agents) == list(range(np_)) and all(a["updates"] == updates for a in agents.values())
     assert sum(a["sent"] for a in agents.values()) == sum(a["received"] for a in agents.values()) > 0
@@ -128,7 +159,7 @@ def test_end_to_end_tracked_offline(workdir, np_, envs):
         assert tag in tags, tag
     assert len(tags["gossip/disagreement"]) == updates // 5  # every measurement completed and was logged
     assert len(tags["charts/episodic_return"]) >= envs * np_  # games of every agent reached rank 0
-    assert len(list((workdir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    assert len(list((workdir / "wandb").glob("offline-run-*/run-*.wandb"))) == int(track)
     # The average checkpoint is the exact mean of the agents' own checkpoints.
     agent_states = [torch.load(run_dir / "checkpoint" / f"agent{r}.pt", weights_only=False) for r in range(np_)]
     average = torch.load(run_dir / "checkpoint" / "average.pt", weights_only=False)
@@ -180,26 +211,37 @@ def test_a_slow_agent_holds_nobody_up(workdir):
     assert sum(a["sent"] for a in agents.values()) == sum(a["received"] for a in agents.values())
 
 
-def test_sigterm_checkpoint_then_resume(workdir):
-    updates = 30
-    total = updates * 2 * 8 * 5
+RESUMED_UPDATES = 30
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory) -> tuple[Path, Path, list[dict], subprocess.CompletedProcess]:
+    """Two agents on Pong stopped by SIGTERM once training, then resumed to 30 updates with --save-model (one
+    launch of each, for the resume test and the evaluation of the average). Returns (workdir, first run
+    directory, the agents' stopped checkpoints, the resumed run's process)."""
+    workdir = tmp_path_factory.mktemp("resumed")
+    total = RESUMED_UPDATES * 2 * 8 * 5
     code, out, err = sigterm_once_training(SCRIPT, "--total-timesteps", str(total * 100), *FAST, cwd=workdir, np=2)
     assert code == 0, err
     assert "stopped by signal" in out
     (first,) = run_dirs(workdir)
     saved = [torch.load(first / "checkpoint" / f"agent{r}.pt", weights_only=False) for r in range(2)]
-    assert all(0 < s["update"] < updates for s in saved)
-
     proc = run(SCRIPT, "--total-timesteps", str(total), "--resume", str(first / "checkpoint"), "--save-model",
                *FAST, cwd=workdir, np=2)  # fmt: skip
+    return workdir, first, saved, proc
+
+
+def test_sigterm_checkpoint_then_resume(resumed):
+    workdir, first, saved, proc = resumed
+    assert all(0 < s["update"] < RESUMED_UPDATES for s in saved)
     ok(proc)
     for r in range(2):
         assert f"[agent {r}] resumed from {first / 'checkpoint'} at update {saved[r]['update']}" in proc.stdout
     (second,) = [d for d in run_dirs(workdir) if d != first]
     for r in range(2):
         final = torch.load(second / "checkpoint" / f"agent{r}.pt", weights_only=False)
-        assert final["update"] == updates  # each agent continued from its own update count
-        assert {float(s["step"]) for s in final["optimizer"]["state"].values()} == {float(updates)}
+        assert final["update"] == RESUMED_UPDATES  # each agent continued from its own update count
+        assert {float(s["step"]) for s in final["optimizer"]["state"].values()} == {float(RESUMED_UPDATES)}
 
 
 def test_sigterm_after_some_agents_finished_still_ends_together(workdir):
@@ -221,10 +263,12 @@ def test_sigterm_after_some_agents_finished_still_ends_together(workdir):
     assert saved[0] == updates and saved[1] < updates
 
 
-def test_eval_uses_the_average_checkpoint(workdir):
-    ok(run(SCRIPT, "--total-timesteps", "800", "--save-model", *FAST, cwd=workdir, np=2))
-    (run_dir,) = run_dirs(workdir)
-    proc = run(SCRIPT, "--eval-checkpoint", str(run_dir / "checkpoint"), "--eval-episodes", "2", cwd=workdir, np=2)
+def test_eval_uses_the_average_checkpoint(resumed, tmp_path):
+    """Evaluation of the resumed run's checkpoint directory (its agents and their average)."""
+    workdir, first, _, resumed_proc = resumed
+    ok(resumed_proc)
+    (second,) = [d for d in run_dirs(workdir) if d != first]
+    proc = run(SCRIPT, "--eval-checkpoint", str(second / "checkpoint"), "--eval-episodes", "2", cwd=tmp_path, np=2)
     ok(proc)
     assert "eval argmax" in proc.stdout and "eval sampled" in proc.stdout
 
