@@ -39,8 +39,8 @@ Simplifications and choices, stated so nobody has to find them:
 import os
 
 # Before torch loads OpenMP: its threads sleep between parallel regions instead of spinning, which
-# would take the cores from envpool's threads (benchmark/results/throughput_levers.txt: A2C 1 x 16
-# +3-9% on 2 cores). A value set by the user wins.
+# would take the cores from envpool's threads (benchmark/results/throughput_levers.txt, section 6:
+# A2C 1 x 16 +3-12% on 2 cores; ranks of one torch thread never spin). A value set by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json
