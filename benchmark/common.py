@@ -110,10 +110,15 @@ def rate(fn, units_per_call: int, seconds: float) -> float:
     return calls * units_per_call / (time.perf_counter() - start)
 
 
-def script_sps(tree: Path, script: str, np_: int | None, env_id: str, steps: int, *extra: str, wait: bool = True):
+def script_sps(
+    tree: Path, script: str, np_: int | None, env_id: str, steps: int, *extra: str, wait: bool = True,
+    tensorboard: bool = False,
+):
     """Runs SCRIPT from TREE (a checkout) with 16 simulators per worker (unless EXTRA says otherwise), under `mpirun
     -np NP_` unless NP_ is None, in a temporary directory, as a user runs it (the environment of this process, W&B
-    offline); returns its summary's SPS (or, if not WAIT, a function that waits and returns it)."""
+    offline); returns its summary's SPS, after the warm-up (or, if not WAIT, a function that waits and returns it).
+    With TENSORBOARD, the last `charts/SPS` it logged instead (since its start, warm-up included): what scripts
+    older than summary.json (before c64ba08) also give."""
     cmd = [sys.executable, str(tree / script), "--env-id", env_id, "--num-envs", "16", "--total-timesteps",
            str(steps), *extra]  # fmt: skip
     if np_ is not None:
@@ -127,7 +132,10 @@ def script_sps(tree: Path, script: str, np_: int | None, env_id: str, steps: int
         if proc.returncode != 0:
             sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-2000:]}")
         (run,) = (Path(where) / "runs").iterdir()
-        measured = json.loads((run / "summary.json").read_text())["sps"]
+        if tensorboard:
+            measured = scalars(run)["charts/SPS"][-1][1]
+        else:
+            measured = json.loads((run / "summary.json").read_text())["sps"]
         shutil.rmtree(where)
         return measured
 

@@ -55,6 +55,9 @@ class BeforeAfter:
     env_id: str = "Breakout-v5"
     only: tuple[str, ...] = ()
     """ALGOs whose cases to run (default: all)"""
+    tensorboard: bool = False
+    """compare the last logged charts/SPS (since each run's start) instead of summary.json's warm SPS: for an old
+    tree without summary.json"""
 
 
 @dataclass
@@ -140,8 +143,8 @@ def before_after(cfg: BeforeAfter) -> list[str]:
         for script, np_, extra in CASES:
             if cfg.only and script.removesuffix("_atari.py") not in cfg.only:
                 continue
-            old = script_sps(cfg.old_tree, script, np_, cfg.env_id, cfg.steps, *extra)
-            new = script_sps(ROOT, script, np_, cfg.env_id, cfg.steps, *extra)
+            old = script_sps(cfg.old_tree, script, np_, cfg.env_id, cfg.steps, *extra, tensorboard=cfg.tensorboard)
+            new = script_sps(ROOT, script, np_, cfg.env_id, cfg.steps, *extra, tensorboard=cfg.tensorboard)
             shape = "1 x 16" if np_ is None else f"-np {np_}, 16 per worker"
             lines.append(f"round {r} {script} {shape}: before {old:.0f}  after {new:.0f}  ratio {new / old:.2f}")
             print(lines[-1], flush=True)
