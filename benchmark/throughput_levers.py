@@ -206,15 +206,20 @@ def overlap(cfg: Overlap) -> list[str]:
     return lines
 
 
+LEVERS = {
+    "channels-last": (ChannelsLast, channels_last),
+    "gossip-cost": (GossipCost, gossip_cost),
+    "before-after": (BeforeAfter, before_after),
+    "overlap": (Overlap, overlap),
+}
+"""subcommand -> (its options, what it measures)"""
+
+
 def main() -> None:
-    cfg = tyro.extras.subcommand_cli_from_dict(
-        {"channels-last": ChannelsLast, "gossip-cost": GossipCost, "before-after": BeforeAfter, "overlap": Overlap}
-    )
-    run = {ChannelsLast: channels_last, GossipCost: gossip_cost, BeforeAfter: before_after, Overlap: overlap}[
-        type(cfg)
-    ]
+    cfg = tyro.extras.subcommand_cli_from_dict({name: options for name, (options, _) in LEVERS.items()})
+    (measure,) = [fn for options, fn in LEVERS.values() if isinstance(cfg, options)]
     print(f"python -m benchmark.throughput_levers {' '.join(sys.argv[1:])}")
-    run(cfg)
+    measure(cfg)
 
 
 if __name__ == "__main__":
