@@ -202,9 +202,9 @@ def test_impala_refuses_a_world_of_one():
 # --- a slow rank ------------------------------------------------------------------------------------
 def test_a2c_waits_for_a_slow_rank_and_ends_cleanly(workdir):
     """A2C is synchronous by design: every update waits for the slowest rank. With rank 1 sleeping
-    0.5 s before each update of 40 samples, the run's SPS cannot exceed 80 (unslowed it is several
-    hundred); the run still ends normally."""
+    0.25 s before each update of 40 samples, the run's SPS cannot exceed 160 (unslowed it is about 500
+    here); the run still ends normally."""
     proc, _, tags = run_ok("a2c_allreduce_atari.py", "--total-timesteps", str(12 * 5 * 8), "--debug-slow-rank", "1",
-                           "--debug-slow-seconds", "0.5", *FAST, cwd=workdir, np=2)  # fmt: skip
+                           "--debug-slow-seconds", "0.25", *FAST, cwd=workdir, np=2)  # fmt: skip
     assert "global_step 480/480" in proc.stdout
-    assert 0 < tags["charts/SPS"][-1][1] <= 80
+    assert 0 < tags["charts/SPS"][-1][1] <= 160

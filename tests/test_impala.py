@@ -184,10 +184,10 @@ def test_sigterm_checkpoint_then_resume(workdir):
 
 
 def test_a_slow_actor_does_not_stop_the_learner(workdir):
-    proc = run(SCRIPT, "--total-timesteps", "8000", "--debug-slow-rank", "2", "--debug-slow-seconds", "0.5",
+    proc = run(SCRIPT, "--total-timesteps", "4000", "--debug-slow-rank", "2", "--debug-slow-seconds", "0.5",
                *FAST, cwd=workdir, np=3, timeout=180)  # fmt: skip
     ok(proc)
-    assert "global_step 8000/8000" in proc.stdout
+    assert "global_step 4000/4000" in proc.stdout
     fast, slow = map(int, re.search(r"unrolls received per actor 1: (\d+), 2: (\d+)", proc.stdout).groups())
     assert fast > 2 * slow  # the learner kept learning from the actor that kept up
 
@@ -196,7 +196,7 @@ def test_the_learner_queue_is_bounded_when_actors_outpace_it(workdir):
     """Three actors, one unroll per batch, a learner sleeping 0.2 s per update: unrolls arrive faster
     than they are learnt from. The queue stays within its pool (3 actors + 2 batches = 5 unrolls), so
     the actors wait instead of the learner's memory and the policy lag growing."""
-    _, _, tags = run_ok(SCRIPT, "--total-timesteps", str(40 * 40), "--batch-size", "4", "--num-envs", "4",
+    _, _, tags = run_ok(SCRIPT, "--total-timesteps", str(25 * 40), "--batch-size", "4", "--num-envs", "4",
                         "--unroll-length", "10", "--log-every", "1", "--debug-slow-rank", "0",
                         "--debug-slow-seconds", "0.2", "--print-every", "1", cwd=workdir, np=4)  # fmt: skip
     depths = [v for _, v in tags["impala/queue_depth"]]
@@ -204,7 +204,7 @@ def test_the_learner_queue_is_bounded_when_actors_outpace_it(workdir):
     # Lag is bounded too (unbounded, the queue reached 67 unrolls here): 5 queued + 3 actors x 2 in flight,
     # plus the age of the actor's parameters, up to two of its iterations (about 3 updates each with the
     # learner the bottleneck): it reads them before it waits for a free slot, and they were sent after
-    # its previous read; plus a few. Measured: rises to 18-19 and stays there.
+    # its previous read; plus a few. Measured over 40 updates: rises to 18-19 and stays there.
     assert max(v for _, v in tags["impala/policy_lag"]) <= 5 + 3 * 2 + 2 * 3 + 5
 
 
