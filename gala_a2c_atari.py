@@ -228,7 +228,7 @@ class Agent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Channels-last input (the weights stay contiguous): the convolutions' train step runs 1.2-1.5x
-        # faster on a CPU (benchmark/results/channels_last.txt), the same values to float rounding.
+        # faster on a CPU (benchmark/results/throughput_levers.txt, section 1), the same values to float rounding.
         hidden = self.network((x.float() / 255.0).contiguous(memory_format=torch.channels_last))
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 

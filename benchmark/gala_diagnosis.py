@@ -270,9 +270,8 @@ AGENT_LINE = re.compile(  # the ranks' lines may be run together in the merged s
 
 def quarters(steps: np.ndarray, returns: np.ndarray, total: int) -> list[float]:
     """Mean episodic return in each quarter of a run's steps (nan for a quarter without a finished game)."""
-    return [float(np.mean(returns[(steps > q * total / 4) & (steps <= (q + 1) * total / 4)]))
-            if np.any((steps > q * total / 4) & (steps <= (q + 1) * total / 4)) else float("nan")
-            for q in range(4)]  # fmt: skip
+    masks = [(steps > q * total / 4) & (steps <= (q + 1) * total / 4) for q in range(4)]
+    return [float(np.mean(returns[m])) if m.any() else float("nan") for m in masks]
 
 
 def run_rows(cfg: Runs) -> tuple[list[str], dict[str, list[list[float]]]]:

@@ -54,6 +54,15 @@ def test_launch_plan_refuses_totals_that_do_not_split(algorithm, simulators, wor
         launch_plan(algorithm, simulators, workers, impala_batch_size=batch)
 
 
+def assert_refused(proc, message: str, out) -> None:
+    """Exit 2, the message once and one error line on stderr, no traceback, nothing printed or written in OUT."""
+    assert proc.returncode == 2
+    assert proc.stderr.count(message) == 1 and proc.stderr.count("error:") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    assert list(out.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -65,21 +74,13 @@ def test_launch_plan_refuses_totals_that_do_not_split(algorithm, simulators, wor
     ],
 )  # fmt: skip
 def test_refusal_is_one_message_and_exit_2(tmp_path, capsys, args, message):
-    proc = runner_in_process(capsys, *args, "--dry-run", "--out", str(tmp_path))
-    assert proc.returncode == 2
-    assert proc.stderr.count(message) == 1 and proc.stderr.count("error:") == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert proc.stdout == ""
-    assert list(tmp_path.iterdir()) == []
+    assert_refused(runner_in_process(capsys, *args, "--dry-run", "--out", str(tmp_path)), message, tmp_path)
 
 
 def test_a_refusal_on_the_command_line_is_one_message_and_exit_2(tmp_path):
     """The refusals above, checked in this process, are what a user sees: one launch as typed."""
     proc = runner("--simulators", "63", "--dry-run", "--out", str(tmp_path), cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.count("63 simulators do not split over 2 workers") == 1, proc.stderr
-    assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr and proc.stdout == ""
-    assert list(tmp_path.iterdir()) == []
+    assert_refused(proc, "63 simulators do not split over 2 workers", tmp_path)
 
 
 @pytest.mark.parametrize(
