@@ -12,14 +12,24 @@
 - `overlap`: the rollout alone (envpool steps and the policy's inference, no training), 16 simulators on
   one rank: one pool stepped synchronously against two pools of 8 double-buffered (one steps while the
   policy acts for the other, envpool's send/recv), the overlap Sample Factory's `worker_num_splits` gives.
+- `sample-factory --sf-python PY`: IMPALA against Sample Factory 2.1.1's APPO at 16 simulators on Pong (2 rollout
+  workers x 8, double-buffered, rollout 20, batch 640, one pass: as IMPALA's learner, one gradient step per sample),
+  run by PY, a Python with `sample-factory==2.1.1` and gymnasium's ALE (envpool 1.2.5 does not run under Sample
+  Factory 2.1.1; ale-py 0.8 takes its ROMs in `ale_py/roms/`: envpool-assets has them); `impala_atari.py` 1 learner
+  + 2 actors x 8 and 1 learner + 1 actor x 16 with the same batch (32 unrolls of 20).
 
     python -m benchmark.throughput_levers channels-last
     python -m benchmark.throughput_levers gossip-cost --steps 40000
     python -m benchmark.throughput_levers before-after --old-tree /work/old --steps 40000
     python -m benchmark.throughput_levers overlap
+    python -m benchmark.throughput_levers sample-factory --sf-python /work/sfvenv/bin/python
 """
 
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,11 +216,51 @@ def overlap(cfg: Overlap) -> list[str]:
     return lines
 
 
+@dataclass
+class SampleFactory:
+    sf_python: Path
+    """a Python with sample-factory 2.1.1 and ale-py (ROMs included)"""
+    steps: int = 60_000
+    rounds: int = 2
+
+
+def sample_factory_sps(python: Path, steps: int) -> tuple[float, float]:
+    """Sample Factory's APPO on Pong (sf_examples.atari), CPU, agent steps (not frames): its last 60-s rate and
+    its whole run's."""
+    where = tempfile.mkdtemp()
+    cmd = [str(python), "-m", "sf_examples.atari.train_atari", "--env=atari_pong", "--experiment=pong",
+           f"--train_dir={where}", "--device=cpu", "--num_workers=2", "--num_envs_per_worker=8",
+           "--worker_num_splits=2", "--rollout=20", "--batch_size=640", "--num_batches_per_epoch=1", "--num_epochs=1",
+           "--async_rl=True", "--summaries_use_frameskip=False", f"--train_for_env_steps={steps}",
+           "--with_wandb=False"]  # fmt: skip
+    log = subprocess.run(cmd, cwd=where, capture_output=True, text=True, timeout=1200).stderr
+    shutil.rmtree(where)
+    recent = [float(x) for x in re.findall(r"60 sec: ([\d.]+)", log) if x != "nan"]
+    whole = re.findall(r"Collected \{0: \d+\}, FPS: ([\d.]+)", log)
+    if not recent or not whole:
+        sys.exit(f"Sample Factory did not finish:\n{log[-2000:]}")
+    return recent[-1], float(whole[-1])
+
+
+def sample_factory(cfg: SampleFactory) -> list[str]:
+    lines, batch = [], ("--batch-size", "32", "--unroll-length", "20", "--no-anneal-lr")
+    for r in range(cfg.rounds):
+        recent, whole = sample_factory_sps(cfg.sf_python, cfg.steps)
+        two = script_sps(ROOT, "impala_atari.py", 3, "Pong-v5", cfg.steps, "--num-envs", "8", *batch)
+        one = script_sps(ROOT, "impala_atari.py", 2, "Pong-v5", cfg.steps, *batch)
+        lines.append(f"round {r}: Sample Factory APPO 2 workers x 8 {recent:.0f} SPS (last 60 s; whole run "
+                     f"{whole:.0f}); impala_atari.py learner + 2 actors x 8 {two:.0f} ({two / recent:.2f}x), "
+                     f"learner + 1 actor x 16 {one:.0f} ({one / recent:.2f}x)")  # fmt: skip
+        print(lines[-1], flush=True)
+    return lines
+
+
 LEVERS = {
     "channels-last": (ChannelsLast, channels_last),
     "gossip-cost": (GossipCost, gossip_cost),
     "before-after": (BeforeAfter, before_after),
     "overlap": (Overlap, overlap),
+    "sample-factory": (SampleFactory, sample_factory),
 }
 """subcommand -> (its options, what it measures)"""
 

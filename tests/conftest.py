@@ -13,6 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmark.common import command, scalars  # noqa: E402
 
+# The tests start up to 4 ranks on 2 cores: a rank waiting in a blocking MPICH call (an Allreduce, a Wait, a window
+# lock) sleeps between polls instead of polling a core at 100% that the other ranks need (benchmark/results/
+# throughput_levers.txt, section 11). Set here, before any launch, so every test's children inherit it.
+os.environ.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
 
 
@@ -133,11 +137,11 @@ def runner_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
 
 def tiny_run(out: Path, *more: str, capsys=None) -> subprocess.CompletedProcess:
     """`python -m benchmark run` of the tiny experiment into OUT/tiny, with MORE flags after its own: an A2C and
-    a GALA run (2 ranks x 2 simulators, Pong, 6000 steps, so every simulator finishes a game; side by side; W&B
+    a GALA run (2 ranks x 1 simulator, Pong, 3000 steps, so every simulator finishes a game; side by side; W&B
     offline), and the same two on an unknown game, which fail. With CAPSYS, in this process (for dry runs)."""
     args = ("--name", "tiny", "--out", str(out), "--algorithms", "a2c_allreduce", "gala_a2c",
-            "--env-ids", "Pong-v5", "Pongg-v5", "--seeds", "1", "--simulators", "4", "--workers", "2",
-            "--total-timesteps", "6000", "--max-parallel", "2", "--extra=--eval-episodes 1 --log-every 5", *more)
+            "--env-ids", "Pong-v5", "Pongg-v5", "--seeds", "1", "--simulators", "2", "--workers", "2",
+            "--total-timesteps", "3000", "--max-parallel", "2", "--extra=--eval-episodes 1 --log-every 5", *more)
     return runner_in_process(capsys, *args) if capsys else runner(*args, cwd=out, timeout=300)  # fmt: skip
 
 

@@ -111,29 +111,29 @@ def test_report_on_two_real_runs(experiment, tmp_path):
 
     manifest = {(e["algorithm"], e["env_id"]): e for e in json.loads((experiment / "manifest.json").read_text())}
     for algorithm in ("a2c_allreduce", "gala_a2c"):
-        assert row(md, "Runs", algorithm, "Pong", "4")[3:5] == ["1", "0"]
-        assert row(md, "Runs", algorithm, "Pongg", "4")[3:5] == ["0", "1"]
-        assert f"tiny/{algorithm}/Pongg-v5/sims4/seed1: exit 2" in md
+        assert row(md, "Runs", algorithm, "Pong", "2")[3:5] == ["1", "0"]
+        assert row(md, "Runs", algorithm, "Pongg", "2")[3:5] == ["0", "1"]
+        assert f"tiny/{algorithm}/Pongg-v5/sims2/seed1: exit 2" in md
         run_dir = experiment / manifest[algorithm, "Pong-v5"]["run_dir"]
         tags = scalars(run_dir)
-        late = [v for s, v in tags["charts/episodic_return"] if s >= 5400]
+        late = [v for s, v in tags["charts/episodic_return"] if s >= 2700]
         if not late:  # no game ended in the last 10%: the games of the last step that logged one
             last = max(s for s, _ in tags["charts/episodic_return"])  # GALA's agents' games arrive out of order
             late = [v for s, v in tags["charts/episodic_return"] if s == last]
-        assert row(md, "Final scores", "Pong", algorithm, "4")[3:5] == ["1", f"{np.mean(late):.2f}"]
+        assert row(md, "Final scores", "Pong", algorithm, "2")[3:5] == ["1", f"{np.mean(late):.2f}"]
         # success threshold: -20.7 + 0.5 x (-15 + 20.7) = -17.85
-        assert row(md, "Success", "Pong", algorithm, "4")[3] == f"{float(np.mean(late) >= -17.85):.2f} (1)"
+        assert row(md, "Success", "Pong", algorithm, "2")[3] == f"{float(np.mean(late) >= -17.85):.2f} (1)"
         evaluation = json.loads((run_dir / "eval.json").read_text())
-        argmax, sampled = row(md, "Evaluation", "Pong", algorithm, "4")[4:6]
+        argmax, sampled = row(md, "Evaluation", "Pong", algorithm, "2")[4:6]
         assert argmax == f"{evaluation['argmax']['mean']:.2f} ± n/a"
         assert sampled == f"{evaluation['sampled']['mean']:.2f} ± n/a"
         sps = [v for _, v in tags["charts/SPS"]]
-        assert row(md, "Throughput", algorithm, "4")[3] == f"{np.median(sps[1:]):.0f}"
+        assert row(md, "Throughput", algorithm, "2")[3] == f"{np.median(sps[1:]):.0f}"
         cpu = manifest[algorithm, "Pong-v5"]["utilisation"]["cpu_percent"]
-        assert row(md, "Throughput", algorithm, "4")[5] == f"{np.mean(cpu):.1f}"
+        assert row(md, "Throughput", algorithm, "2")[5] == f"{np.mean(cpu):.1f}"
     sps = {a: np.median([v for _, v in scalars(experiment / manifest[a, "Pong-v5"]["run_dir"])["charts/SPS"]][1:])
            for a in ("a2c_allreduce", "gala_a2c")}  # fmt: skip
-    assert row(md, "Throughput", "gala_a2c", "4")[4] == f"{sps['gala_a2c'] / sps['a2c_allreduce']:.2f}"
+    assert row(md, "Throughput", "gala_a2c", "2")[4] == f"{sps['gala_a2c'] / sps['a2c_allreduce']:.2f}"
     assert "final score, paired over (game, simulators, seed): n/a (need >= 2 pairs)" in md
 
 
@@ -157,9 +157,9 @@ def test_skipped_figures_and_nominal_from_a2c(experiment, tmp_path):
     md = (only_a2c / "report" / "report.md").read_text()
     assert "- `disagreement.png`: skipped, no GALA run logged gossip/disagreement" in md
     assert not (only_a2c / "report" / "disagreement.png").exists()
-    final = row(md, "Final scores", "Pong", "a2c_allreduce", "4")[4]
+    final = row(md, "Final scores", "Pong", "a2c_allreduce", "2")[4]
     nominal = row(md, "Success", "Pong")
-    assert nominal[1:3] == [final, "mean final score of 1 A2C run(s) at 4 simulators" + (
+    assert nominal[1:3] == [final, "mean final score of 1 A2C run(s) at 2 simulators" + (
         " (not above random play: no success share, no normalised score)" if float(final) <= -20.7 else "")]
 
     # A nominal score no better than random play (-20.7) defines no success: that figure is skipped.
@@ -176,17 +176,17 @@ def test_a_variant_is_reported_under_its_label(experiment, tmp_path):
     entries = [e for e in json.loads((experiment / "manifest.json").read_text()) if e["env_id"] == "Pong-v5"]
     (gala,) = [e for e in entries if e["algorithm"] == "gala_a2c"]
     (a2c,) = [e for e in entries if e["algorithm"] == "a2c_allreduce"]
-    workdir = "gala_sync/Pong-v5/sims4/seed1"
+    workdir = "gala_sync/Pong-v5/sims2/seed1"
     variant = {**gala, "label": "gala_sync", "workdir": workdir,
                "run_dir": gala["run_dir"].replace(gala["workdir"], workdir)}  # fmt: skip
     only = experiment_of([a2c, variant], [a2c["workdir"], gala["workdir"]], experiment, tmp_path / "variant")
     assert report.main(["--experiment", str(only), "--bootstrap-reps", "50", "--nominal", "Pong=-15"]) == 0
     md = (only / "report" / "report.md").read_text()
-    assert row(md, "Runs", "gala_sync", "Pong", "4")[3:5] == ["1", "0"]
+    assert row(md, "Runs", "gala_sync", "Pong", "2")[3:5] == ["1", "0"]
     assert "| gala_a2c |" not in md
-    assert row(md, "Final scores", "Pong", "gala_sync", "4")[3] == "1"
-    assert row(md, "Evaluation", "Pong", "gala_sync", "4")[3] == "1"
-    assert row(md, "Throughput", "gala_sync", "4")[4] != "n/a (no A2C run)"  # its SPS ratio is to the plain A2C
+    assert row(md, "Final scores", "Pong", "gala_sync", "2")[3] == "1"
+    assert row(md, "Evaluation", "Pong", "gala_sync", "2")[3] == "1"
+    assert row(md, "Throughput", "gala_sync", "2")[4] != "n/a (no A2C run)"  # its SPS ratio is to the plain A2C
     assert (only / "report" / "disagreement.png").stat().st_size > 0  # a GALA run, whatever its label
 
 
@@ -303,5 +303,5 @@ def test_a_run_cut_short_has_no_final_score():
 def test_the_same_runs_read_twice_are_refused(experiment, tmp_path, capsys):
     assert report.main(["--experiment", str(experiment), str(experiment), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 1 and "are both a2c_allreduce on Pong-v5 with 4 simulators, seed 1" in err
+    assert err.count("error:") == 1 and "are both a2c_allreduce on Pong-v5 with 2 simulators, seed 1" in err
     assert not (tmp_path / "report.md").exists()

@@ -128,17 +128,17 @@ def test_failed_run_is_reported_and_the_others_continue(tiny_experiment):
     assert len(entries) == 4
     for algorithm, script in (("a2c_allreduce", "a2c_allreduce_atari.py"), ("gala_a2c", "gala_a2c_atari.py")):
         # The failure: its exit code and the script's own message, from the stderr the runner saved.
-        assert f"FAILED {algorithm} Pongg-v5 sims4 seed1: exit 2" in proc.stderr
-        assert "unknown env id 'Pongg-v5'" in (experiment / f"{algorithm}/Pongg-v5/sims4/seed1/stderr.txt").read_text()
+        assert f"FAILED {algorithm} Pongg-v5 sims2 seed1: exit 2" in proc.stderr
+        assert "unknown env id 'Pongg-v5'" in (experiment / f"{algorithm}/Pongg-v5/sims2/seed1/stderr.txt").read_text()
         bad, good = entries[algorithm, "Pongg-v5"], entries[algorithm, "Pong-v5"]
         assert (bad["status"], bad["returncode"], bad["run_dir"]) == ("failed", 2, None)
         assert (good["status"], good["returncode"]) == ("ok", 0)
-        expected = {"experiment": "tiny", "preset": "smoke", "script": script, "simulators": 4, "ranks": 2,
-                    "envs_per_rank": 2, "workers": 2, "total_timesteps": 6000, "wandb_group": "tiny",
-                    "workdir": f"{algorithm}/Pong-v5/sims4/seed1"}  # fmt: skip
+        expected = {"experiment": "tiny", "preset": "smoke", "script": script, "simulators": 2, "ranks": 2,
+                    "envs_per_rank": 1, "workers": 2, "total_timesteps": 3000, "wandb_group": "tiny",
+                    "workdir": f"{algorithm}/Pong-v5/sims2/seed1"}  # fmt: skip
         assert {key: good[key] for key in expected} == expected
         config = json.loads((experiment / good["run_dir"] / "config.json").read_text())
-        assert [config[key] for key in ("algorithm", "env_id", "total_envs", "seed")] == [algorithm, "Pong-v5", 4, 1]
+        assert [config[key] for key in ("algorithm", "env_id", "total_envs", "seed")] == [algorithm, "Pong-v5", 2, 1]
         assert "--track" in good["command"] and (experiment / good["workdir"] / "wandb").is_dir()
         utilisation = good["utilisation"]
         assert utilisation["interval_s"] == 1.0
@@ -190,7 +190,7 @@ def test_a_run_again_continues_the_experiment(tiny_experiment, tmp_path):
         # Skipped: its entry as it was, nothing in its directory written.
         assert after[algorithm, "Pong-v5"] == before[algorithm, "Pong-v5"]
         # Run again, the stopped one as the failed one: a new entry, and a new stderr from the script.
-        assert f"FAILED {algorithm} Pongg-v5 sims4 seed1: exit 2" in proc.stderr
+        assert f"FAILED {algorithm} Pongg-v5 sims2 seed1: exit 2" in proc.stderr
         assert (after[algorithm, "Pongg-v5"]["status"], after[algorithm, "Pongg-v5"]["returncode"]) == ("failed", 2)
         assert "unknown env id 'Pongg-v5'" in stderr[algorithm].read_text()
     assert {path: path.stat().st_mtime_ns for workdir in ok for path in workdir.rglob("*")} == untouched
@@ -201,13 +201,13 @@ def test_a_run_again_lists_only_what_is_left_and_refuses_other_flags(tiny_experi
     proc = tiny_run(experiment.parent, "--dry-run", capsys=capsys)
     assert proc.returncode == 0, proc.stderr
     assert [line.split(" && ")[0] for line in proc.stdout.splitlines()] == [
-        f"cd {experiment}/{algorithm}/Pongg-v5/sims4/seed1" for algorithm in ("a2c_allreduce", "gala_a2c")]
+        f"cd {experiment}/{algorithm}/Pongg-v5/sims2/seed1" for algorithm in ("a2c_allreduce", "gala_a2c")]
     assert "skipped 2 of 4 runs, already ok in" in proc.stderr
     # The same experiment with other steps would mix two experiments under one name.
     proc = tiny_run(experiment.parent, "--total-timesteps", "8000", "--dry-run", capsys=capsys)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("error: 2 run(s) already ok in this experiment were launched otherwise") == 1, proc.stderr
-    assert "--total-timesteps 6000" in proc.stderr and "--total-timesteps 8000" in proc.stderr
+    assert "--total-timesteps 3000" in proc.stderr and "--total-timesteps 8000" in proc.stderr
 
 
 def test_help_lists_both_subcommands(capsys):
