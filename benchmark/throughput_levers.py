@@ -26,7 +26,6 @@
 """
 
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -227,19 +226,23 @@ class SampleFactory:
 def sample_factory_sps(python: Path, steps: int) -> tuple[float, float]:
     """Sample Factory's APPO on Pong (sf_examples.atari), CPU, agent steps (not frames): its last 60-s rate and
     its whole run's."""
-    where = tempfile.mkdtemp()
-    cmd = [str(python), "-m", "sf_examples.atari.train_atari", "--env=atari_pong", "--experiment=pong",
-           f"--train_dir={where}", "--device=cpu", "--num_workers=2", "--num_envs_per_worker=8",
-           "--worker_num_splits=2", "--rollout=20", "--batch_size=640", "--num_batches_per_epoch=1", "--num_epochs=1",
-           "--async_rl=True", "--summaries_use_frameskip=False", f"--train_for_env_steps={steps}",
-           "--with_wandb=False"]  # fmt: skip
-    log = subprocess.run(cmd, cwd=where, capture_output=True, text=True, timeout=1200).stderr
-    shutil.rmtree(where)
-    recent = [float(x) for x in re.findall(r"60 sec: ([\d.]+)", log) if x != "nan"]
-    whole = re.findall(r"Collected \{0: \d+\}, FPS: ([\d.]+)", log)
-    if not recent or not whole:
-        sys.exit(f"Sample Factory did not finish:\n{log[-2000:]}")
-    return recent[-1], float(whole[-1])
+    with tempfile.TemporaryDirectory() as where:
+        cmd = [str(python), "-m", "sf_examples.atari.train_atari", "--env=atari_pong", "--experiment=pong",
+               f"--train_dir={where}", "--device=cpu", "--num_workers=2", "--num_envs_per_worker=8",
+               "--worker_num_splits=2", "--rollout=20", "--batch_size=640", "--num_batches_per_epoch=1",
+               "--num_epochs=1", "--async_rl=True", "--summaries_use_frameskip=False",
+               f"--train_for_env_steps={steps}", "--with_wandb=False"]  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, cwd=where, capture_output=True, text=True, timeout=1200)
+        except subprocess.TimeoutExpired as err:
+            tail = (err.stderr or b"").decode(errors="replace")[-2000:]  # bytes, whatever text= says
+            sys.exit(f"Sample Factory still ran after 20 min:\n{tail}")
+    log = proc.stderr
+    recent = re.findall(r"60 sec: ([\d.]+)", log)
+    whole = re.findall(r"Collected \{0: (\d+)\}, FPS: ([\d.]+)", log)
+    if proc.returncode != 0 or not recent or not whole or int(whole[-1][0]) < steps:
+        sys.exit(f"Sample Factory exited {proc.returncode} without its {steps} steps:\n{log[-2000:]}")
+    return float(recent[-1]), float(whole[-1][1])
 
 
 def sample_factory(cfg: SampleFactory) -> list[str]:
