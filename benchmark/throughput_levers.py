@@ -25,7 +25,9 @@
     python -m benchmark.throughput_levers sample-factory --sf-python /work/sfvenv/bin/python
 """
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -226,8 +228,11 @@ class SampleFactory:
 def sample_factory_sps(python: Path, steps: int) -> tuple[float, float]:
     """Sample Factory's APPO on Pong (sf_examples.atari), CPU, agent steps (not frames): its last 60-s rate and
     its whole run's."""
-    with tempfile.TemporaryDirectory() as where:
-        cmd = [str(python), "-m", "sf_examples.atari.train_atari", "--env=atari_pong", "--experiment=pong",
+    found = shutil.which(str(python))
+    if found is None:
+        sys.exit(f"--sf-python {python}: no such executable")
+    with tempfile.TemporaryDirectory() as where:  # Sample Factory's train dir, and its working directory
+        cmd = [os.path.abspath(found), "-m", "sf_examples.atari.train_atari", "--env=atari_pong", "--experiment=pong",
                f"--train_dir={where}", "--device=cpu", "--num_workers=2", "--num_envs_per_worker=8",
                "--worker_num_splits=2", "--rollout=20", "--batch_size=640", "--num_batches_per_epoch=1",
                "--num_epochs=1", "--async_rl=True", "--summaries_use_frameskip=False",
