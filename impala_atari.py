@@ -147,6 +147,8 @@ class Args:
     """simulators over all actors"""
     num_updates: int = 0
     """learner updates in the whole run"""
+    start_step: int = 0
+    """global step this run starts from: its --resume checkpoint's (a GALA agent's own), else 0"""
 
 
 ALGO = "impala"
@@ -769,6 +771,8 @@ def checked_input(comm, args: Args) -> Optional[dict]:
     try:
         finalize_args(args, comm.Get_size())
         ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
+        if args.resume is not None:
+            args.start_step = ckpt["global_step"]
     except ConfigError as e:
         problem = str(e)
     fail_together(comm, problem)

@@ -148,10 +148,31 @@ TAGS = {
 
 def read_events(run_dir: Path) -> dict[str, Series]:
     """Every TensorBoard scalar of a run directory, with wall seconds since its first event (the
-    writer's creation), which Fig 1d–g needs."""
+    writer's creation), which Fig 1d–g needs. A run that continued from an earlier launch's checkpoint
+    (its config.json names it in `resume` and its step in `start_step`) is joined to that launch's
+    events, read the same way: the earlier ones up to that step, then its own, their wall seconds counted
+    on from the earlier launch's last event at or before that step (the time the earlier launch spent
+    past its checkpoint was work done again, and is not counted)."""
     start, events = scalar_events(run_dir)
-    return {tag: Series.by_step([e.step for e in es], [e.wall_time - start for e in es], [e.value for e in es])
-            for tag, es in events.items()}  # fmt: skip
+    own = {tag: Series.by_step([e.step for e in es], [e.wall_time - start for e in es], [e.value for e in es])
+           for tag, es in events.items()}  # fmt: skip
+    config = read_json(run_dir / "config.json")
+    if not config.get("resume"):
+        return own
+    earlier_dir = (run_dir.parent.parent / config["resume"]).parent  # the run's cwd / runs/<name>/checkpoint(.pt)
+    if not earlier_dir.is_dir():
+        return own
+    earlier, cut = read_events(earlier_dir), config["start_step"]
+    kept = {tag: series.step <= cut for tag, series in earlier.items()}
+    offset = max((float(series.wall[kept[tag]].max()) for tag, series in earlier.items() if kept[tag].any()),
+                 default=0.0)  # fmt: skip
+    joined = {}
+    for tag in {*earlier, *own}:
+        before, after = earlier.get(tag, Series()), own.get(tag, Series())
+        keep = kept.get(tag, np.zeros(0, dtype=bool))
+        joined[tag] = Series.by_step(*(np.concatenate([getattr(before, key)[keep], getattr(after, key) + shift])
+                                       for key, shift in (("step", 0), ("wall", offset), ("value", 0))))
+    return joined
 
 
 def load_local(experiment: Path) -> list[RunRecord]:

@@ -82,9 +82,11 @@ class Preset:
     """an algorithm's own seeds, in place of `seeds`"""
     flags_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """passed to one algorithm's script, after `flags`"""
+    variants: tuple[str, ...] = ()
+    """LABEL=ALGORITHM:FLAGS, as --variant, before those of the command line; their seeds may be in seeds_of"""
 
-    def seeds_for(self, algorithm: str) -> tuple[int, ...]:
-        return self.seeds_of.get(algorithm, self.seeds)
+    def seeds_for(self, label: str, algorithm: str) -> tuple[int, ...]:
+        return self.seeds_of.get(label, self.seeds_of.get(algorithm, self.seeds))
 
 
 PRESETS = {
@@ -152,6 +154,22 @@ PRESETS = {
         flags=(),
         flags_of={"impala": ("--unroll-length", str(IMPALA_UNROLL), "--no-anneal-lr")},
     ),
+    # The paper's shape (Fig 1b-c, the official README's run): GALA 4 agents x 16 simulators (ring, 1 peer, never
+    # blocking) against A2C 4 workers x 16, both at the learning rate 7e-4 x sqrt(64 / 16) = 1.4e-3 (the scripts'
+    # default at 64 simulators), Breakout, 2M steps (8M frames) per run, seeds 1-3; synchronous gossip seeds 1-2.
+    # A checkpoint every 100k steps: a run cut short continues from it when the experiment is run again.
+    "paper-shape": Preset(
+        algorithms=("a2c_allreduce", "gala_a2c"),
+        env_ids=("Breakout-v5",),
+        seeds=(1, 2, 3),
+        simulators=(64,),
+        total_timesteps=2_000_000,
+        workers=4,
+        impala_batch_size=IMPALA_BATCH,
+        flags=("--save-model", "--checkpoint-every", "100000"),
+        variants=("gala_sync=gala_a2c:--sync-freq 0",),
+        seeds_of={"gala_sync": (1, 2)},
+    ),
 }
 
 
@@ -160,11 +178,12 @@ class Config:
     """Runs the gala-rl scripts at matched total simulators, locally or on SLURM, and writes
     bench_runs/<experiment>/manifest.json for `python -m benchmark report`."""
 
-    preset: Literal["smoke", "paper", "sweep", "throughput", "learning"] = "smoke"
+    preset: Literal["smoke", "paper", "sweep", "throughput", "learning", "paper-shape"] = "smoke"
     """smoke: all four on Pong, 2 seeds, 2 workers x 4 simulators, 12k steps (minutes on 2 cores);
     paper: all four on six games, 4 x 16 simulators, 40M steps, 10 seeds; sweep: GALA and A2C at
     64..1024 simulators (Fig 1a); throughput: --updates x the batch steps of each on Pong at 2 x 8;
-    learning: all four on Breakout at 2 x 16, 500k steps, seeds 1-3 (A2C, GALA) and 1-2 (A3C, IMPALA)"""
+    learning: all four on Breakout at 2 x 16, 500k steps, seeds 1-3 (A2C, GALA) and 1-2 (A3C, IMPALA);
+    paper-shape: A2C and GALA on Breakout at 4 x 16, 2M steps, seeds 1-3, synchronous GALA seeds 1-2"""
     algorithms: Optional[tuple[Algorithm, ...]] = None
     """overrides the preset's algorithms"""
     variant: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
@@ -331,15 +350,15 @@ def plan_arms(cfg: Config, preset: Preset) -> list[Arm]:
     """The algorithms (the preset's, or --algorithms), then the variants, each with its seeds (--seeds, or the
     preset's for its algorithm). A variant also sets the script's --exp-name to its label (run names, W&B)."""
 
-    def seeds(algorithm: str) -> tuple[int, ...]:
-        return first_given(cfg.seeds, preset.seeds_for(algorithm))
+    def seeds(label: str, algorithm: str) -> tuple[int, ...]:
+        return first_given(cfg.seeds, preset.seeds_for(label, algorithm))
 
-    arms = [Arm(a, a, (), seeds(a)) for a in first_given(cfg.algorithms, preset.algorithms)]
-    for text in cfg.variant:
+    arms = [Arm(a, a, (), seeds(a, a)) for a in first_given(cfg.algorithms, preset.algorithms)]
+    for text in (*preset.variants, *cfg.variant):
         label, algorithm, flags = parse_variant(text)
         if label in (arm.label for arm in arms):
             raise ConfigError(f"--variant {text!r}: the label {label!r} is given twice")
-        arms.append(Arm(label, algorithm, ("--exp-name", label, *flags), seeds(algorithm)))
+        arms.append(Arm(label, algorithm, ("--exp-name", label, *flags), seeds(label, algorithm)))
     return arms
 
 
@@ -576,10 +595,49 @@ def earlier_entries(path: Path) -> dict[tuple, ManifestEntry]:
 
 def launch_of(entry: ManifestEntry) -> str:
     """How a run (planned, or as its manifest entry) is launched: its ranks and its script's flags, without the
-    commit tag (a run continued after a commit is the same run)."""
+    commit tag and the checkpoint it continued from (a run continued after a commit, or from a checkpoint, is the
+    same run)."""
     start = next(i for i, arg in enumerate(entry.command) if Path(arg).name == entry.script) + 1
     flags = [arg for arg in entry.command[start:] if not arg.startswith("commit-")]
+    if "--resume" in flags:
+        at = flags.index("--resume")
+        del flags[at : at + 2]
     return f"-np {entry.ranks} {entry.script} {shlex.join(flags)}"
+
+
+def checkpoint_of(run: ManifestEntry, run_dir: Path) -> Optional[Path]:
+    """The complete checkpoint in an earlier launch's RUN_DIR of the same run, or None: GALA's directory with every
+    agent's file, the other scripts' checkpoint.pt. The run directory must be this run's: its config.json has the
+    run's game, seed, steps and shape (the script refuses a checkpoint of another game or shape anyway)."""
+    config = run_dir / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        args = json.loads(config.read_text())
+    except ValueError:
+        return None
+    planned = {"env_id": run.env_id, "seed": run.seed, "total_timesteps": run.total_timesteps,
+               "total_envs": run.simulators, "world_size": run.ranks}  # fmt: skip
+    if any(args.get(key) != value for key, value in planned.items()):
+        return None
+    if run.algorithm == "gala_a2c":
+        path = run_dir / "checkpoint"
+        return path if all((path / f"agent{r}.pt").is_file() for r in range(run.ranks)) else None
+    path = run_dir / "checkpoint.pt"
+    return path if path.is_file() else None
+
+
+def continued(run: ManifestEntry, experiment_dir: Path) -> ManifestEntry:
+    """RUN, continuing from the newest complete checkpoint that an earlier launch of it left in its workdir (one
+    cut short by a signal, a --timeout, a crash, or a runner that was killed itself), with --resume; RUN as it is
+    where there is none. Its run writes a new run directory whose config.json names the checkpoint (`resume`) and
+    its step (`start_step`): the report joins the parts into one curve."""
+    workdir = experiment_dir / run.workdir
+    earlier = sorted((workdir / "runs").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    found = next((c for c in map(lambda d: checkpoint_of(run, d), earlier) if c is not None), None)
+    if found is None:
+        return run
+    return replace(run, command=[*run.command, "--resume", str(found.relative_to(workdir))])
 
 
 def not_yet_ok(
@@ -642,9 +700,13 @@ def run_experiment(cfg: Config) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    runs = [continued(run, experiment_dir) for run in runs]
+    said = sys.stderr if cfg.dry_run else sys.stdout
     if entries:
-        print(f"skipped {len(skipped)} of {len(planned)} runs, already ok in {manifest_path}",
-              file=sys.stderr if cfg.dry_run else sys.stdout)  # fmt: skip
+        print(f"skipped {len(skipped)} of {len(planned)} runs, already ok in {manifest_path}", file=said)
+    resumed = sum("--resume" in run.command for run in runs)
+    if resumed:
+        print(f"{resumed} run(s) continue from the checkpoint an earlier launch left", file=said)
     if not runs:
         return 0
     largest = max(run.ranks for run in runs) * cfg.threads
