@@ -74,6 +74,9 @@ class Args:
     """the envpool Atari id (`-v5`: NoFrameskip-v4 with the DeepMind wrappers, no sticky actions)"""
     total_timesteps: int = 40_000_000
     """environment steps summed over every simulator of every rank (one step = 4 frames)"""
+    max_seconds: Optional[float] = None
+    """stop after this many seconds of training, as at the end (checkpoint with --save-model, evaluation): a
+    wall-clock budget"""
     num_envs: int = 16
     """simulators per rank"""
     env_threads: Optional[int] = None
@@ -120,6 +123,8 @@ class Args:
     """for tests: this rank sleeps --debug-slow-seconds before every update (the others wait for it)"""
     debug_slow_seconds: float = 0.0
     """how long the slow rank sleeps per update"""
+    debug_slow_factor: float = 1.0
+    """the slow rank also sleeps (F - 1) x the time each of its updates took, as a device F times slower"""
 
     # filled in at runtime
     world_size: int = 0
@@ -405,7 +410,7 @@ def train(args: Args) -> dict:
     reduce_grads = AllreduceGradients(comm, list(agent.parameters()), device)
     start_update = 0 if ckpt is None else resume(ckpt, optimizer, device, rank, args)
     writer = open_writer(args, run_name, run_dir) if rank == 0 else None
-    signalled = StopSignal(comm)
+    signalled, slow = StopSignal(comm, args.max_seconds), SlowDown(comm, args)
     progress = Progress(start_update * args.batch_size, args.num_updates * args.batch_size, args.print_every, rank == 0)
     ckpt_path = run_dir / "checkpoint.pt"
 
@@ -456,8 +461,7 @@ def train(args: Args) -> dict:
         rollout = (torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations))
         returns, valid = a2c_targets(*rollout, values, next_value, prev_done, args.gamma)
 
-        if rank == args.debug_slow_rank:
-            time.sleep(args.debug_slow_seconds)
+        slow()
         means, stop = a2c_update(
             agent, optimizer, reduce_grads,
             obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1),
@@ -484,21 +488,22 @@ def train(args: Args) -> dict:
     # Teardown: the final checkpoint (at the end with --save-model, or when stopped), evaluation.
     end_time = time.time()
     envs.close()
-    signalled.finish()
+    out_of_time = signalled.finish()
+    stopped = stop and not out_of_time  # by a signal: no evaluation, the run is to be continued
     if args.save_model or stop:
         checkpoint(update)
         if rank == 0:
-            print(f"{'stopped by signal at ' if stop else ''}global_step {global_step}: checkpoint {ckpt_path}",
+            print(f"{'stopped by signal at ' if stopped else ''}global_step {global_step}: checkpoint {ckpt_path}",
                   flush=True)  # fmt: skip
-    summary = {"global_step": global_step, "run_dir": str(run_dir), "stopped": stop,
-               "sps": progress.warm_sps(global_step, end_time)}  # fmt: skip
-    if args.eval_episodes and not stop:
-        results = evaluate_all_ranks(comm, agent, args, update, env_threads, device)
+    summary = progress.result(global_step, end_time, stopped, out_of_time)
+    if args.eval_episodes and not stopped:
+        summary["eval"] = evaluate_all_ranks(comm, agent, args, update, env_threads, device)
         if rank == 0:
-            report_eval(results, args, run_dir, writer, global_step)
-        summary["eval"] = results
+            report_eval(summary["eval"], args, run_dir, writer, global_step)
+    summary = write_summary(comm, run_dir, summary, {
+        "updates": update - start_update, "seconds": end_time - progress.start_time, "slept": slow.slept,
+    })  # fmt: skip
     if rank == 0:
-        write_summary(run_dir, global_step, stop, summary["sps"])
         close_writer(writer, args)
     return summary
 
@@ -512,6 +517,8 @@ def checked_input(comm, args: Args) -> Optional[dict]:
     Bad input on any rank: rank 0 says it once and every rank exits with 2, before anything is written."""
     problem, ckpt = None, None
     try:
+        if args.debug_slow_factor < 1 or (args.max_seconds is not None and args.max_seconds <= 0):
+            raise ConfigError("--debug-slow-factor must be at least 1 and --max-seconds positive")
         finalize_args(args, comm.Get_size())
         ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
         if args.resume is not None:
@@ -651,15 +658,24 @@ class Progress:
             return None
         return (global_step - self.warm[1]) / (end_time - self.warm[0])
 
+    def result(self, global_step: int, end_time: float, stopped: bool, out_of_time: bool) -> dict:
+        """The fields of summary.json that the four scripts share (README, "What a run writes")."""
+        return {"global_step": int(global_step), "start_step": self.start_step, "stopped": bool(stopped),
+                "out_of_time": bool(out_of_time), "sps": self.warm_sps(global_step, end_time),
+                "seconds": end_time - self.start_time}  # fmt: skip
+
 
 class StopSignal:
     """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C) to any one rank stops the whole
     job: truthy once a signal reached this rank or word of one reached it from another rank. The first
     look after its own signal tells every other rank (a one-byte non-blocking send on a communicator of
     its own), so a preempted node's ranks stop the job instead of vanishing from it. The job then stops
-    at the end of an update with a checkpoint and exits 0. finish() (collective) reads every word sent."""
+    at the end of an update with a checkpoint and exits 0. finish() (collective) reads every word sent.
+    With MAX_SECONDS, the first rank past that many seconds from now tells the others the same way."""
 
-    def __init__(self, comm):
+    def __init__(self, comm, max_seconds: Optional[float] = None):
+        self.deadline = None if max_seconds is None else time.time() + max_seconds
+        self.out_of_time = False
         self.comm = comm.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.received, self.told, self.heard = False, False, 0
@@ -672,6 +688,8 @@ class StopSignal:
         self.received = True
 
     def __bool__(self) -> bool:
+        if self.deadline is not None and not self.received and time.time() > self.deadline:
+            self.received = self.out_of_time = True
         if self.received and not self.told:
             self.told = True
             word = np.ones(1, dtype=np.int8)
@@ -683,9 +701,10 @@ class StopSignal:
 
     def finish(self) -> bool:
         """Collective, once training is over: every word sent is read (a signal from now on is not
-        passed on). Returns whether any rank was signalled."""
+        passed on). Returns whether the time ran out (on any rank): the run ended as planned."""
         bool(self)
-        tellers = sum(self.comm.allgather(self.told))
+        told = self.comm.allgather((self.told, self.out_of_time))
+        tellers = sum(t for t, _ in told)
         while self.heard < tellers - self.told:
             self.listen.Wait()
             self.heard += 1
@@ -694,14 +713,36 @@ class StopSignal:
         self.listen.Wait()
         MPI.Request.Waitall(self.sends)
         self.comm.Free()
-        return tellers > 0
+        return any(out for _, out in told)
 
 
-def write_summary(run_dir: Path, global_step: int, stopped: bool, sps: Optional[float]) -> dict:
-    """Rank 0: runs/<run_name>/summary.json, what the benchmark runner reads (steps, stopped by a
-    signal or not, SPS); returns it."""
-    summary = {"algorithm": ALGO, "global_step": int(global_step), "stopped": bool(stopped), "sps": sps}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+class SlowDown:
+    """--debug-slow-rank R: rank R pauses once per update for --debug-slow-seconds S plus (--debug-slow-factor
+    F - 1) x the time since its previous pause ended (its update), so that it runs as a device F times slower;
+    the other ranks never pause. `slept` totals the pauses."""
+
+    def __init__(self, comm, args):
+        self.mine = comm.Get_rank() == args.debug_slow_rank
+        self.seconds, self.factor = args.debug_slow_seconds, args.debug_slow_factor
+        self.slept, self.since = 0.0, time.perf_counter()
+
+    def __call__(self) -> None:
+        if self.mine:
+            pause = self.seconds + (self.factor - 1.0) * (time.perf_counter() - self.since)
+            time.sleep(pause)
+            self.slept += pause
+        self.since = time.perf_counter()
+
+
+def write_summary(comm, run_dir: Path, summary: dict, mine: dict) -> dict:
+    """Collective: the run's result, SUMMARY with every rank's own counters (MINE, in rank order under "ranks"),
+    which rank 0 writes to runs/<run_name>/summary.json (what the benchmark tools and the tests read); returns it
+    on rank 0 (None elsewhere)."""
+    ranks = comm.gather({"rank": comm.Get_rank(), **mine}, root=0)
+    if comm.Get_rank() != 0:
+        return None
+    summary = {"algorithm": ALGO, **summary, "ranks": ranks}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=lambda x: x.item()))  # numpy scalars
     return summary
 
 

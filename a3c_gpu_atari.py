@@ -81,6 +81,9 @@ class Args:
     """the envpool Atari id (`-v5`: NoFrameskip-v4 with the DeepMind wrappers, no sticky actions)"""
     total_timesteps: int = 40_000_000
     """environment steps summed over every simulator of every rank (one step = 4 frames)"""
+    max_seconds: Optional[float] = None
+    """stop after this many seconds of training, as at the end (checkpoint with --save-model, evaluation): a
+    wall-clock budget"""
     num_envs: int = 16
     """simulators per rank"""
     env_threads: Optional[int] = None
@@ -127,6 +130,8 @@ class Args:
     """for tests: this worker rank sleeps --debug-slow-seconds after every update"""
     debug_slow_seconds: float = 0.0
     """how long the slow worker sleeps per update"""
+    debug_slow_factor: float = 1.0
+    """the slow rank also sleeps (F - 1) x the time each of its updates took, as a device F times slower"""
 
     # filled in at runtime
     world_size: int = 0
@@ -490,7 +495,7 @@ def train(args: Args) -> dict:
             print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
     comm.Barrier()  # the central state is initialised before anyone reads it
 
-    signalled = StopSignal(comm)
+    signalled = StopSignal(comm, args.max_seconds)
     writer = open_writer(args, run_name, run_dir) if is_store else None
     progress = Progress(start_count * args.batch_size, args.num_updates * args.batch_size, args.print_every, is_store)
     ckpt_path, last_checkpoint, reports = run_dir / "checkpoint.pt", start_count * args.batch_size, {}
@@ -518,38 +523,38 @@ def train(args: Args) -> dict:
             last_checkpoint = checkpoint() * args.batch_size
         log_report(writer, progress, reports, source, step, episodes, stats, args.batch_size)
 
-    summary = {}
+    mine = {}
     if is_worker:
-        summary = work(comm, args, agent, store, env_threads, device, signalled, handle if world_size == 1 else None)
+        mine = work(comm, args, agent, store, env_threads, device, signalled, handle if world_size == 1 else None)
     else:
         serve(comm, args.num_workers, handle, tick=lambda: bool(signalled))
     end_time = time.time()
 
     # Teardown: every worker is done (the store rank saw their "done"); save and evaluate the central state.
-    signalled.finish()
-    stop = comm.allreduce(bool(summary.get("stopped")), op=MPI.LOR)
+    out_of_time = signalled.finish()
+    stop = comm.allreduce(bool(mine.pop("stopped", False)), op=MPI.LOR)
+    stopped = stop and not out_of_time  # by a signal: no evaluation, the run is to be continued
     final_count = int(comm.bcast(store.count() if is_store else None, root=0))
     global_step = final_count * args.batch_size
     if is_store:
         if args.save_model or stop:
             checkpoint()
-            print(f"{'stopped by signal at ' if stop else ''}global_step {global_step}: checkpoint {ckpt_path}",
+            print(f"{'stopped by signal at ' if stopped else ''}global_step {global_step}: checkpoint {ckpt_path}",
                   flush=True)  # fmt: skip
         else:
             nn.utils.vector_to_parameters(torch.from_numpy(store.snapshot()[0]).to(device), agent.parameters())
         print(f"store: {final_count - start_count} central updates in {end_time - progress.start_time:.1f} s",
               flush=True)  # fmt: skip
-        summary["sps"] = progress.warm_sps(global_step, end_time)
+        mine["central_updates"] = final_count - start_count
     store.free()
     broadcast_parameters(comm, agent)  # everyone evaluates the central parameters
-    summary.update(global_step=global_step, run_dir=str(run_dir), stopped=stop)
-    if args.eval_episodes and not stop:
-        results = evaluate_all_ranks(comm, agent, args, final_count, env_threads, device)
+    summary = progress.result(global_step, end_time, stopped, out_of_time)
+    if args.eval_episodes and not stopped:
+        summary["eval"] = evaluate_all_ranks(comm, agent, args, final_count, env_threads, device)
         if rank == 0:
-            report_eval(results, args, run_dir, writer, global_step)
-        summary["eval"] = results
+            report_eval(summary["eval"], args, run_dir, writer, global_step)
+    summary = write_summary(comm, run_dir, summary, mine)
     if is_store:
-        write_summary(run_dir, global_step, stop, summary["sps"])
         close_writer(writer, args)
     return summary
 
@@ -594,6 +599,7 @@ def work(comm, args: Args, agent, store: CentralStore, env_threads: int, device,
     episodes, sends, window, last_stats = [], [], {"staleness": [], "lock_wait_ms": []}, None
     updates, warm, began = 0, None, time.time()
     start = rank % args.update_chunks
+    slow = SlowDown(comm, args)
 
     def report(message: tuple) -> None:
         if handle is not None:
@@ -631,8 +637,7 @@ def work(comm, args: Args, agent, store: CentralStore, env_threads: int, device,
         step_fn = lambda p, s, g, lr=lr: rmsprop_step(p, s, g, lr, args.rmsprop_alpha, args.rmsprop_eps)  # noqa: E731
         previous, waited = store.apply(grad, step_fn, start)
         updates += 1
-        if rank == args.debug_slow_rank:
-            time.sleep(args.debug_slow_seconds)
+        slow()
         if updates == 10:
             warm = (time.time(), updates)
         window["staleness"].append(previous - version)
@@ -649,7 +654,8 @@ def work(comm, args: Args, agent, store: CentralStore, env_threads: int, device,
         MPI.Request.Waitall([*sends, comm.isend(("done",), dest=0, tag=TAG_WORKER)])
     sps = (updates - warm[1]) * args.batch_size / (time.time() - warm[0]) if warm else None
     print(f"[worker {rank}] {updates} updates in {time.time() - began:.1f} s", flush=True)
-    return {"stopped": bool(signalled), "updates": updates, "sps": sps}
+    return {"stopped": bool(signalled), "updates": updates, "seconds": time.time() - began, "sps": sps,
+            "slept": slow.slept}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,6 +667,8 @@ def checked_input(comm, args: Args) -> Optional[dict]:
     Bad input on any rank: rank 0 says it once and every rank exits with 2, before anything is written."""
     problem, ckpt = None, None
     try:
+        if args.debug_slow_factor < 1 or (args.max_seconds is not None and args.max_seconds <= 0):
+            raise ConfigError("--debug-slow-factor must be at least 1 and --max-seconds positive")
         finalize_args(args, comm.Get_size())
         ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
         if args.resume is not None:
@@ -800,15 +808,24 @@ class Progress:
             return None
         return (global_step - self.warm[1]) / (end_time - self.warm[0])
 
+    def result(self, global_step: int, end_time: float, stopped: bool, out_of_time: bool) -> dict:
+        """The fields of summary.json that the four scripts share (README, "What a run writes")."""
+        return {"global_step": int(global_step), "start_step": self.start_step, "stopped": bool(stopped),
+                "out_of_time": bool(out_of_time), "sps": self.warm_sps(global_step, end_time),
+                "seconds": end_time - self.start_time}  # fmt: skip
+
 
 class StopSignal:
     """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C) to any one rank stops the whole
     job: truthy once a signal reached this rank or word of one reached it from another rank. The first
     look after its own signal tells every other rank (a one-byte non-blocking send on a communicator of
     its own), so a preempted node's ranks stop the job instead of vanishing from it. The job then stops
-    at the end of an update with a checkpoint and exits 0. finish() (collective) reads every word sent."""
+    at the end of an update with a checkpoint and exits 0. finish() (collective) reads every word sent.
+    With MAX_SECONDS, the first rank past that many seconds from now tells the others the same way."""
 
-    def __init__(self, comm):
+    def __init__(self, comm, max_seconds: Optional[float] = None):
+        self.deadline = None if max_seconds is None else time.time() + max_seconds
+        self.out_of_time = False
         self.comm = comm.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.received, self.told, self.heard = False, False, 0
@@ -821,6 +838,8 @@ class StopSignal:
         self.received = True
 
     def __bool__(self) -> bool:
+        if self.deadline is not None and not self.received and time.time() > self.deadline:
+            self.received = self.out_of_time = True
         if self.received and not self.told:
             self.told = True
             word = np.ones(1, dtype=np.int8)
@@ -832,9 +851,10 @@ class StopSignal:
 
     def finish(self) -> bool:
         """Collective, once training is over: every word sent is read (a signal from now on is not
-        passed on). Returns whether any rank was signalled."""
+        passed on). Returns whether the time ran out (on any rank): the run ended as planned."""
         bool(self)
-        tellers = sum(self.comm.allgather(self.told))
+        told = self.comm.allgather((self.told, self.out_of_time))
+        tellers = sum(t for t, _ in told)
         while self.heard < tellers - self.told:
             self.listen.Wait()
             self.heard += 1
@@ -843,14 +863,36 @@ class StopSignal:
         self.listen.Wait()
         MPI.Request.Waitall(self.sends)
         self.comm.Free()
-        return tellers > 0
+        return any(out for _, out in told)
 
 
-def write_summary(run_dir: Path, global_step: int, stopped: bool, sps: Optional[float]) -> dict:
-    """Rank 0: runs/<run_name>/summary.json, what the benchmark runner reads (steps, stopped by a
-    signal or not, SPS); returns it."""
-    summary = {"algorithm": ALGO, "global_step": int(global_step), "stopped": bool(stopped), "sps": sps}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+class SlowDown:
+    """--debug-slow-rank R: rank R pauses once per update for --debug-slow-seconds S plus (--debug-slow-factor
+    F - 1) x the time since its previous pause ended (its update), so that it runs as a device F times slower;
+    the other ranks never pause. `slept` totals the pauses."""
+
+    def __init__(self, comm, args):
+        self.mine = comm.Get_rank() == args.debug_slow_rank
+        self.seconds, self.factor = args.debug_slow_seconds, args.debug_slow_factor
+        self.slept, self.since = 0.0, time.perf_counter()
+
+    def __call__(self) -> None:
+        if self.mine:
+            pause = self.seconds + (self.factor - 1.0) * (time.perf_counter() - self.since)
+            time.sleep(pause)
+            self.slept += pause
+        self.since = time.perf_counter()
+
+
+def write_summary(comm, run_dir: Path, summary: dict, mine: dict) -> dict:
+    """Collective: the run's result, SUMMARY with every rank's own counters (MINE, in rank order under "ranks"),
+    which rank 0 writes to runs/<run_name>/summary.json (what the benchmark tools and the tests read); returns it
+    on rank 0 (None elsewhere)."""
+    ranks = comm.gather({"rank": comm.Get_rank(), **mine}, root=0)
+    if comm.Get_rank() != 0:
+        return None
+    summary = {"algorithm": ALGO, **summary, "ranks": ranks}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=lambda x: x.item()))  # numpy scalars
     return summary
 
 

@@ -85,6 +85,9 @@ class Args:
     """the envpool Atari id (`-v5`: NoFrameskip-v4 with the DeepMind wrappers, no sticky actions)"""
     total_timesteps: int = 40_000_000
     """environment steps summed over every simulator of every rank (one step = 4 frames)"""
+    max_seconds: Optional[float] = None
+    """stop after this many seconds of training, as at the end (checkpoint with --save-model, evaluation): a
+    wall-clock budget"""
     num_envs: int = 16
     """simulators per rank"""
     env_threads: Optional[int] = None
@@ -133,12 +136,21 @@ class Args:
     sync_freq: Optional[int] = None
     """tolerate this many updates in a row without a mix, then block for the in-peers' messages
     (0: block at every update, synchronous gossip; default: never block)"""
+    mixing: str = "average"
+    """how an agent mixes its peers' messages: average (the paper's rule), push-sum (weights that keep the
+    network's total whatever the delays), extrapolate (each message moved forward by its age x the
+    sender's last step), aligned (move toward each peer by the difference the two had when it wrote)"""
     disagreement_every: int = 100
     """updates between measurements of the agents' disagreement and gradient cosine (0: never)"""
     debug_slow_rank: Optional[int] = None
     """for tests: this rank sleeps --debug-slow-seconds before every update (the others do not wait)"""
     debug_slow_seconds: float = 0.0
     """how long the slow rank sleeps per update"""
+    debug_slow_factor: float = 1.0
+    """the slow rank also sleeps (F - 1) x the time each of its updates took, as a device F times slower"""
+    debug_lockstep_age: Optional[int] = None
+    """for diagnosis: the agents step in lockstep (each blocks for its peers' messages of every update) and
+    mix the messages of exactly this many updates earlier (0: synchronous gossip)"""
 
     # filled in at runtime
     world_size: int = 0
@@ -308,6 +320,11 @@ def gossip_peers(rank: int, world_size: int, step: int, graph: str, num_peers: i
 
 
 TAG_PARAMS, TAG_DONE = 1, 2
+MIXING = ("average", "push-sum", "extrapolate", "aligned")
+"""--mixing: the paper's rule and the three remedies for stale messages measured against it (see Gossip)"""
+HEADER = 4
+"""a message ends with the sender's update count, its push-sum weight, the time it was written (seconds since the
+agents' common start) and its seconds per update"""
 
 
 class Gossip:
@@ -322,34 +339,65 @@ class Gossip:
     `flat` is the parameter vector itself (the model's parameters are views into it): mixing is in
     place. On a GPU the parameters pass through host buffers (no CUDA-aware MPI assumed).
 
+    A message is the sender's parameters x_j after its local step (and, for `extrapolate`, that step).
+    With u the agent's own parameters after its local step and m messages arrived (k when all came):
+    - average (the paper's rule, the official code's): theta <- (u + sum x_j) / (m + 1).
+    - push-sum (Kempe et al. 2003, in Stochastic Gradient Push's order): the agent also holds a weight
+      w (1 at the start) and keeps w / (k + 1) per message sent (the share of a skipped send stays home);
+      theta <- (w_keep u + sum w_j x_j) / (w_keep + sum w_j), w <- w_keep + sum w_j, and the local step
+      moves the numerator w theta, so theta moves by the step / w. The sums of w theta and of w over the
+      agents and the messages in flight never change, whatever the delays.
+    - extrapolate: each x_j is first moved to now, x_j + age_j d_j, with d_j the sender's last local
+      step and age_j the sender's updates since it wrote (time since the write / its seconds per update).
+    - aligned: theta <- u + sum (x_j - own_j) / (2 (k + 1) (1 + a_j)), own_j = the agent's own parameters
+      as it sent them at the time closest to x_j's write, a_j = its own updates since: the agents move
+      toward each other by the difference they had at one moment and keep all their progress since, so
+      that (for symmetric ages) their mean advances by exactly the average local step, whatever the age.
+      The pull is half of averaging's and shrinks with the age: a delayed difference pulled at full
+      strength does not contract (at age 1) or diverges (age 2+); pulled so, it contracts at every age.
+
+    `lockstep_age` a (a debug mode, --debug-lockstep-age): every agent blocks at every update for its
+    in-peers' messages of that update (and never skips a send), so the agents step together; it mixes
+    the messages of `a` updates earlier (a = 0: synchronous gossip). The age of a message is then
+    exactly a, without the timing jitter and the drift of update counts of real asynchrony.
+
     finish() ends cleanly: it tells every out-peer how many messages it sent (TAG_DONE), reads until
-    every in-peer's count is reached, cancels the receives left posted and completes its own sends.
+    every in-peer's count is reached (push-sum adds them, the other rules discard them), cancels the
+    receives left posted and completes its own sends.
     """
 
-    def __init__(self, comm, flat: torch.Tensor, graph: str, num_peers: int, sync_freq: Optional[int]):
+    def __init__(self, comm, flat: torch.Tensor, graph: str, num_peers: int, sync_freq: Optional[int],
+                 mixing: str = "average", lockstep_age: Optional[int] = None, history: int = 32):  # fmt: skip
         self.comm, self.flat, self.graph, self.k, self.sync_freq = comm, flat, graph, num_peers, sync_freq
+        self.mixing, self.lockstep_age = mixing, lockstep_age
         self.rank, self.world = comm.Get_rank(), comm.Get_size()
+        self.epoch = comm.bcast(time.time(), root=0)  # message times count from the agents' common start
         period = len(exponential_offsets(self.world)) if graph == "exponential" and self.world > 1 else 1
         outs, ins = set(), set()
         for t in range(period):
             o, i = gossip_peers(self.rank, self.world, t, graph, num_peers)
             outs.update(o)
             ins.update(i)
-        numel, pinned = flat.numel(), flat.device.type == "cuda"
+        numel = flat.numel()
+        self.numel = numel
         self.host = flat.numpy() if flat.device.type == "cpu" else torch.empty(numel, pin_memory=True).numpy()
-        self.total = torch.empty(numel, pin_memory=pinned)  # the sum of the messages being mixed
-        # A message is the scaled parameters and, in one extra slot, the sender's update count (its age
-        # at the mix is a staleness measure; float32 counts exactly up to 2^24 updates).
-        self.send_buf = {p: np.empty(numel + 1, dtype=np.float32) for p in outs}
+        size = numel * (2 if mixing == "extrapolate" else 1) + HEADER  # float32 counts exactly up to 2^24 updates
+        self.send_buf = {p: np.empty(size, dtype=np.float32) for p in outs}
         self.send_req = {p: MPI.REQUEST_NULL for p in outs}
-        self.recv_buf = {p: np.empty(numel + 1, dtype=np.float32) for p in ins}
+        self.recv_buf = {p: np.empty(size, dtype=np.float32) for p in ins}
         self.recv_req = {p: comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS) for p in ins}
         self.arrived = dict.fromkeys(ins, False)
+        self.taken: list[int] = []  # in-peers whose message this exchange read
         self.done_buf = {p: np.zeros(1, dtype=np.int64) for p in ins}
         self.done_req = {p: comm.Irecv(self.done_buf[p], source=p, tag=TAG_DONE) for p in ins}
         self.sent, self.received = dict.fromkeys(outs, 0), dict.fromkeys(ins, 0)
         self.expected: dict[int, Optional[int]] = dict.fromkeys(ins, None)
         self.skipped, self.mixes, self.updates, self.since_mix, self.longest_without_mix = 0, 0, 0, 0, 0
+        self.weight = 1.0  # push-sum's w (1 for the other rules)
+        self.before = None  # the parameters before the local step (push-sum, extrapolate)
+        self.last_time, self.period = None, 0.0  # this agent's last exchange, and its mean seconds per update
+        self.own: deque = deque(maxlen=history)  # aligned: (time, update, parameters sent) of the recent updates
+        self.lockstep: deque = deque(maxlen=(lockstep_age or 0) + 1)  # lockstep: the messages of recent updates
         # Per mixed message, its age: my update count minus the sender's when it wrote (1 = written
         # during my previous update's time). The recent ones for logging, and a histogram of all.
         self.recent_ages: deque = deque(maxlen=1000)
@@ -359,6 +407,11 @@ class Gossip:
         if self.flat.device.type != "cpu":
             self.host[:] = self.flat.cpu().numpy()
         return self.host
+
+    def before_local_step(self) -> None:
+        """Remember the parameters before the local step: push-sum scales the step, extrapolate sends it."""
+        if self.mixing in ("push-sum", "extrapolate"):
+            self.before = self.flat.detach().clone()
 
     def progress(self) -> None:
         """Let MPI move messages while the agent acts: a 3.5 MB message goes by rendezvous, which only
@@ -391,52 +444,121 @@ class Gossip:
                 self.arrived[live[index]] = True
             self._poll_done()
 
+    def _local_step_done(self, now: float) -> None:
+        """Push-sum: the step moves the numerator w theta, so theta by step / w (SGP's order)."""
+        if self.last_time is not None:
+            interval = now - self.last_time
+            self.period = interval if self.period == 0.0 else 0.9 * self.period + 0.1 * interval
+        self.last_time = now
+        if self.mixing == "push-sum" and self.before is not None:
+            with torch.no_grad():
+                self.flat.sub_(self.before).mul_(1.0 / self.weight).add_(self.before)
+
     def exchange(self, update: int) -> int:
         """Send to this update's out-peers, mix what has arrived; returns the number of messages mixed."""
+        now = time.time() - self.epoch
+        self._local_step_done(now)
         out_peers, in_peers = gossip_peers(self.rank, self.world, update, self.graph, self.k)
         self.updates += 1
         params = self._params_to_host()
+        if self.mixing == "aligned":
+            self.own.append((now, self.updates, params.copy()))
+        if self.mixing == "extrapolate":  # the local step just taken (none if nobody said where it began)
+            step = np.zeros(self.numel, dtype=np.float32) if self.before is None else (self.flat - self.before).cpu()
+        self.before = None
+        sent = 0
         for p in out_peers:
-            if not self.send_req[p].Test():  # the peer has not read our previous message: skip, never wait
+            if self.lockstep_age is not None:
+                self.send_req[p].Wait()  # in lockstep a send is never skipped (the peer reads it this update)
+            elif not self.send_req[p].Test():  # the peer has not read our previous message: skip, never wait
                 self.skipped += 1
                 continue
-            np.multiply(params, 1.0 / (self.k + 1), out=self.send_buf[p][:-1])
-            self.send_buf[p][-1] = self.updates
-            self.send_req[p] = self.comm.Issend(self.send_buf[p], dest=p, tag=TAG_PARAMS)
+            buf = self.send_buf[p]
+            buf[: self.numel] = params
+            if self.mixing == "extrapolate":
+                buf[self.numel : 2 * self.numel] = step
+            buf[-HEADER:] = (self.updates, self.weight / (self.k + 1), now, self.period)
+            self.send_req[p] = self.comm.Issend(buf, dest=p, tag=TAG_PARAMS)
             self.sent[p] += 1
+            sent += 1
+        keep = 1.0 - sent / (self.k + 1)  # push-sum: the shares sent left, those of skipped sends stay
 
         self.progress()
         self._poll_done()
-        if self.sync_freq is None:  # asynchronous: whatever has arrived, from any in-peer
-            arrived = [p for p, got in self.arrived.items() if got]
-        else:  # the official rule: all of this update's in-peers or none; block after sync_freq misses
-            ready = all(self.arrived[p] or self._finished(p) for p in in_peers)
-            if not ready and self.since_mix >= self.sync_freq:
-                self._wait_for_in_peers(in_peers)
-                ready = True
-            arrived = [p for p in in_peers if self.arrived[p]] if ready else []
-        if not arrived:
+        if self.lockstep_age is not None:  # every in-peer's message of this update; mix those of `a` updates ago
+            self._wait_for_in_peers(in_peers)
+            self.lockstep.append([self._take(p) for p in in_peers if self.arrived[p]])
+            messages = self.lockstep[0] if len(self.lockstep) == self.lockstep.maxlen else []
+        else:
+            if self.sync_freq is None:  # asynchronous: whatever has arrived, from any in-peer
+                arrived = [p for p, got in self.arrived.items() if got]
+            else:  # the official rule: all of this update's in-peers or none; block after sync_freq misses
+                ready = all(self.arrived[p] or self._finished(p) for p in in_peers)
+                if not ready and self.since_mix >= self.sync_freq:
+                    self._wait_for_in_peers(in_peers)
+                    ready = True
+                arrived = [p for p in in_peers if self.arrived[p]] if ready else []
+            messages = [self._take(p, copy=False) for p in arrived]
+        self._mix(messages, keep, now)
+        for p in self.taken:  # their messages are mixed (or copied): post the next receives
+            self.recv_req[p] = self.comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS)
+        self.taken.clear()
+        if not messages:
             self.since_mix += 1
             self.longest_without_mix = max(self.longest_without_mix, self.since_mix)
             return 0
-        # theta <- theta/(k+1) + sum of messages when k arrived; uniform over what arrived otherwise.
-        total = self.total.numpy()
-        np.copyto(total, self.recv_buf[arrived[0]][:-1])
-        for p in arrived[1:]:
-            total += self.recv_buf[p][:-1]
-        for p in arrived:
-            age = self.updates - int(self.recv_buf[p][-1])
-            self.recent_ages.append(age)
-            self.age_counts[age] = self.age_counts.get(age, 0) + 1
-            self.received[p] += 1
-            self.arrived[p] = False
-            self.recv_req[p] = self.comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS)
-        m = len(arrived)
-        with torch.no_grad():
-            self.flat.mul_(1.0 / (m + 1)).add_(self.total.to(self.flat.device), alpha=(self.k + 1) / (m + 1))
         self.mixes += 1
         self.since_mix = 0
-        return m
+        return len(messages)
+
+    def _take(self, p: int, copy: bool = True) -> np.ndarray:
+        """In-peer p's arrived message, read: its receive is posted again after the mix (a copy is kept
+        in lockstep, where the message is mixed updates later)."""
+        self.received[p] += 1
+        self.arrived[p] = False
+        self.recv_req[p] = MPI.REQUEST_NULL
+        self.taken.append(p)
+        return self.recv_buf[p].copy() if copy else self.recv_buf[p]
+
+    def _own_at(self, msg: np.ndarray) -> tuple[int, np.ndarray]:
+        """Aligned: (update, parameters) this agent sent at the moment msg was written: at the same update in
+        lockstep, else at the nearest time."""
+        if self.lockstep_age is not None:
+            return next((count, params) for _, count, params in self.own if count == int(msg[-4]))
+        _, count, params = min(self.own, key=lambda entry: abs(entry[0] - float(msg[-2])))
+        return count, params
+
+    def _mix(self, messages: list[np.ndarray], keep: float, now: float) -> None:
+        """The mixing rule (class docstring) on the messages; push-sum's weight keeps `keep` of itself."""
+        if self.mixing == "push-sum":
+            self.weight *= keep
+        if not messages:
+            return
+        for msg in messages:
+            age = self.updates - int(msg[-4])
+            self.recent_ages.append(age)
+            self.age_counts[age] = self.age_counts.get(age, 0) + 1
+        n, total = self.numel, np.zeros(self.numel, dtype=np.float32)
+        if self.mixing == "push-sum":  # numerators: w theta, and the weights
+            for msg in messages:
+                total += msg[-3] * msg[:n]
+            own, self.weight = self.weight, self.weight + sum(float(msg[-3]) for msg in messages)
+            new = (torch.from_numpy(total), own / self.weight, 1.0 / self.weight)
+        elif self.mixing == "aligned":  # the differences at the time of each write, pulled less the older they are
+            for msg in messages:
+                count, mine = self._own_at(msg)
+                total += (msg[:n] - mine) / (1 + self.updates - count)
+            new = (torch.from_numpy(total), 1.0, 1.0 / (2 * (self.k + 1)))
+        else:  # average, extrapolate: uniform over the agent and the messages
+            for msg in messages:
+                total += msg[:n]
+                if self.mixing == "extrapolate" and msg[-1] > 0:
+                    total += max(now - float(msg[-2]), 0.0) / float(msg[-1]) * msg[n : 2 * n]
+            m = len(messages)
+            new = (torch.from_numpy(total), 1.0 / (m + 1), 1.0 / (m + 1))
+        total, own_share, message_share = new
+        with torch.no_grad():
+            self.flat.mul_(own_share).add_(total.to(self.flat.device), alpha=message_share)
 
     def counts(self) -> dict:
         return {"sent": sum(self.sent.values()), "received": sum(self.received.values()), "mixes": self.mixes,
@@ -446,6 +568,8 @@ class Gossip:
         """This agent's gossip statistics for the log (the recent message ages start again)."""
         scalars = {"gossip/mix_rate": self.mixes / self.updates, "gossip/sent": sum(self.sent.values()),
                    "gossip/skipped_sends": self.skipped, "gossip/staleness": self.since_mix}  # fmt: skip
+        if self.mixing == "push-sum":
+            scalars["gossip/weight"] = self.weight
         if self.recent_ages:
             scalars["gossip/message_age"] = float(np.mean(self.recent_ages))
             self.recent_ages.clear()
@@ -454,14 +578,20 @@ class Gossip:
     def finish(self, poll_seconds: float = 1e-3) -> None:
         counts = {p: np.array([n], dtype=np.int64) for p, n in self.sent.items()}
         done_sends = [self.comm.Isend(counts[p], dest=p, tag=TAG_DONE) for p in counts]
+        now = time.time() - self.epoch
+        if self.mixing == "push-sum" and self.lockstep_age:  # lockstep's messages not mixed yet are added too
+            mixed = len(self.lockstep) == self.lockstep.maxlen  # the oldest was mixed at the last update
+            for messages in list(self.lockstep)[int(mixed) :]:
+                self._mix(messages, 1.0, now)
         while True:
             self._poll_done()
             for p in self.recv_req:
                 req = self.recv_req[p]
-                if self.arrived[p] or (req != MPI.REQUEST_NULL and req.Test()):  # read, discarded: training is over
-                    self.received[p] += 1
-                    self.arrived[p] = False
-                    self.recv_req[p] = MPI.REQUEST_NULL
+                if self.arrived[p] or (req != MPI.REQUEST_NULL and req.Test()):  # read; training is over
+                    message = self._take(p, copy=False)
+                    self.taken.clear()  # posted again below while the peer may still send
+                    if self.mixing == "push-sum":  # added, so that nothing of the network's total is lost
+                        self._mix([message], 1.0, now)
                 if self.recv_req[p] == MPI.REQUEST_NULL and not self._finished(p):
                     self.recv_req[p] = self.comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS)
                 elif self.recv_req[p] != MPI.REQUEST_NULL and self._finished(p):
@@ -540,11 +670,13 @@ def broadcast_parameters(comm, agent) -> None:
     nn.utils.vector_to_parameters(torch.from_numpy(flat).to(next(agent.parameters()).device), agent.parameters())
 
 
-def average_parameters(comm, agent) -> torch.Tensor:
-    """The exact average of all agents' parameters (one Allreduce): the model to evaluate."""
+def average_parameters(comm, agent, weight: float = 1.0) -> torch.Tensor:
+    """The exact average of all agents' parameters (one Allreduce), weighted by push-sum's weights (all 1
+    for the other mixing rules): the model to evaluate."""
     flat = nn.utils.parameters_to_vector(agent.parameters()).detach().double().cpu().numpy()
-    comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
-    return torch.from_numpy(flat / comm.Get_size()).float()
+    total = np.append(weight * flat, weight)
+    comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+    return torch.from_numpy(total[:-1] / total[-1]).float()
 
 
 TAG_EPISODES = 3
@@ -599,7 +731,9 @@ def describe_gossip(args: Args, world_size: int) -> str:
     if world_size == 1:
         return "one agent: no gossip, this is plain A2C"
     blocking = f"sync-freq {args.sync_freq}" if args.sync_freq is not None else "never blocking"
-    return f"{args.gossip_graph} graph, {args.num_peers} peer(s), {blocking}"
+    if args.debug_lockstep_age is not None:
+        blocking = f"lockstep, messages {args.debug_lockstep_age} update(s) old"
+    return f"{args.gossip_graph} graph, {args.num_peers} peer(s), {blocking}, {args.mixing} mixing"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,6 +759,10 @@ def finalize_args(args: Args, world_size: int) -> None:
             )
     if (args.sync_freq is not None and args.sync_freq < 0) or args.disagreement_every < 0:
         raise ConfigError("--sync-freq and --disagreement-every must be 0 or more")
+    if args.mixing not in MIXING:
+        raise ConfigError(f"unknown --mixing {args.mixing!r}: one of {', '.join(MIXING)}")
+    if args.debug_lockstep_age is not None and (args.debug_lockstep_age < 0 or args.sync_freq is not None):
+        raise ConfigError("--debug-lockstep-age must be 0 or more, without --sync-freq (lockstep always blocks)")
     args.world_size = world_size
     args.total_envs = world_size * args.num_envs
     args.batch_size = args.num_steps * args.total_envs
@@ -702,10 +840,13 @@ def train(args: Args) -> dict:
         agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps
     )
     start_update = 0 if ckpt is None else resume(ckpt, optimizer, device, rank, args)
-    gossip = Gossip(comm.Dup(), flat, args.gossip_graph, args.num_peers, args.sync_freq)
+    gossip = Gossip(comm.Dup(), flat, args.gossip_graph, args.num_peers, args.sync_freq, args.mixing,
+                    args.debug_lockstep_age)  # fmt: skip
+    if ckpt is not None:
+        gossip.weight = ckpt["gossip_weight"]
     metrics, mail = GossipMetrics(comm.Dup(), args.disagreement_every), EpisodeMail(comm)
     writer = open_writer(args, run_name, run_dir) if rank == 0 else None
-    signalled = StopSignal(comm)
+    signalled, slow = StopSignal(comm, args.max_seconds), SlowDown(comm, args)
     progress = Progress(start_update * args.batch_size, args.num_updates * args.batch_size, args.print_every, rank == 0)
     ckpt_dir = run_dir / "checkpoint"
 
@@ -716,6 +857,7 @@ def train(args: Args) -> dict:
             "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
             "rank": rank, "update": update, "global_step": update * args.batch_size, "model": agent.state_dict(),
             "optimizer": optimizer.state_dict(), "rng": rng_state(device), "args": asdict(args),
+            "gossip_weight": gossip.weight,
         })  # fmt: skip
 
     # Rollout storage on the device
@@ -756,8 +898,8 @@ def train(args: Args) -> dict:
         rollout = (torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations))
         returns, valid = a2c_targets(*rollout, values, next_value, prev_done, args.gamma)
 
-        if rank == args.debug_slow_rank:
-            time.sleep(args.debug_slow_seconds)
+        slow()
+        gossip.before_local_step()
         means = a2c_update(
             agent, optimizer,
             obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1),
@@ -791,13 +933,14 @@ def train(args: Args) -> dict:
     end_time = time.time()
     envs.close()
     gossip.finish()
-    signalled.finish()
+    out_of_time = signalled.finish()
     stop = comm.allreduce(stop, op=MPI.LOR)
+    stopped = stop and not out_of_time  # by a signal: no evaluation, the run is to be continued
     final_measurements, arrived = metrics.finish(comm, agent), mail.finish(episodes)
     if rank == 0:
         log_episodes(writer, arrived, progress.recent_returns)
         log_measurements(writer, final_measurements, args.batch_size)
-    average = average_parameters(comm, agent)
+    average = average_parameters(comm, agent, gossip.weight)
     total_steps = comm.allreduce(update, op=MPI.SUM) * args.num_steps * args.num_envs
     if args.save_model or stop:
         checkpoint(update)
@@ -808,21 +951,23 @@ def train(args: Args) -> dict:
                 "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
                 "global_step": total_steps, "model": averaged.state_dict(), "args": asdict(args),
             })  # fmt: skip
-            print(f"{'stopped by signal at ' if stop else ''}global_step {total_steps}: checkpoint {ckpt_dir} "
+            print(f"{'stopped by signal at ' if stopped else ''}global_step {total_steps}: checkpoint {ckpt_dir} "
                   "(every agent + their average)", flush=True)  # fmt: skip
-    summary = {"global_step": total_steps, "run_dir": str(run_dir), "stopped": stop,
-               "sps": progress.warm_sps(global_step, end_time), "gossip": gossip.counts()}  # fmt: skip
-    print(f"[agent {rank}] {update - start_update} updates in {end_time - progress.start_time:.1f} s; gossip: "
-          + ", ".join(f"{k} {v}" for k, v in summary["gossip"].items())
-          + f"; message ages {dict(sorted(gossip.age_counts.items()))}", flush=True)  # fmt: skip
-    if args.eval_episodes and not stop:
+    summary = {**progress.result(global_step, end_time, stopped, out_of_time), "global_step": total_steps}
+    if args.eval_episodes and not stopped:
         nn.utils.vector_to_parameters(average.to(device), agent.parameters())  # evaluate the average
-        results = evaluate_all_ranks(comm, agent, args, update, env_threads, device)
+        summary["eval"] = evaluate_all_ranks(comm, agent, args, update, env_threads, device)
         if rank == 0:
-            report_eval(results, args, run_dir, writer, global_step)
-        summary["eval"] = results
+            report_eval(summary["eval"], args, run_dir, writer, global_step)
+    ages = {str(age): n for age, n in sorted(gossip.age_counts.items())}
+    summary = write_summary(comm, run_dir, summary, {
+        "updates": update - start_update, "seconds": end_time - progress.start_time, "slept": slow.slept,
+        **gossip.counts(), "weight": gossip.weight, "ages": ages,
+    })  # fmt: skip
     if rank == 0:
-        write_summary(run_dir, total_steps, stop, summary["sps"])
+        for r in summary["ranks"]:  # printed by one process, so that agents' lines never run together
+            print(f"[agent {r['rank']}] {r['updates']} updates in {r['seconds']:.1f} s; gossip: "
+                  + ", ".join(f"{k} {r[k]}" for k in gossip.counts()) + f"; message ages {r['ages']}", flush=True)
         close_writer(writer, args)
     return summary
 
@@ -836,6 +981,8 @@ def checked_input(comm, args: Args) -> Optional[dict]:
     Bad input on any rank: rank 0 says it once and every rank exits with 2, before anything is written."""
     problem, ckpt = None, None
     try:
+        if args.debug_slow_factor < 1 or (args.max_seconds is not None and args.max_seconds <= 0):
+            raise ConfigError("--debug-slow-factor must be at least 1 and --max-seconds positive")
         finalize_args(args, comm.Get_size())
         ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
         if args.resume is not None:
@@ -975,15 +1122,24 @@ class Progress:
             return None
         return (global_step - self.warm[1]) / (end_time - self.warm[0])
 
+    def result(self, global_step: int, end_time: float, stopped: bool, out_of_time: bool) -> dict:
+        """The fields of summary.json that the four scripts share (README, "What a run writes")."""
+        return {"global_step": int(global_step), "start_step": self.start_step, "stopped": bool(stopped),
+                "out_of_time": bool(out_of_time), "sps": self.warm_sps(global_step, end_time),
+                "seconds": end_time - self.start_time}  # fmt: skip
+
 
 class StopSignal:
     """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C) to any one rank stops the whole
     job: truthy once a signal reached this rank or word of one reached it from another rank. The first
     look after its own signal tells every other rank (a one-byte non-blocking send on a communicator of
     its own), so a preempted node's ranks stop the job instead of vanishing from it. The job then stops
-    at the end of an update with a checkpoint and exits 0. finish() (collective) reads every word sent."""
+    at the end of an update with a checkpoint and exits 0. finish() (collective) reads every word sent.
+    With MAX_SECONDS, the first rank past that many seconds from now tells the others the same way."""
 
-    def __init__(self, comm):
+    def __init__(self, comm, max_seconds: Optional[float] = None):
+        self.deadline = None if max_seconds is None else time.time() + max_seconds
+        self.out_of_time = False
         self.comm = comm.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.received, self.told, self.heard = False, False, 0
@@ -996,6 +1152,8 @@ class StopSignal:
         self.received = True
 
     def __bool__(self) -> bool:
+        if self.deadline is not None and not self.received and time.time() > self.deadline:
+            self.received = self.out_of_time = True
         if self.received and not self.told:
             self.told = True
             word = np.ones(1, dtype=np.int8)
@@ -1007,9 +1165,10 @@ class StopSignal:
 
     def finish(self) -> bool:
         """Collective, once training is over: every word sent is read (a signal from now on is not
-        passed on). Returns whether any rank was signalled."""
+        passed on). Returns whether the time ran out (on any rank): the run ended as planned."""
         bool(self)
-        tellers = sum(self.comm.allgather(self.told))
+        told = self.comm.allgather((self.told, self.out_of_time))
+        tellers = sum(t for t, _ in told)
         while self.heard < tellers - self.told:
             self.listen.Wait()
             self.heard += 1
@@ -1018,14 +1177,36 @@ class StopSignal:
         self.listen.Wait()
         MPI.Request.Waitall(self.sends)
         self.comm.Free()
-        return tellers > 0
+        return any(out for _, out in told)
 
 
-def write_summary(run_dir: Path, global_step: int, stopped: bool, sps: Optional[float]) -> dict:
-    """Rank 0: runs/<run_name>/summary.json, what the benchmark runner reads (steps, stopped by a
-    signal or not, SPS); returns it."""
-    summary = {"algorithm": ALGO, "global_step": int(global_step), "stopped": bool(stopped), "sps": sps}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+class SlowDown:
+    """--debug-slow-rank R: rank R pauses once per update for --debug-slow-seconds S plus (--debug-slow-factor
+    F - 1) x the time since its previous pause ended (its update), so that it runs as a device F times slower;
+    the other ranks never pause. `slept` totals the pauses."""
+
+    def __init__(self, comm, args):
+        self.mine = comm.Get_rank() == args.debug_slow_rank
+        self.seconds, self.factor = args.debug_slow_seconds, args.debug_slow_factor
+        self.slept, self.since = 0.0, time.perf_counter()
+
+    def __call__(self) -> None:
+        if self.mine:
+            pause = self.seconds + (self.factor - 1.0) * (time.perf_counter() - self.since)
+            time.sleep(pause)
+            self.slept += pause
+        self.since = time.perf_counter()
+
+
+def write_summary(comm, run_dir: Path, summary: dict, mine: dict) -> dict:
+    """Collective: the run's result, SUMMARY with every rank's own counters (MINE, in rank order under "ranks"),
+    which rank 0 writes to runs/<run_name>/summary.json (what the benchmark tools and the tests read); returns it
+    on rank 0 (None elsewhere)."""
+    ranks = comm.gather({"rank": comm.Get_rank(), **mine}, root=0)
+    if comm.Get_rank() != 0:
+        return None
+    summary = {"algorithm": ALGO, **summary, "ranks": ranks}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=lambda x: x.item()))  # numpy scalars
     return summary
 
 

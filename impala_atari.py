@@ -82,6 +82,9 @@ class Args:
     """the envpool Atari id (`-v5`: NoFrameskip-v4 with the DeepMind wrappers, no sticky actions)"""
     total_timesteps: int = 40_000_000
     """environment steps summed over every simulator of every rank (one step = 4 frames)"""
+    max_seconds: Optional[float] = None
+    """stop after this many seconds of training, as at the end (checkpoint with --save-model, evaluation): a
+    wall-clock budget"""
     num_envs: int = 16
     """simulators per rank"""
     env_threads: Optional[int] = None
@@ -137,6 +140,8 @@ class Args:
     """for tests: this rank sleeps --debug-slow-seconds before every unroll (actor) or update (learner)"""
     debug_slow_seconds: float = 0.0
     """how long the slow actor sleeps per unroll"""
+    debug_slow_factor: float = 1.0
+    """the slow rank also sleeps (F - 1) x the time each of its updates took, as a device F times slower"""
 
     # filled in at runtime
     world_size: int = 0
@@ -386,6 +391,7 @@ def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Act
     stop_buf = np.zeros(1, dtype=np.int64)
     stop_req = comm.Irecv(stop_buf, source=0, tag=TAG_STOP)
     got, unrolls, episode_msgs, episode_sends = 0, 0, 0, []
+    slow, began = SlowDown(comm, args), time.time()
 
     def progress():
         MPI.Request.Testall(sends)
@@ -398,8 +404,7 @@ def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Act
             params_req = comm.Irecv(params, source=0, tag=TAG_PARAMS)
         free = [i for i, req in enumerate(sends) if req.Test()]
         i = free[0] if free else wait_any(sends)  # the --max-inflight bound
-        if rank_is_slow(comm, args):
-            time.sleep(args.debug_slow_seconds)
+        slow()
         finished = actor.unroll(slots[i], version, progress)
         sends[i] = comm.Isend(slots[i].buf, dest=0, tag=TAG_UNROLL)
         unrolls += 1
@@ -421,11 +426,7 @@ def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Act
     counts = np.array([unrolls, episode_msgs], dtype=np.int64)
     MPI.Request.Waitall([comm.Isend(counts, dest=0, tag=TAG_DONE), *sends, *episode_sends])
     actor.envs.close()
-    return {"unrolls": unrolls}
-
-
-def rank_is_slow(comm, args: Args) -> bool:
-    return comm.Get_rank() == args.debug_slow_rank
+    return {"unrolls": unrolls, "seconds": time.time() - began, "slept": slow.slept}
 
 
 class Learner:
@@ -663,14 +664,14 @@ def train(args: Args) -> dict:
             report_eval(results, args, run_dir)
         return {"eval": results}
 
-    signalled = StopSignal(comm)  # a signal to any rank reaches the learner, which stops the job
+    signalled = StopSignal(comm, args.max_seconds)  # a signal to any rank reaches the learner, which stops the job
     start_update = ckpt["update"] if ckpt else 0
     env_seed = int(np.random.SeedSequence([args.seed, rank, start_update]).generate_state(1)[0] >> 1)
     actor = Actor(args, agent, env_seed, env_threads, device) if world_size == 1 or rank > 0 else None
     if rank > 0:
-        summary = run_actor(comm, args, agent, flat, actor, start_update, signalled)
+        mine = run_actor(comm, args, agent, flat, actor, start_update, signalled)
         signalled.finish()
-        return finish_ranks(comm, args, agent, None, run_dir, env_threads, device, summary, False, 0)
+        return finish_ranks(comm, args, agent, None, run_dir, env_threads, device, {}, mine)
 
     # The learner (rank 0), or actor and learner in turn in a world of one.
     optimizer = torch.optim.RMSprop(
@@ -692,6 +693,7 @@ def train(args: Args) -> dict:
     learner = Learner(comm, args, flat, num_actions) if world_size > 1 else None
     local = [Unroll(args.unroll_length, args.num_envs, num_actions) for _ in range(args.batch_size // args.num_envs)]
     progress = Progress(start_update * steps_per_update, args.num_updates * steps_per_update, args.print_every, True)
+    slow = SlowDown(comm, args)
 
     update, stop = start_update, False
     global_step = update * steps_per_update
@@ -706,8 +708,7 @@ def train(args: Args) -> dict:
             found = learner.receive_episodes()
         batch, lag = read_batch(unrolls, update, device, learner.release if learner else None)
         metrics = impala_update(agent, optimizer, batch, args)
-        if rank_is_slow(comm, args) and world_size > 1:
-            time.sleep(args.debug_slow_seconds)
+        slow()
         update += 1
         global_step = update * steps_per_update
         if learner is not None:
@@ -728,34 +729,38 @@ def train(args: Args) -> dict:
     # --save-model, or when stopped), the final parameters to every rank, evaluation.
     end_time = time.time()
     idle = (learner.idle if learner else 0.0) / (end_time - progress.start_time)
-    summary = {"global_step": global_step, "run_dir": str(run_dir), "stopped": stop, "idle_frac": idle,
-               "sps": progress.warm_sps(global_step, end_time)}  # fmt: skip
+    mine = {"updates": update - start_update, "seconds": end_time - progress.start_time, "idle_frac": idle,
+            "slept": slow.slept}  # fmt: skip
     if learner is not None:
         found = learner.stop_actors()
         log_episodes(writer, [(global_step, ret, length) for ret, length in found], progress.recent_returns)
         print("learner: unrolls received per actor " + ", ".join(f"{a}: {n}" for a, n in learner.received.items())
               + f"; idle {idle:.0%} of the time", flush=True)  # fmt: skip
-    if args.save_model or stop:
-        checkpoint(update)
-        print(f"{'stopped by signal at ' if stop else ''}global_step {global_step}: checkpoint {ckpt_path}", flush=True)
+        mine["received"] = {str(a): n for a, n in learner.received.items()}
     if actor is not None:
         actor.envs.close()
-    signalled.finish()
-    return finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary, stop, global_step)
+    out_of_time = signalled.finish()
+    stopped = stop and not out_of_time  # by a signal: no evaluation, the run is to be continued
+    if args.save_model or stop:
+        checkpoint(update)
+        print(f"{'stopped by signal at ' if stopped else ''}global_step {global_step}: checkpoint {ckpt_path}",
+              flush=True)  # fmt: skip
+    summary = {**progress.result(global_step, end_time, stopped, out_of_time), "idle_frac": idle}
+    return finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary, mine)
 
 
-def finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary, stop, global_step) -> dict:
-    """Collective teardown: the learner's final parameters reach every rank, which all evaluate; the
-    learner (which holds the writer) writes summary.json."""
-    stop = comm.bcast(stop, root=0)
+def finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary: dict, mine: dict) -> dict:
+    """Collective teardown: the learner's final parameters reach every rank, which all evaluate (unless the
+    run was stopped by a signal); the learner (which holds the writer) writes summary.json with every rank's
+    counters (MINE)."""
+    stopped = comm.bcast(summary.get("stopped"), root=0)
     broadcast_parameters(comm, agent)
-    if args.eval_episodes and not stop:
-        results = evaluate_all_ranks(comm, agent, args, args.num_updates, env_threads, device)
+    if args.eval_episodes and not stopped:
+        summary["eval"] = evaluate_all_ranks(comm, agent, args, args.num_updates, env_threads, device)
         if comm.Get_rank() == 0:
-            report_eval(results, args, run_dir, writer, global_step)
-        summary["eval"] = results
+            report_eval(summary["eval"], args, run_dir, writer, summary["global_step"])
+    summary = write_summary(comm, run_dir, summary, mine)
     if writer is not None:
-        write_summary(run_dir, global_step, stop, summary["sps"])
         close_writer(writer, args)
     return summary
 
@@ -769,6 +774,8 @@ def checked_input(comm, args: Args) -> Optional[dict]:
     Bad input on any rank: rank 0 says it once and every rank exits with 2, before anything is written."""
     problem, ckpt = None, None
     try:
+        if args.debug_slow_factor < 1 or (args.max_seconds is not None and args.max_seconds <= 0):
+            raise ConfigError("--debug-slow-factor must be at least 1 and --max-seconds positive")
         finalize_args(args, comm.Get_size())
         ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
         if args.resume is not None:
@@ -908,15 +915,24 @@ class Progress:
             return None
         return (global_step - self.warm[1]) / (end_time - self.warm[0])
 
+    def result(self, global_step: int, end_time: float, stopped: bool, out_of_time: bool) -> dict:
+        """The fields of summary.json that the four scripts share (README, "What a run writes")."""
+        return {"global_step": int(global_step), "start_step": self.start_step, "stopped": bool(stopped),
+                "out_of_time": bool(out_of_time), "sps": self.warm_sps(global_step, end_time),
+                "seconds": end_time - self.start_time}  # fmt: skip
+
 
 class StopSignal:
     """SIGTERM or SIGINT (what SLURM sends before preemption, or Ctrl-C) to any one rank stops the whole
     job: truthy once a signal reached this rank or word of one reached it from another rank. The first
     look after its own signal tells every other rank (a one-byte non-blocking send on a communicator of
     its own), so a preempted node's ranks stop the job instead of vanishing from it. The job then stops
-    at the end of an update with a checkpoint and exits 0. finish() (collective) reads every word sent."""
+    at the end of an update with a checkpoint and exits 0. finish() (collective) reads every word sent.
+    With MAX_SECONDS, the first rank past that many seconds from now tells the others the same way."""
 
-    def __init__(self, comm):
+    def __init__(self, comm, max_seconds: Optional[float] = None):
+        self.deadline = None if max_seconds is None else time.time() + max_seconds
+        self.out_of_time = False
         self.comm = comm.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.received, self.told, self.heard = False, False, 0
@@ -929,6 +945,8 @@ class StopSignal:
         self.received = True
 
     def __bool__(self) -> bool:
+        if self.deadline is not None and not self.received and time.time() > self.deadline:
+            self.received = self.out_of_time = True
         if self.received and not self.told:
             self.told = True
             word = np.ones(1, dtype=np.int8)
@@ -940,9 +958,10 @@ class StopSignal:
 
     def finish(self) -> bool:
         """Collective, once training is over: every word sent is read (a signal from now on is not
-        passed on). Returns whether any rank was signalled."""
+        passed on). Returns whether the time ran out (on any rank): the run ended as planned."""
         bool(self)
-        tellers = sum(self.comm.allgather(self.told))
+        told = self.comm.allgather((self.told, self.out_of_time))
+        tellers = sum(t for t, _ in told)
         while self.heard < tellers - self.told:
             self.listen.Wait()
             self.heard += 1
@@ -951,14 +970,36 @@ class StopSignal:
         self.listen.Wait()
         MPI.Request.Waitall(self.sends)
         self.comm.Free()
-        return tellers > 0
+        return any(out for _, out in told)
 
 
-def write_summary(run_dir: Path, global_step: int, stopped: bool, sps: Optional[float]) -> dict:
-    """Rank 0: runs/<run_name>/summary.json, what the benchmark runner reads (steps, stopped by a
-    signal or not, SPS); returns it."""
-    summary = {"algorithm": ALGO, "global_step": int(global_step), "stopped": bool(stopped), "sps": sps}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+class SlowDown:
+    """--debug-slow-rank R: rank R pauses once per update for --debug-slow-seconds S plus (--debug-slow-factor
+    F - 1) x the time since its previous pause ended (its update), so that it runs as a device F times slower;
+    the other ranks never pause. `slept` totals the pauses."""
+
+    def __init__(self, comm, args):
+        self.mine = comm.Get_rank() == args.debug_slow_rank
+        self.seconds, self.factor = args.debug_slow_seconds, args.debug_slow_factor
+        self.slept, self.since = 0.0, time.perf_counter()
+
+    def __call__(self) -> None:
+        if self.mine:
+            pause = self.seconds + (self.factor - 1.0) * (time.perf_counter() - self.since)
+            time.sleep(pause)
+            self.slept += pause
+        self.since = time.perf_counter()
+
+
+def write_summary(comm, run_dir: Path, summary: dict, mine: dict) -> dict:
+    """Collective: the run's result, SUMMARY with every rank's own counters (MINE, in rank order under "ranks"),
+    which rank 0 writes to runs/<run_name>/summary.json (what the benchmark tools and the tests read); returns it
+    on rank 0 (None elsewhere)."""
+    ranks = comm.gather({"rank": comm.Get_rank(), **mine}, root=0)
+    if comm.Get_rank() != 0:
+        return None
+    summary = {"algorithm": ALGO, **summary, "ranks": ranks}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=lambda x: x.item()))  # numpy scalars
     return summary
 
 

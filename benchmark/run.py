@@ -170,6 +170,24 @@ PRESETS = {
         variants=("gala_sync=gala_a2c:--sync-freq 0",),
         seeds_of={"gala_sync": (1, 2)},
     ),
+    # Why asynchronous mixing costs learning at 2 agents, and remedies that keep asynchrony: the learning preset's
+    # shape (Breakout, A2C and GALA 2 x 16, 500k steps), seeds 1-3 of each, seed by seed: A2C, GALA (the paper's
+    # asynchronous averaging), synchronous gossip, GALA in lockstep mixing messages exactly 1 and 2 updates old
+    # (staleness without the jitter and drift of real asynchrony), and GALA with push-sum, extrapolated and aligned
+    # mixing. A checkpoint every 100k steps, as paper-shape.
+    "mixing": Preset(
+        algorithms=("a2c_allreduce", "gala_a2c"),
+        env_ids=("Breakout-v5",),
+        seeds=(1, 2, 3),
+        simulators=(32,),
+        total_timesteps=500_000,
+        workers=2,
+        impala_batch_size=IMPALA_BATCH,
+        flags=("--save-model", "--checkpoint-every", "100000"),
+        variants=("gala_sync=gala_a2c:--sync-freq 0", "gala_lockstep1=gala_a2c:--debug-lockstep-age 1",
+                  "gala_lockstep2=gala_a2c:--debug-lockstep-age 2", "gala_pushsum=gala_a2c:--mixing push-sum",
+                  "gala_extrapolate=gala_a2c:--mixing extrapolate", "gala_aligned=gala_a2c:--mixing aligned"),
+    ),
 }
 
 
@@ -178,12 +196,14 @@ class Config:
     """Runs the gala-rl scripts at matched total simulators, locally or on SLURM, and writes
     bench_runs/<experiment>/manifest.json for `python -m benchmark report`."""
 
-    preset: Literal["smoke", "paper", "sweep", "throughput", "learning", "paper-shape"] = "smoke"
+    preset: Literal["smoke", "paper", "sweep", "throughput", "learning", "paper-shape", "mixing"] = "smoke"
     """smoke: all four on Pong, 2 seeds, 2 workers x 4 simulators, 12k steps (minutes on 2 cores);
     paper: all four on six games, 4 x 16 simulators, 40M steps, 10 seeds; sweep: GALA and A2C at
     64..1024 simulators (Fig 1a); throughput: --updates x the batch steps of each on Pong at 2 x 8;
     learning: all four on Breakout at 2 x 16, 500k steps, seeds 1-3 (A2C, GALA) and 1-2 (A3C, IMPALA);
-    paper-shape: A2C and GALA on Breakout at 4 x 16, 2M steps, seeds 1-3, synchronous GALA seeds 1-2"""
+    paper-shape: A2C and GALA on Breakout at 4 x 16, 2M steps, seeds 1-3, synchronous GALA seeds 1-2;
+    mixing: A2C, GALA and six GALA variants (synchronous, lockstep with stale messages, three mixing rules) at
+    2 x 16, 500k steps, seeds 1-3"""
     algorithms: Optional[tuple[Algorithm, ...]] = None
     """overrides the preset's algorithms"""
     variant: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()

@@ -1,5 +1,6 @@
 """Shared helpers: run a script for real (envpool, MPI, W&B offline) in a subprocess and read what it wrote."""
 
+import json
 import os
 import signal
 import subprocess
@@ -89,6 +90,11 @@ def interrupt_then_resume(script: str, total: int, updates: int, *args: str, cwd
     ok(proc)
     (second,) = [d for d in run_dirs(cwd) if d != first]
     return saved, torch.load(second / "checkpoint.pt", weights_only=False), proc, second
+
+
+def ranks_of(run_dir: Path) -> dict[int, dict]:
+    """Every rank's own counters in the run's summary.json, by rank."""
+    return {r["rank"]: r for r in json.loads((run_dir / "summary.json").read_text())["ranks"]}
 
 
 def assert_bad_input(script: str, args: list[str], message: str, cwd: Path, np: int = 2) -> None:

@@ -5,9 +5,12 @@ checked against numpy. One launch runs several configurations one after the othe
 same starting vectors, on its own communicators); rank 0 writes a JSON object with one summary per
 configuration to the path given. Usage:
     mpirun -np 4 python gossip_worker.py OUT CONFIG [CONFIG ...]
-    CONFIG = GRAPH,NUM_PEERS,SYNC_FREQ,ROUNDS,SLEEP_SECONDS[,SLOW_RANK], e.g. ring,1,0,40,lockstep
+    CONFIG = GRAPH,NUM_PEERS,SYNC_FREQ,ROUNDS,SLEEP_SECONDS[,SLOW_RANK][,KEY=VALUE...], e.g. ring,1,0,40,lockstep
 SYNC_FREQ "none" never blocks; with SLOW_RANK only that rank sleeps; SLEEP_SECONDS "lockstep" puts a
-barrier before every round instead of sleeping (every message of a round read before the next)."""
+barrier before every round instead of sleeping (every message of a round read before the next), "random:S"
+sleeps uniformly between 0 and S seconds (each rank its own draws: random delays and skipped sends).
+KEY=VALUE: mixing=RULE (Gossip's mixing rule), lockstep=A (Gossip's lockstep mode, messages A updates old),
+step=S (every round each agent takes the same local step, S along every coordinate, as an agent's update)."""
 
 import json
 import sys
@@ -27,8 +30,12 @@ rank = comm.Get_rank()
 
 def run(config: str) -> dict | None:
     """One configuration; its summary on rank 0 (None on the other ranks)."""
-    graph, num_peers, sync_freq, rounds, sleep, *slow = config.split(",")
+    graph, num_peers, sync_freq, rounds, sleep, *more = config.split(",")
+    options = dict(field.split("=") for field in more if "=" in field)
+    slow = [field for field in more if "=" not in field]
     slow_rank = int(slow[0]) if slow else None
+    mixing, step = options.get("mixing", "average"), float(options.get("step", 0))
+    lockstep = int(options["lockstep"]) if "lockstep" in options else None
     rng = np.random.default_rng(rank)
     start = rng.normal(size=20_000).astype(np.float32)
     grad = (rng.normal(size=20_000) + 0.5).astype(np.float32)  # correlated across ranks by the offset
@@ -39,17 +46,28 @@ def run(config: str) -> dict | None:
     metrics = gala.GossipMetrics(comm.Dup(), every=1)
     metrics.start(0, holder)
     ((_, disagreement, relative, cosine),) = metrics.finish(comm, holder)
-    gossip = gala.Gossip(comm.Dup(), flat, graph, int(num_peers), None if sync_freq == "none" else int(sync_freq))
+    gossip = gala.Gossip(comm.Dup(), flat, graph, int(num_peers), None if sync_freq == "none" else int(sync_freq),
+                         mixing, lockstep)  # fmt: skip
+    sleeps = np.random.default_rng(100 + rank)
     comm.Barrier()  # start together, as agents do after their collective set-up
     for t in range(1, int(rounds) + 1):
         if sleep == "lockstep":
             comm.Barrier()
+        elif sleep.startswith("random:"):
+            time.sleep(sleeps.uniform(0, float(sleep.split(":")[1])))
         elif slow_rank is None or rank == slow_rank:
             time.sleep(float(sleep))
+        gossip.before_local_step()
+        flat += step
         gossip.exchange(t)
     gossip.finish()
     counts = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()), "mixes": gossip.mixes,
               "skipped": gossip.skipped, "longest_without_mix": gossip.longest_without_mix}
+    weights = comm.gather(gossip.weight, root=0)
+    merged_ages: dict[int, int] = {}
+    for ages in comm.gather(gossip.age_counts, root=0) or []:
+        for age, n in ages.items():
+            merged_ages[age] = merged_ages.get(age, 0) + n
     starts, finals = comm.gather(start, root=0), comm.gather(flat.numpy().copy(), root=0)
     all_counts = comm.gather(counts, root=0)
     grads = comm.gather(grad, root=0)
@@ -63,6 +81,12 @@ def run(config: str) -> dict | None:
     return {
         "initial_spread": spread(starts), "final_spread": spread(finals),
         "average_error": float(np.abs(finals - starts.mean(0)).max()),
+        "weights": weights,
+        "ages": {str(age): n for age, n in sorted(merged_ages.items())},
+        # push-sum's estimate of the average, sum w x / sum w, against the start's average moved by every step
+        "weighted_error": float(np.abs(np.average(finals, axis=0, weights=weights)
+                                       - (starts.mean(0) + int(rounds) * step)).max()),
+        "advance": float((finals - starts).mean()) / int(rounds) / step if step else None,
         "counts": all_counts,
         "metrics": {"disagreement": disagreement, "relative": relative, "cosine": cosine},
         "numpy": {

@@ -1,11 +1,10 @@
 import json
-import re
 import subprocess
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_bad_input, config_error, interrupt_then_resume, ok, run_ok
+from conftest import assert_bad_input, config_error, interrupt_then_resume, ok, ranks_of, run_ok
 
 import a3c_gpu_atari as a3c
 from benchmark.common import command
@@ -57,17 +56,16 @@ def test_default_learning_rate_follows_the_simulators_of_one_update(world_size, 
 
 
 # --- the script end to end -------------------------------------------------------------------------
-def worker_updates(out: str) -> dict[int, int]:
-    return {int(r): int(n) for r, n in re.findall(r"\[worker (\d+)\] (\d+) updates", out)}
-
-
 def test_end_to_end_store_and_two_workers_tracked_offline(workdir):
     total = 120 * 40  # 120 central updates of 8 envs x 5 steps
     proc, run_dir, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(total), "--track",
                                  "--save-model", *FAST, cwd=workdir, np=3)  # fmt: skip
     assert "store rank + 2 worker(s)" in proc.stdout
-    updates = worker_updates(proc.stdout)
+    ranks = ranks_of(run_dir)
+    updates = {r: c["updates"] for r, c in ranks.items() if r > 0}
     assert sorted(updates) == [1, 2] and 120 <= sum(updates.values()) <= 121  # at most workers - 1 over
+    assert ranks[0]["central_updates"] == sum(updates.values())  # no update lost
+    assert all(c["slept"] == 0 for r, c in ranks.items() if r > 0)  # nobody slowed (--debug-slow-factor 1)
     for tag in ("charts/SPS", "charts/episodic_return", "losses/policy_loss", "async/staleness",
                 "async/lock_wait_ms", "async/updates_per_s"):  # fmt: skip
         assert tag in tags, tag
@@ -78,16 +76,20 @@ def test_end_to_end_store_and_two_workers_tracked_offline(workdir):
 
 
 def test_one_process_is_plain_a2c(workdir):
-    proc, _, _ = run_ok(SCRIPT, "--total-timesteps", "800", "--eval-episodes", "1", *FAST, cwd=workdir)
+    proc, run_dir, _ = run_ok(SCRIPT, "--total-timesteps", "800", "--eval-episodes", "1", *FAST, cwd=workdir)
     assert "one process: plain A2C with RMSprop" in proc.stdout and "eval argmax" in proc.stdout
-    assert worker_updates(proc.stdout) == {0: 20}
+    assert ranks_of(run_dir)[0]["updates"] == 20
 
 
 def test_a_slow_worker_holds_nobody_up(workdir):
-    proc, _, _ = run_ok(SCRIPT, "--total-timesteps", str(60 * 40), "--debug-slow-rank", "1", "--debug-slow-seconds",
-                        "0.5", *FAST, cwd=workdir, np=3)  # fmt: skip
-    updates = worker_updates(proc.stdout)
-    assert updates[2] > 2 * updates[1]
+    """Worker 1 as a device 4 times slower (--debug-slow-factor 4): it sleeps 3 x each update's time, and worker 2,
+    which never waits for it, makes more than twice its updates."""
+    _, run_dir, _ = run_ok(SCRIPT, "--total-timesteps", str(60 * 40), "--debug-slow-rank", "1", "--debug-slow-factor",
+                           "4", *FAST, cwd=workdir, np=3)  # fmt: skip
+    workers = ranks_of(run_dir)
+    slow = workers[1]
+    assert slow["slept"] == pytest.approx(3 * (slow["seconds"] - slow["slept"]), rel=0.15)
+    assert workers[2]["slept"] == 0 and workers[2]["updates"] > 2 * slow["updates"]
 
 
 def test_sigterm_checkpoint_then_resume(workdir):

@@ -4,6 +4,7 @@ on an experiment directory made of two real (tiny) runs, A2C and GALA, with a ma
 import json
 import math
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -305,3 +306,28 @@ def test_the_same_runs_read_twice_are_refused(experiment, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "are both a2c_allreduce on Pong-v5 with 2 simulators, seed 1" in err
     assert not (tmp_path / "report.md").exists()
+
+
+def test_a_continued_run_is_joined_to_the_launch_it_continued(tmp_path):
+    """Two launches of one run in its workdir: the first logged up to step 700 (its last checkpoint was at 500),
+    the second continued from that checkpoint (config.json: resume, start_step 500). Their events join at 500:
+    the first's up to it, then the second's, its wall seconds counted on from the first's last kept event."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    def launch(name: str, steps: range, config: dict) -> Path:
+        run_dir = tmp_path / "runs" / name
+        writer = SummaryWriter(str(run_dir))  # its first event: the creation, at about `start`
+        start = time.time()
+        for step in steps:
+            writer.add_scalar("charts/episodic_return", step / 100, step, walltime=start + (step - steps[0]) / 10)
+        writer.close()
+        (run_dir / "config.json").write_text(json.dumps(config))
+        return run_dir
+
+    launch("first", range(100, 800, 100), {"resume": None, "start_step": 0})
+    second = launch("second", range(600, 1100, 100), {"resume": "runs/first/checkpoint.pt", "start_step": 500})
+    joined = report.read_events(second)["charts/episodic_return"]
+    assert joined.step.tolist() == [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
+    assert joined.value.tolist() == pytest.approx([s / 100 for s in joined.step])
+    # Each launch: 10 s per 100 steps from its first event; the second's seconds follow the first's 40 s at step 500.
+    assert joined.wall.tolist() == pytest.approx([0, 10, 20, 30, 40, 40, 50, 60, 70, 80], abs=0.5)

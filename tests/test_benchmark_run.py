@@ -2,16 +2,22 @@
 real experiment in which one run fails and the other still runs, then run again: it continues."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from dataclasses import asdict, replace
 
 import pytest
-from conftest import runner, runner_in_process, tiny_run
+import torch
+from conftest import ENV, runner, runner_in_process, tiny_run
 
 import benchmark.run
 from benchmark.__main__ import main as benchmark_main
-from benchmark.common import ROOT, ManifestEntry, read_manifest
+from benchmark.common import ROOT, ManifestEntry, read_manifest, scalar_events
+from benchmark.report import read_events
 from benchmark.run import (
     Config,
     ConfigError,
@@ -312,3 +318,39 @@ def test_the_manifest_is_a_list_of_entries_and_older_ones_have_no_label(tmp_path
     path.write_text(json.dumps(older))
     assert [e.label for e in read_manifest(path)] == [e["algorithm"] for e in older]
     assert all(isinstance(e, ManifestEntry) for e in read_manifest(path))
+
+
+def test_a_run_cut_short_continues_from_its_checkpoint_and_its_curve_joins(tmp_path):
+    """A GALA run (2 agents x 1 simulator, a checkpoint every 1,000 steps) whose runner is killed outright once both
+    agents wrote a checkpoint, as the end of a session or a lost node kills it: run again, the experiment continues
+    the run from that checkpoint (--resume) instead of starting it again, and the report joins the two launches
+    into one curve: the first up to the checkpoint's step, then the second."""
+    args = ("--name", "cut", "--out", str(tmp_path), "--algorithms", "gala_a2c", "--env-ids", "Pong-v5", "--seeds",
+            "1", "--simulators", "2", "--workers", "2", "--total-timesteps", "6000",
+            "--extra=--save-model --checkpoint-every 1000 --log-every 5")  # fmt: skip
+    workdir = tmp_path / "cut/gala_a2c/Pong-v5/sims2/seed1"
+    first = subprocess.Popen([sys.executable, "-m", "benchmark", "run", *args], cwd=tmp_path, start_new_session=True,
+                             env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(workdir.glob("runs/*/checkpoint/agent1.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # the runner, mpirun and the ranks, with no chance to checkpoint again
+    first.wait()
+    (killed,) = (workdir / "runs").iterdir()
+    assert not (killed / "summary.json").exists()
+
+    proc = runner(*args, cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 run(s) continue from the checkpoint an earlier launch left" in proc.stdout
+    (entry,) = read_manifest(tmp_path / "cut/manifest.json")
+    assert entry.status == "ok" and entry.command[-2:] == ["--resume", f"runs/{killed.name}/checkpoint"]
+    continued = tmp_path / "cut" / entry.run_dir
+    config = json.loads((continued / "config.json").read_text())
+    saved = torch.load(killed / "checkpoint/agent0.pt", weights_only=False)
+    assert config["start_step"] == saved["global_step"] > 0
+    own = [e.step for e in scalar_events(continued)[1]["charts/SPS"]]  # the continuation's own logs
+    kept = [step for step in read_events(killed)["charts/SPS"].step if step <= config["start_step"]]
+    # The joined curve: the killed launch's logs up to its checkpoint, then the continuation's, time going on.
+    joined = read_events(continued)["charts/SPS"]
+    assert joined.step.tolist() == kept + own and own[0] > config["start_step"] and own[-1] == 6000
+    assert all(later >= earlier for earlier, later in zip(joined.wall, joined.wall[1:]))

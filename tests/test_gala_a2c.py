@@ -1,12 +1,21 @@
 import json
-import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_bad_input, config_error, ok, run, run_dirs, run_ok, sigterm_once_training, start
+from conftest import (
+    assert_bad_input,
+    config_error,
+    ok,
+    ranks_of,
+    run,
+    run_dirs,
+    run_ok,
+    sigterm_once_training,
+    start,
+)
 
 import gala_a2c_atari as gala
 from benchmark.common import command
@@ -35,10 +44,10 @@ def test_exponential_graph_rotates_through_powers_of_two():
 
 
 # --- gossip alone: consensus, exact average when synchronous, every message accounted for -----------
-def config(graph, num_peers, sync_freq, rounds, sleep, slow_rank=None) -> str:
+def config(graph, num_peers, sync_freq, rounds, sleep, slow_rank=None, **options) -> str:
     """A configuration of tests/gossip_worker.py."""
     fields = (graph, num_peers, str(sync_freq).lower(), rounds, sleep) + (() if slow_rank is None else (slow_rank,))
-    return ",".join(map(str, fields))
+    return ",".join([*map(str, fields), *(f"{key}={value}" for key, value in options.items())])
 
 
 def gossip(tmp_path, configs: list[str], np: int) -> dict:
@@ -59,18 +68,30 @@ GRAPHS = [("ring", 1), ("ring", 2), ("exponential", 1), ("exponential", 2)]
 LOCKSTEP = {(g, k): config(g, k, 0, 40, "lockstep") for g, k in GRAPHS}
 FREE = {g: config(g, 1, None, 60, 0.002) for g in ("ring", "exponential")}
 SLOW_PEER = {k: config("ring", 1, k, 24, 0.05, slow_rank=1) for k in (0, 1, 2, None)}
+STEP = 0.01
+"""the local step every agent takes per round in the configurations that step (every coordinate)"""
+# Push-sum under random delays (each rank sleeps 0-4 ms per round, so sends are skipped), without and with a step.
+PUSH_SUM = {(g, k, step): config(g, k, None, 60, "random:0.004", mixing="push-sum", step=step)
+            for g, k in (("ring", 1), ("exponential", 2)) for step in (0, STEP)}  # fmt: skip
+# The controlled-staleness mode: lockstep, messages exactly `a` updates old.
+AGED = {(mixing, g, k, a): config(g, k, None, 30, 0.001, lockstep=a, mixing=mixing, step=STEP)
+        for mixing in ("average", "aligned") for g, k in (("ring", 1), ("exponential", 2))
+        for a in (0, 1, 2)}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def four_agents(tmp_path_factory) -> dict:
-    """Four agents, every graph: in lockstep and asynchronously (one launch for the tests that read it)."""
-    return gossip(tmp_path_factory.mktemp("gossip4"), [*LOCKSTEP.values(), *FREE.values()], np=4)
+    """Four agents, every graph: in lockstep and asynchronously, every mixing rule (one launch for the tests that
+    read it)."""
+    configs = [*LOCKSTEP.values(), *FREE.values(), *PUSH_SUM.values(), *AGED.values()]
+    return gossip(tmp_path_factory.mktemp("gossip4"), configs, np=4)
 
 
 @pytest.fixture(scope="module")
 def two_agents(tmp_path_factory) -> dict:
-    """Two agents on a ring, agent 1 slow, for each --sync-freq (one launch)."""
-    return gossip(tmp_path_factory.mktemp("gossip2"), list(SLOW_PEER.values()), np=2)
+    """Two agents on a ring, agent 1 slow, for each --sync-freq, and push-sum under random delays (one launch)."""
+    push_sum = [PUSH_SUM["ring", 1, step] for step in (0, STEP)]
+    return gossip(tmp_path_factory.mktemp("gossip2"), [*SLOW_PEER.values(), *push_sum], np=2)
 
 
 @pytest.mark.parametrize("graph, num_peers", GRAPHS)
@@ -112,6 +133,58 @@ def test_sync_freq_blocks_after_k_updates_without_a_mix_and_senders_never_wait(t
         assert fast["skipped"] > 0 and fast["sent"] + fast["skipped"] == rounds
 
 
+@pytest.mark.parametrize("agents", ["two_agents", "four_agents"])
+@pytest.mark.parametrize("graph, num_peers", [("ring", 1), ("exponential", 2)])
+@pytest.mark.parametrize("step", [0, STEP])
+def test_push_sum_keeps_the_networks_total_under_random_delays(request, agents, graph, num_peers, step):
+    """Push-sum (--mixing push-sum): whatever the delays and skipped sends, the weights still sum to the number of
+    agents and the weighted average sum w x / sum w is the starting average exactly (float32 rounding only); with a
+    constant local step (which moves the numerator w x) it has advanced by exactly one step per round; without
+    one the agents reach consensus on it."""
+    if agents == "two_agents" and graph != "ring":
+        pytest.skip("two agents: one graph")
+    result = accounted(request.getfixturevalue(agents)[PUSH_SUM[graph, num_peers, step]])
+    assert sum(c["skipped"] for c in result["counts"]) > 0  # the delays did skip sends
+    assert sum(result["weights"]) == pytest.approx(len(result["weights"]), abs=1e-5)
+    assert result["weighted_error"] < 1e-4
+    if step == 0:
+        assert result["final_spread"] < 1e-3 * result["initial_spread"]
+
+
+def lockstep_advance(age: int, num_peers: int, rounds: int) -> float:
+    """The agents' mean advance per round over the local step, as a scalar recursion (the ground truth of the
+    lockstep mode with the average rule): u(t) = x(t-1) + 1, x(t) = (u(t) + k u(t-a)) / (k+1) once t > a (every
+    agent mixes k messages of a rounds earlier; on a regular graph their mean is the agents' mean)."""
+    x, u = [0.0], [None]
+    for t in range(1, rounds + 1):
+        u.append(x[-1] + 1)
+        x.append((u[t] + num_peers * u[t - age]) / (num_peers + 1) if t > age else u[t])
+    return x[-1] / rounds
+
+
+@pytest.mark.parametrize("graph, num_peers", [("ring", 1), ("exponential", 2)])
+@pytest.mark.parametrize("age", [0, 1, 2])
+def test_lockstep_mixes_messages_of_exactly_the_age_asked(four_agents, graph, num_peers, age):
+    """--debug-lockstep-age a: every mixed message is exactly a updates old, nothing is skipped, and under a
+    constant step the agents' mean advances as the recursion of the average rule with that age says (a = 0:
+    one full step per round, synchronous gossip; 1: about 2/3; 2: about 1/2)."""
+    result = accounted(four_agents[AGED["average", graph, num_peers, age]])
+    assert all(c["skipped"] == 0 and c["mixes"] == 30 - age for c in result["counts"])
+    assert result["ages"] == {str(age): 4 * num_peers * (30 - age)}
+    assert result["advance"] == pytest.approx(lockstep_advance(age, num_peers, 30), rel=1e-4)
+
+
+@pytest.mark.parametrize("graph, num_peers", [("ring", 1), ("exponential", 2)])
+@pytest.mark.parametrize("age", [0, 1, 2])
+def test_aligned_mixing_advances_the_mean_by_a_full_step_whatever_the_age(four_agents, graph, num_peers, age):
+    """--mixing aligned: each agent moves toward a peer by the difference the two had when the peer wrote, so the
+    corrections cancel in the agents' mean: it advances by exactly one local step per round at every age, while
+    the agents still contract toward each other."""
+    result = accounted(four_agents[AGED["aligned", graph, num_peers, age]])
+    assert result["advance"] == pytest.approx(1.0, rel=1e-4)
+    assert result["final_spread"] < 0.5 * result["initial_spread"]
+
+
 @pytest.mark.parametrize("agents", [8, pytest.param(32, marks=pytest.mark.scale)])
 def test_gossip_alone_at_many_agents_on_both_graphs(tmp_path, agents):
     """The Gossip class at a cluster's size, 2 peers on both graphs: synchronous rounds in lockstep keep
@@ -135,13 +208,6 @@ def test_gossip_alone_at_many_agents_on_both_graphs(tmp_path, agents):
 
 
 # --- the script end to end -------------------------------------------------------------------------
-def agent_lines(out: str) -> dict[int, dict[str, int]]:
-    found = re.findall(r"\[agent (\d+)\] (\d+) updates in [\d.]+ s; "
-                       r"gossip: sent (\d+), received (\d+), mixes (\d+), skipped (\d+)", out)  # fmt: skip
-    keys = ("updates", "sent", "received", "mixes", "skipped")
-    return {int(r): dict(zip(keys, map(int, rest))) for r, *rest in found}
-
-
 @pytest.mark.parametrize("np_, envs, track", [(2, 8, True), (4, 4, False)])
 def test_end_to_end_tracked_offline(workdir, np_, envs, track):
     """W&B is tracked in one of the two (its offline shutdown holds a short run for ~5 s)."""
@@ -150,8 +216,10 @@ def test_end_to_end_tracked_offline(workdir, np_, envs, track):
                                  *(["--track"] if track else []), "--save-model", "--log-every", "5",
                                  "--disagreement-every", "5", *FAST, "--num-envs", str(envs), cwd=workdir,
                                  np=np_)  # fmt: skip
-    agents = agent_lines(proc.stdout)
+    agents = ranks_of(run_dir)
     assert sorted(agents) == list(range(np_)) and all(a["updates"] == updates for a in agents.values())
+    assert all(a["slept"] == 0 for a in agents.values())  # nobody slowed (--debug-slow-factor 1)
+    assert f"[agent {np_ - 1}] {updates} updates in " in proc.stdout.splitlines()[-1]  # printed whole, by rank 0
     assert sum(a["sent"] for a in agents.values()) == sum(a["received"] for a in agents.values()) > 0
     for tag in ("charts/SPS", "losses/policy_loss", "charts/episodic_return", "gossip/disagreement",
                 "gossip/disagreement_relative", "gossip/grad_cosine", "gossip/mix_rate", "gossip/sent",
@@ -184,7 +252,7 @@ def test_one_agent_is_plain_a2c_and_takes_exactly_a2cs_steps(workdir):
         proc = run(script, *common, cwd=workdir / name)
         ok(proc)
     assert "one agent: no gossip, this is plain A2C" in proc.stdout
-    assert agent_lines(proc.stdout)[0]["sent"] == 0
+    assert ranks_of(run_dirs(workdir / "gala")[0])[0]["sent"] == 0
     (a2c_run,), (gala_run,) = run_dirs(workdir / "a2c"), run_dirs(workdir / "gala")
     a2c_ckpt = torch.load(a2c_run / "checkpoint.pt", weights_only=False)
     gala_ckpt = torch.load(gala_run / "checkpoint" / "agent0.pt", weights_only=False)
@@ -197,13 +265,17 @@ def test_one_agent_is_plain_a2c_and_takes_exactly_a2cs_steps(workdir):
 
 
 def test_a_slow_agent_holds_nobody_up(workdir):
-    """Ring 0 -> 1 -> 2 -> 0 with agent 1 sleeping 0.4 s per update: agent 0 skips sends that agent 1
-    has not read, agent 2 mixes only when agent 1's messages come; all end cleanly, nothing lost."""
+    """Ring 0 -> 1 -> 2 -> 0 with agent 1 a device 4 times slower (--debug-slow-factor 4: it sleeps 3 x each
+    update's time): it takes about 4 times as long for its updates, agent 0 skips sends that agent 1 has not
+    read, agent 2 mixes only when agent 1's messages come; all end cleanly, nothing lost."""
     updates = 12
-    proc = run(SCRIPT, "--total-timesteps", str(updates * 3 * 8 * 5), "--debug-slow-rank", "1",
-               "--debug-slow-seconds", "0.4", *FAST, cwd=workdir, np=3, timeout=180)  # fmt: skip
-    ok(proc)
-    agents = agent_lines(proc.stdout)
+    _, run_dir, _ = run_ok(SCRIPT, "--total-timesteps", str(updates * 3 * 8 * 5), "--debug-slow-rank", "1",
+                           "--debug-slow-factor", "4", *FAST, cwd=workdir, np=3, timeout=180)  # fmt: skip
+    agents = ranks_of(run_dir)
+    slow = agents[1]
+    assert slow["slept"] == pytest.approx(3 * (slow["seconds"] - slow["slept"]), rel=0.15)
+    assert agents[0]["slept"] == agents[2]["slept"] == 0
+    assert slow["seconds"] > 2 * max(agents[0]["seconds"], agents[2]["seconds"])
     assert all(a["updates"] == updates for a in agents.values())
     assert agents[0]["skipped"] > 0  # agent 0 did not wait for the slow reader
     assert agents[2]["mixes"] < updates  # agent 2 did not wait for the slow writer

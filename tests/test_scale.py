@@ -4,11 +4,9 @@ on whatever machine runs them (minutes each on 2 cores). Marked `scale`: the def
 checkpoint it wrote is accepted by --resume at the same world size."""
 
 import importlib
-import re
 
 import pytest
-from conftest import config_error, run_ok
-from test_gala_a2c import agent_lines
+from conftest import config_error, ranks_of, run_ok
 
 pytestmark = [pytest.mark.scale, pytest.mark.timeout(1200)]
 ONE_SIM = ["--env-id", "Pong-v5", "--num-envs", "1", "--torch-threads", "1", "--env-threads", "1",
@@ -26,7 +24,7 @@ def test_gala_at_32_agents(workdir, graph, num_peers):
     proc, run_dir, _ = run_ok("gala_a2c_atari.py", *ONE_SIM, "--total-timesteps", str(updates * 32 * 5),
                               "--gossip-graph", graph, "--num-peers", str(num_peers), cwd=workdir, np=32,
                               timeout=900)  # fmt: skip
-    agents = agent_lines(proc.stdout)
+    agents = ranks_of(run_dir)
     assert sorted(agents) == list(range(32)) and all(a["updates"] == updates for a in agents.values())
     assert sum(a["sent"] for a in agents.values()) == sum(a["received"] for a in agents.values()) > 0
     assert sum(a["mixes"] for a in agents.values()) > 0
@@ -43,9 +41,9 @@ def test_a2c_at_32_ranks(workdir):
 def test_a3c_store_and_15_workers(workdir):
     proc, run_dir, _ = run_ok("a3c_gpu_atari.py", *ONE_SIM, "--total-timesteps", str(600 * 5), cwd=workdir, np=16,
                               timeout=900)  # fmt: skip
-    workers = [int(n) for n in re.findall(r"\[worker \d+\] (\d+) updates", proc.stdout)]
-    (central,) = [int(n) for n in re.findall(r"store: (\d+) central updates", proc.stdout)]
-    assert len(workers) == 15 and central == sum(workers)  # no update lost
+    ranks = ranks_of(run_dir)
+    workers = [ranks[r]["updates"] for r in range(1, 16)]
+    assert ranks[0]["central_updates"] == sum(workers)  # no update lost
     resumable("a3c_gpu_atari.py", run_dir / "checkpoint.pt", 16)
 
 
@@ -53,7 +51,6 @@ def test_impala_learner_and_15_actors(workdir):
     impala = ["--batch-size", "4", "--unroll-length", "10"]
     proc, run_dir, _ = run_ok("impala_atari.py", *ONE_SIM, *impala, "--total-timesteps", str(60 * 4 * 10),
                               cwd=workdir, np=16, timeout=900)  # fmt: skip
-    received = re.search(r"unrolls received per actor (.*); idle", proc.stdout).group(1)
-    counts = {int(a): int(n) for a, n in re.findall(r"(\d+): (\d+)", received)}
+    counts = {int(a): n for a, n in ranks_of(run_dir)[0]["received"].items()}
     assert sorted(counts) == list(range(1, 16)) and all(n > 0 for n in counts.values())
     resumable("impala_atari.py", run_dir / "checkpoint.pt", 16, *impala)
