@@ -354,18 +354,14 @@ def finalize_args(args: Args, world_size: int) -> None:
         )
 
 
-def load_checkpoint(path: str, args: Args) -> dict:
-    return read_checkpoint(Path(path), args, path)
-
-
 def start_checkpoint(args: Args, world_size: int, rank: int) -> Optional[dict]:
     """The checkpoint to evaluate (--eval-checkpoint) or to resume (--resume, written by this world
     size and --num-envs), or None."""
     if args.eval_checkpoint is not None:
-        return load_checkpoint(args.eval_checkpoint, args)
+        return read_checkpoint(Path(args.eval_checkpoint), args, args.eval_checkpoint)
     if args.resume is None:
         return None
-    ckpt = load_checkpoint(args.resume, args)
+    ckpt = read_checkpoint(Path(args.resume), args, args.resume)
     if (ckpt["world_size"], ckpt["num_envs"]) != (world_size, args.num_envs):
         raise ConfigError(
             f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
@@ -383,6 +379,16 @@ def resume(ckpt: dict, optimizer, device: torch.device, rank: int, args: Args) -
     return ckpt["update"]
 
 
+def rng_state(device: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 # ---------------------------------------------------------------------------------------------
 # Training: set-up, the loop, teardown
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +399,7 @@ def train(args: Args) -> dict:
     device, torch_threads, env_threads, run_name, run_dir = set_up(comm, args)
     if rank == 0:
         print(f"{ALGO}: {world_size} rank(s) x {args.num_envs} envs on {device} ({torch_threads} torch / "
-              f"{env_threads} env threads per rank), lr {args.learning_rate:.3g}", flush=True)  # fmt: skip
+              f"{env_threads} env threads per rank), lr {args.learning_rate:.3g}", flush=True)
     agent = Agent(envpool.make_spec(args.env_id).action_space.n).to(device)
     if ckpt is not None:
         agent.load_state_dict(ckpt["model"])
@@ -422,7 +428,7 @@ def train(args: Args) -> dict:
                 "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
                 "update": update, "global_step": update * args.batch_size, "model": agent.state_dict(),
                 "optimizer": optimizer.state_dict(), "rng": rngs, "args": asdict(args),
-            })  # fmt: skip
+            })
 
     # Rollout storage on the device
     T, N = args.num_steps, args.num_envs
@@ -466,7 +472,7 @@ def train(args: Args) -> dict:
             agent, optimizer, reduce_grads,
             obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1),
             args, stop=bool(signalled),
-        )  # fmt: skip
+        )
         update += 1
         global_step = update * args.batch_size
         if args.check_sync_every and update % args.check_sync_every == 0:
@@ -480,7 +486,7 @@ def train(args: Args) -> dict:
                 log_scalars(writer, global_step, {
                     "charts/SPS": progress.sps(global_step), "charts/learning_rate": optimizer.param_groups[0]["lr"],
                     **dict(zip(LOSSES, means)),
-                })  # fmt: skip
+                })
         if checkpoint_due(args, global_step, args.batch_size):
             checkpoint(update)
         progress.update(global_step, last=update == args.num_updates)
@@ -494,7 +500,7 @@ def train(args: Args) -> dict:
         checkpoint(update)
         if rank == 0:
             print(f"{'stopped by signal at ' if stopped else ''}global_step {global_step}: checkpoint {ckpt_path}",
-                  flush=True)  # fmt: skip
+                  flush=True)
     summary = progress.result(global_step, end_time, stopped, out_of_time)
     if args.eval_episodes and not stopped:
         summary["eval"] = evaluate_all_ranks(comm, agent, args, update, env_threads, device)
@@ -502,7 +508,7 @@ def train(args: Args) -> dict:
             report_eval(summary["eval"], args, run_dir, writer, global_step)
     summary = write_summary(comm, run_dir, summary, {
         "updates": update - start_update, "seconds": end_time - progress.start_time, "slept": slow.slept,
-    })  # fmt: skip
+    })
     if rank == 0:
         close_writer(writer, args)
     return summary
@@ -651,7 +657,7 @@ class Progress:
             share = 100 * global_step / self.total_steps
             recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
             print(f"global_step {global_step}/{self.total_steps} ({share:.1f}%)  SPS {sps}  ETA {eta}  "
-                  f"recent return {recent}", flush=True)  # fmt: skip
+                  f"recent return {recent}", flush=True)
 
     def warm_sps(self, global_step: int, end_time: float) -> Optional[float]:
         if self.warm is None or end_time <= self.warm[0]:
@@ -662,7 +668,7 @@ class Progress:
         """The fields of summary.json that the four scripts share (README, "What a run writes")."""
         return {"global_step": int(global_step), "start_step": self.start_step, "stopped": bool(stopped),
                 "out_of_time": bool(out_of_time), "sps": self.warm_sps(global_step, end_time),
-                "seconds": end_time - self.start_time}  # fmt: skip
+                "seconds": end_time - self.start_time}
 
 
 class StopSignal:
@@ -760,16 +766,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def rng_state(device: torch.device) -> dict:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def checkpoint_due(args: Args, global_step: int, steps: int) -> bool:
     """--save-model with --checkpoint-every N: the last `steps` steps crossed a multiple of N."""
     every = args.checkpoint_every
@@ -824,7 +820,7 @@ def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
             returns = np.concatenate(gathered)
             results[mode] = {
                 "mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()
-            }  # fmt: skip
+            }
     return results
 
 

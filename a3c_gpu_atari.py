@@ -85,7 +85,7 @@ class Args:
     """stop after this many seconds of training, as at the end (checkpoint with --save-model, evaluation): a
     wall-clock budget"""
     num_envs: int = 16
-    """simulators per rank"""
+    """simulators per worker"""
     env_threads: Optional[int] = None
     """envpool threads per rank (default: this node's cores divided among its ranks)"""
     torch_threads: Optional[int] = None
@@ -109,7 +109,7 @@ class Args:
     rmsprop_eps: float = 1e-5
     """RMSprop epsilon (torch convention: outside the square root)"""
     log_every: int = 20
-    """updates between scalar logs (and the gathering of episode statistics on rank 0)"""
+    """a worker's updates between its reports (finished games and statistics) to the store rank, which logs them"""
     print_every: float = 10.0
     """seconds between progress lines on rank 0"""
     save_model: bool = False
@@ -443,18 +443,14 @@ def finalize_args(args: Args, world_size: int) -> None:
         )
 
 
-def load_checkpoint(path: str, args: Args) -> dict:
-    return read_checkpoint(Path(path), args, path)
-
-
 def start_checkpoint(args: Args, world_size: int, rank: int) -> Optional[dict]:
     """The checkpoint to evaluate (--eval-checkpoint) or to resume (--resume, written by this world
     size and --num-envs), or None."""
     if args.eval_checkpoint is not None:
-        return load_checkpoint(args.eval_checkpoint, args)
+        return read_checkpoint(Path(args.eval_checkpoint), args, args.eval_checkpoint)
     if args.resume is None:
         return None
-    ckpt = load_checkpoint(args.resume, args)
+    ckpt = read_checkpoint(Path(args.resume), args, args.resume)
     if (ckpt["world_size"], ckpt["num_envs"]) != (world_size, args.num_envs):
         raise ConfigError(
             f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
@@ -474,9 +470,9 @@ def train(args: Args) -> dict:
     is_store, is_worker = rank == 0, rank > 0 or world_size == 1
     if rank == 0:
         who = (f"store rank + {args.num_workers} worker(s)" if world_size > 1 else
-               "one process: plain A2C with RMSprop (the store is local)")  # fmt: skip
+               "one process: plain A2C with RMSprop (the store is local)")
         print(f"{ALGO}: {who} x {args.num_envs} envs on {device} ({torch_threads} torch / {env_threads} env threads "
-              f"per rank), lr {args.learning_rate:.3g}, {args.update_chunks} chunk(s)", flush=True)  # fmt: skip
+              f"per rank), lr {args.learning_rate:.3g}, {args.update_chunks} chunk(s)", flush=True)
     agent = Agent(envpool.make_spec(args.env_id).action_space.n).to(device)
     if ckpt is not None:
         agent.load_state_dict(ckpt["model"])
@@ -509,7 +505,7 @@ def train(args: Args) -> dict:
             "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
             "update": count, "global_step": count * args.batch_size, "model": agent.state_dict(),
             "square_avg": square_avg, "args": asdict(args),
-        })  # fmt: skip
+        })
         return count
 
     def handle(source: int, message: tuple) -> None:
@@ -540,11 +536,11 @@ def train(args: Args) -> dict:
         if args.save_model or stop:
             checkpoint()
             print(f"{'stopped by signal at ' if stopped else ''}global_step {global_step}: checkpoint {ckpt_path}",
-                  flush=True)  # fmt: skip
+                  flush=True)
         else:
             nn.utils.vector_to_parameters(torch.from_numpy(store.snapshot()[0]).to(device), agent.parameters())
         print(f"store: {final_count - start_count} central updates in {end_time - progress.start_time:.1f} s",
-              flush=True)  # fmt: skip
+              flush=True)
         mine["central_updates"] = final_count - start_count
     store.free()
     broadcast_parameters(comm, agent)  # everyone evaluates the central parameters
@@ -576,7 +572,7 @@ def log_report(
         **{f"losses/{name}": mean(name) for name in ("policy_loss", "value_loss", "entropy")},
         "async/staleness": mean("staleness"), "async/lock_wait_ms": mean("lock_wait_ms"),
         "async/updates_per_s": done / batch_size / elapsed,
-    })  # fmt: skip
+    })
     progress.update(step)
 
 
@@ -644,7 +640,7 @@ def work(comm, args: Args, agent, store: CentralStore, env_threads: int, device,
         window["lock_wait_ms"].append(1000 * waited)
         if updates % args.log_every == 0:
             last_stats = {"policy_loss": means[0], "value_loss": means[1], "entropy": means[2], "lr": lr,
-                          **{key: float(np.mean(xs)) for key, xs in window.items()}}  # fmt: skip
+                          **{key: float(np.mean(xs)) for key, xs in window.items()}}
             report(("stats", (previous + 1) * args.batch_size, episodes, last_stats))
             episodes, window = [], {"staleness": [], "lock_wait_ms": []}
     if episodes and last_stats:  # the games that ended after the last report
@@ -655,7 +651,7 @@ def work(comm, args: Args, agent, store: CentralStore, env_threads: int, device,
     sps = (updates - warm[1]) * args.batch_size / (time.time() - warm[0]) if warm else None
     print(f"[worker {rank}] {updates} updates in {time.time() - began:.1f} s", flush=True)
     return {"stopped": bool(signalled), "updates": updates, "seconds": time.time() - began, "sps": sps,
-            "slept": slow.slept}  # fmt: skip
+            "slept": slow.slept}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -801,7 +797,7 @@ class Progress:
             share = 100 * global_step / self.total_steps
             recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
             print(f"global_step {global_step}/{self.total_steps} ({share:.1f}%)  SPS {sps}  ETA {eta}  "
-                  f"recent return {recent}", flush=True)  # fmt: skip
+                  f"recent return {recent}", flush=True)
 
     def warm_sps(self, global_step: int, end_time: float) -> Optional[float]:
         if self.warm is None or end_time <= self.warm[0]:
@@ -812,7 +808,7 @@ class Progress:
         """The fields of summary.json that the four scripts share (README, "What a run writes")."""
         return {"global_step": int(global_step), "start_step": self.start_step, "stopped": bool(stopped),
                 "out_of_time": bool(out_of_time), "sps": self.warm_sps(global_step, end_time),
-                "seconds": end_time - self.start_time}  # fmt: skip
+                "seconds": end_time - self.start_time}
 
 
 class StopSignal:
@@ -910,16 +906,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def rng_state(device: torch.device) -> dict:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def checkpoint_due(args: Args, global_step: int, steps: int) -> bool:
     """--save-model with --checkpoint-every N: the last `steps` steps crossed a multiple of N."""
     every = args.checkpoint_every
@@ -974,7 +960,7 @@ def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
             returns = np.concatenate(gathered)
             results[mode] = {
                 "mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()
-            }  # fmt: skip
+            }
     return results
 
 

@@ -107,13 +107,13 @@ class Args:
     vf_coef: float = 0.5
     """coefficient of the value loss (mean squared error)"""
     max_grad_norm: float = 0.5
-    """clip of the global gradient norm (applied to the averaged gradient)"""
+    """clip of the global gradient norm (each agent clips its own gradient)"""
     rmsprop_alpha: float = 0.99
     """RMSprop smoothing constant"""
     rmsprop_eps: float = 1e-5
     """RMSprop epsilon (torch convention: outside the square root)"""
     log_every: int = 20
-    """updates between scalar logs (and the gathering of episode statistics on rank 0)"""
+    """updates between scalar logs (and the sending of this agent's finished games to rank 0)"""
     print_every: float = 10.0
     """seconds between progress lines on rank 0"""
     save_model: bool = False
@@ -367,7 +367,7 @@ class Gossip:
     """
 
     def __init__(self, comm, flat: torch.Tensor, graph: str, num_peers: int, sync_freq: Optional[int],
-                 mixing: str = "average", lockstep_age: Optional[int] = None, history: int = 32):  # fmt: skip
+                 mixing: str = "average", lockstep_age: Optional[int] = None, history: int = 32):
         self.comm, self.flat, self.graph, self.k, self.sync_freq = comm, flat, graph, num_peers, sync_freq
         self.mixing, self.lockstep_age = mixing, lockstep_age
         self.rank, self.world = comm.Get_rank(), comm.Get_size()
@@ -562,12 +562,12 @@ class Gossip:
 
     def counts(self) -> dict:
         return {"sent": sum(self.sent.values()), "received": sum(self.received.values()), "mixes": self.mixes,
-                "skipped": self.skipped, "longest_without_mix": self.longest_without_mix}  # fmt: skip
+                "skipped": self.skipped, "longest_without_mix": self.longest_without_mix}
 
     def scalars(self) -> dict:
         """This agent's gossip statistics for the log (the recent message ages start again)."""
         scalars = {"gossip/mix_rate": self.mixes / self.updates, "gossip/sent": sum(self.sent.values()),
-                   "gossip/skipped_sends": self.skipped, "gossip/staleness": self.since_mix}  # fmt: skip
+                   "gossip/skipped_sends": self.skipped, "gossip/staleness": self.since_mix}
         if self.mixing == "push-sum":
             scalars["gossip/weight"] = self.weight
         if self.recent_ages:
@@ -812,6 +812,16 @@ def resume(ckpt: dict, optimizer, device: torch.device, rank: int, args: Args) -
     return ckpt["update"]
 
 
+def rng_state(device: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 # ---------------------------------------------------------------------------------------------
 # Training: set-up, the loop, teardown
 # ---------------------------------------------------------------------------------------------
@@ -823,7 +833,7 @@ def train(args: Args) -> dict:
     if rank == 0:
         print(f"{ALGO}: {world_size} rank(s) x {args.num_envs} envs on {device} ({torch_threads} torch / "
               f"{env_threads} env threads per rank), lr {args.learning_rate:.3g}, {describe_gossip(args, world_size)}",
-              flush=True)  # fmt: skip
+              flush=True)
     agent = Agent(envpool.make_spec(args.env_id).action_space.n).to(device)
     if ckpt is not None:
         agent.load_state_dict(ckpt["model"])
@@ -841,7 +851,7 @@ def train(args: Args) -> dict:
     )
     start_update = 0 if ckpt is None else resume(ckpt, optimizer, device, rank, args)
     gossip = Gossip(comm.Dup(), flat, args.gossip_graph, args.num_peers, args.sync_freq, args.mixing,
-                    args.debug_lockstep_age)  # fmt: skip
+                    args.debug_lockstep_age)
     if ckpt is not None:
         gossip.weight = ckpt["gossip_weight"]
     metrics, mail = GossipMetrics(comm.Dup(), args.disagreement_every), EpisodeMail(comm)
@@ -858,7 +868,7 @@ def train(args: Args) -> dict:
             "rank": rank, "update": update, "global_step": update * args.batch_size, "model": agent.state_dict(),
             "optimizer": optimizer.state_dict(), "rng": rng_state(device), "args": asdict(args),
             "gossip_weight": gossip.weight,
-        })  # fmt: skip
+        })
 
     # Rollout storage on the device
     T, N = args.num_steps, args.num_envs
@@ -904,7 +914,7 @@ def train(args: Args) -> dict:
             agent, optimizer,
             obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1),
             args,
-        )  # fmt: skip
+        )
         update += 1
         global_step = update * args.batch_size
         gossip.exchange(update)
@@ -920,7 +930,7 @@ def train(args: Args) -> dict:
                 log_scalars(writer, global_step, {
                     "charts/SPS": progress.sps(global_step), "charts/learning_rate": optimizer.param_groups[0]["lr"],
                     **dict(zip(LOSSES, means)), **gossip.scalars(),
-                })  # fmt: skip
+                })
         if rank == 0:
             log_measurements(writer, measured, args.batch_size)
         if checkpoint_due(args, global_step, args.batch_size):
@@ -950,9 +960,9 @@ def train(args: Args) -> dict:
             save_checkpoint(ckpt_dir / "average.pt", {
                 "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
                 "global_step": total_steps, "model": averaged.state_dict(), "args": asdict(args),
-            })  # fmt: skip
+            })
             print(f"{'stopped by signal at ' if stopped else ''}global_step {total_steps}: checkpoint {ckpt_dir} "
-                  "(every agent + their average)", flush=True)  # fmt: skip
+                  "(every agent + their average)", flush=True)
     summary = {**progress.result(global_step, end_time, stopped, out_of_time), "global_step": total_steps}
     if args.eval_episodes and not stopped:
         nn.utils.vector_to_parameters(average.to(device), agent.parameters())  # evaluate the average
@@ -963,7 +973,7 @@ def train(args: Args) -> dict:
     summary = write_summary(comm, run_dir, summary, {
         "updates": update - start_update, "seconds": end_time - progress.start_time, "slept": slow.slept,
         **gossip.counts(), "weight": gossip.weight, "ages": ages,
-    })  # fmt: skip
+    })
     if rank == 0:
         for r in summary["ranks"]:  # printed by one process, so that agents' lines never run together
             print(f"[agent {r['rank']}] {r['updates']} updates in {r['seconds']:.1f} s; gossip: "
@@ -1115,7 +1125,7 @@ class Progress:
             share = 100 * global_step / self.total_steps
             recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
             print(f"global_step {global_step}/{self.total_steps} ({share:.1f}%)  SPS {sps}  ETA {eta}  "
-                  f"recent return {recent}", flush=True)  # fmt: skip
+                  f"recent return {recent}", flush=True)
 
     def warm_sps(self, global_step: int, end_time: float) -> Optional[float]:
         if self.warm is None or end_time <= self.warm[0]:
@@ -1126,7 +1136,7 @@ class Progress:
         """The fields of summary.json that the four scripts share (README, "What a run writes")."""
         return {"global_step": int(global_step), "start_step": self.start_step, "stopped": bool(stopped),
                 "out_of_time": bool(out_of_time), "sps": self.warm_sps(global_step, end_time),
-                "seconds": end_time - self.start_time}  # fmt: skip
+                "seconds": end_time - self.start_time}
 
 
 class StopSignal:
@@ -1224,16 +1234,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def rng_state(device: torch.device) -> dict:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def checkpoint_due(args: Args, global_step: int, steps: int) -> bool:
     """--save-model with --checkpoint-every N: the last `steps` steps crossed a multiple of N."""
     every = args.checkpoint_every
@@ -1288,7 +1288,7 @@ def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
             returns = np.concatenate(gathered)
             results[mode] = {
                 "mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()
-            }  # fmt: skip
+            }
     return results
 
 

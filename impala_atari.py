@@ -86,7 +86,7 @@ class Args:
     """stop after this many seconds of training, as at the end (checkpoint with --save-model, evaluation): a
     wall-clock budget"""
     num_envs: int = 16
-    """simulators per rank"""
+    """simulators per actor"""
     env_threads: Optional[int] = None
     """envpool threads per rank (default: this node's cores divided among its ranks)"""
     torch_threads: Optional[int] = None
@@ -274,14 +274,14 @@ class Unroll:
     def __init__(self, T: int, N: int, num_actions: int):
         obs_bytes = (T + 1) * N * 4 * 84 * 84
         sizes = {"actions": T * N, "logits": T * N * num_actions, "rewards": T * N, "discounts": T * N,
-                 "valid": T * N, "version": 1}  # fmt: skip
+                 "valid": T * N, "version": 1}
         self.buf = np.zeros(obs_bytes + 4 * sum(sizes.values()), dtype=np.uint8)
         self.obs = self.buf[:obs_bytes].reshape(T + 1, N, 4, 84, 84)
         floats, offset = self.buf[obs_bytes:].view(np.float32), 0
         for name, size in sizes.items():
             view = floats[offset : offset + size]
             setattr(self, name, view.reshape(T, N, num_actions) if name == "logits"
-                    else view.reshape(T, N) if size > 1 else view)  # fmt: skip
+                    else view.reshape(T, N) if size > 1 else view)
             offset += size
 
 
@@ -330,7 +330,7 @@ def impala_update(agent, optimizer, batch: dict, args: Args) -> dict:
     vs, pg_advantages = vtrace(
         behaviour_logprobs, target_logprobs.detach(), batch["rewards"], batch["discounts"], values[:-1].detach(),
         values[-1].detach(), args.rho_bar, args.c_bar,
-    )  # fmt: skip
+    )
     valid = batch["valid"]
     policy = -(valid * pg_advantages * target_logprobs).sum()
     baseline = 0.5 * (valid * (vs - values[:-1]) ** 2).sum()
@@ -344,7 +344,7 @@ def impala_update(agent, optimizer, batch: dict, args: Args) -> dict:
     return {"losses/policy_loss": policy.item() / n, "losses/value_loss": baseline.item() / n,
             "losses/entropy": entropy.item() / n,
             "vtrace/rho_mean": ratios.mean().item(),
-            "vtrace/rho_clipped_frac": (ratios > args.rho_bar).float().mean().item()}  # fmt: skip
+            "vtrace/rho_clipped_frac": (ratios > args.rho_bar).float().mean().item()}
 
 
 def to_batch(unrolls: list[Unroll], device: torch.device) -> dict:
@@ -603,18 +603,14 @@ def finalize_args(args: Args, world_size: int) -> None:
         )
 
 
-def load_checkpoint(path: str, args: Args) -> dict:
-    return read_checkpoint(Path(path), args, path)
-
-
 def start_checkpoint(args: Args, world_size: int, rank: int) -> Optional[dict]:
     """The checkpoint to evaluate (--eval-checkpoint) or to resume (--resume, written by this world
     size, --num-envs, --batch-size and --unroll-length), or None."""
     if args.eval_checkpoint is not None:
-        return load_checkpoint(args.eval_checkpoint, args)
+        return read_checkpoint(Path(args.eval_checkpoint), args, args.eval_checkpoint)
     if args.resume is None:
         return None
-    ckpt = load_checkpoint(args.resume, args)
+    ckpt = read_checkpoint(Path(args.resume), args, args.resume)
     if (ckpt["world_size"], ckpt["num_envs"]) != (world_size, args.num_envs):
         raise ConfigError(
             f"checkpoint {args.resume!r} was written by {ckpt['world_size']} ranks x {ckpt['num_envs']} envs, "
@@ -629,11 +625,21 @@ def start_checkpoint(args: Args, world_size: int, rank: int) -> Optional[dict]:
     return ckpt
 
 
-def resume(ckpt: dict, optimizer, args: Args) -> None:
-    """The learner: restores the optimizer and the torch RNG from a --resume checkpoint."""
+def resume(ckpt: dict, optimizer, device: torch.device, args: Args) -> None:
+    """The learner: restores the optimizer and the RNG from a --resume checkpoint."""
     optimizer.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
+    set_rng_state(ckpt["rng"], device)
     print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
+
+
+def rng_state(device: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,7 +657,7 @@ def train(args: Args) -> dict:
             + f" x {args.num_envs} envs on {device} ({torch_threads} torch / {env_threads} env threads per rank), "
             f"lr {args.learning_rate:.3g}, batch {args.batch_size} x {args.unroll_length}",
             flush=True,
-        )  # fmt: skip
+        )
     num_actions = envpool.make_spec(args.env_id).action_space.n
     agent = Agent(num_actions).to(device)
     if ckpt is not None:
@@ -678,7 +684,7 @@ def train(args: Args) -> dict:
         agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps, momentum=0.0
     )
     if ckpt is not None:
-        resume(ckpt, optimizer, args)
+        resume(ckpt, optimizer, device, args)
     writer = open_writer(args, run_name, run_dir)
     steps_per_update = args.batch_size * args.unroll_length
     ckpt_path = run_dir / "checkpoint.pt"
@@ -687,8 +693,8 @@ def train(args: Args) -> dict:
         save_checkpoint(ckpt_path, {
             "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
             "update": update, "global_step": update * steps_per_update, "model": agent.state_dict(),
-            "optimizer": optimizer.state_dict(), "args": asdict(args), "rng": {"torch": torch.get_rng_state()},
-        })  # fmt: skip
+            "optimizer": optimizer.state_dict(), "args": asdict(args), "rng": rng_state(device),
+        })
 
     learner = Learner(comm, args, flat, num_actions) if world_size > 1 else None
     local = [Unroll(args.unroll_length, args.num_envs, num_actions) for _ in range(args.batch_size // args.num_envs)]
@@ -720,7 +726,7 @@ def train(args: Args) -> dict:
             log_scalars(writer, global_step, {
                 "charts/SPS": progress.sps(global_step), "charts/learning_rate": optimizer.param_groups[0]["lr"],
                 **metrics, "impala/policy_lag": lag, "impala/queue_depth": depth, "impala/learner_idle_frac": idle,
-            })  # fmt: skip
+            })
         if checkpoint_due(args, global_step, steps_per_update):
             checkpoint(update)
         progress.update(global_step, last=update == args.num_updates)
@@ -730,12 +736,12 @@ def train(args: Args) -> dict:
     end_time = time.time()
     idle = (learner.idle if learner else 0.0) / (end_time - progress.start_time)
     mine = {"updates": update - start_update, "seconds": end_time - progress.start_time, "idle_frac": idle,
-            "slept": slow.slept}  # fmt: skip
+            "slept": slow.slept}
     if learner is not None:
         found = learner.stop_actors()
         log_episodes(writer, [(global_step, ret, length) for ret, length in found], progress.recent_returns)
         print("learner: unrolls received per actor " + ", ".join(f"{a}: {n}" for a, n in learner.received.items())
-              + f"; idle {idle:.0%} of the time", flush=True)  # fmt: skip
+              + f"; idle {idle:.0%} of the time", flush=True)
         mine["received"] = {str(a): n for a, n in learner.received.items()}
     if actor is not None:
         actor.envs.close()
@@ -744,7 +750,7 @@ def train(args: Args) -> dict:
     if args.save_model or stop:
         checkpoint(update)
         print(f"{'stopped by signal at ' if stopped else ''}global_step {global_step}: checkpoint {ckpt_path}",
-              flush=True)  # fmt: skip
+              flush=True)
     summary = {**progress.result(global_step, end_time, stopped, out_of_time), "idle_frac": idle}
     return finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summary, mine)
 
@@ -908,7 +914,7 @@ class Progress:
             share = 100 * global_step / self.total_steps
             recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
             print(f"global_step {global_step}/{self.total_steps} ({share:.1f}%)  SPS {sps}  ETA {eta}  "
-                  f"recent return {recent}", flush=True)  # fmt: skip
+                  f"recent return {recent}", flush=True)
 
     def warm_sps(self, global_step: int, end_time: float) -> Optional[float]:
         if self.warm is None or end_time <= self.warm[0]:
@@ -919,7 +925,7 @@ class Progress:
         """The fields of summary.json that the four scripts share (README, "What a run writes")."""
         return {"global_step": int(global_step), "start_step": self.start_step, "stopped": bool(stopped),
                 "out_of_time": bool(out_of_time), "sps": self.warm_sps(global_step, end_time),
-                "seconds": end_time - self.start_time}  # fmt: skip
+                "seconds": end_time - self.start_time}
 
 
 class StopSignal:
@@ -1017,16 +1023,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def rng_state(device: torch.device) -> dict:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def checkpoint_due(args: Args, global_step: int, steps: int) -> bool:
     """--save-model with --checkpoint-every N: the last `steps` steps crossed a multiple of N."""
     every = args.checkpoint_every
@@ -1081,7 +1077,7 @@ def evaluate_all_ranks(comm, agent, args, seed_base, threads, device) -> dict:
             returns = np.concatenate(gathered)
             results[mode] = {
                 "mean": float(returns.mean()), "median": float(np.median(returns)), "returns": returns.tolist()
-            }  # fmt: skip
+            }
     return results
 
 

@@ -36,7 +36,7 @@ class Config:
 
 def launch_at(cfg: Config, script: str, num_envs: int, steps: int, *extra: str) -> Path:
     args = ["--env-id", cfg.env_id, "--num-envs", str(num_envs), "--total-timesteps", str(steps),
-            "--torch-threads", "1", "--env-threads", "1", "--print-every", "30", *extra]  # fmt: skip
+            "--torch-threads", "1", "--env-threads", "1", "--print-every", "30", *extra]
     ranks = cfg.ranks + 1 if script == "a3c_gpu_atari.py" else cfg.ranks
     return launch(cfg.out / f"{Path(script).stem}_{cfg.ranks}x{num_envs}_{steps}", script, ranks, *args)
 
@@ -46,19 +46,19 @@ def main(cfg: Config) -> None:
     rows = []
     for num_envs in cfg.num_envs:
         tags = {script: scalars(launch_at(cfg, script, num_envs, cfg.steps))
-                for script in ("a2c_allreduce_atari.py", "gala_a2c_atari.py", "a3c_gpu_atari.py")}  # fmt: skip
+                for script in ("a2c_allreduce_atari.py", "gala_a2c_atari.py", "a3c_gpu_atari.py")}
         sps = {script: t["charts/SPS"][-1][1] for script, t in tags.items()}
         staleness = [v for _, v in tags["a3c_gpu_atari.py"]["async/staleness"]]
         rows.append((num_envs, sps["a2c_allreduce_atari.py"], sps["gala_a2c_atari.py"], sps["a3c_gpu_atari.py"],
-                     sum(staleness) / len(staleness)))  # fmt: skip
+                     sum(staleness) / len(staleness)))
     table = [f"{cfg.env_id}, {cfg.ranks} workers (A3C: + 1 store rank), {cfg.steps} global steps per run, "
              "final global SPS",
-             "workers x envs   A2C-allreduce   GALA-A2C   A3C   GALA/A2C   A3C/A2C   A3C mean staleness"]  # fmt: skip
+             "workers x envs   A2C-allreduce   GALA-A2C   A3C   GALA/A2C   A3C/A2C   A3C mean staleness"]
     table += [f"{cfg.ranks:7d} x {n:<5d}  {a:13.0f}  {g:9.0f}  {c:4.0f}  {g / a:9.2f}  {c / a:8.2f}  {st:18.2f}"
-              for n, a, g, c, st in rows]  # fmt: skip
+              for n, a, g, c, st in rows]
     if cfg.disagreement_steps:
         run_dir = launch_at(cfg, "gala_a2c_atari.py", max(cfg.num_envs), cfg.disagreement_steps,
-                            "--disagreement-every", "20")  # fmt: skip
+                            "--disagreement-every", "20")
         tags = scalars(run_dir)
         import matplotlib
 
@@ -78,11 +78,11 @@ def main(cfg: Config) -> None:
             half = v[len(v) // 2 :]
             table.append(f"{tag} over {len(v)} measurements: first {v[0]:.3g}, min {min(v):.3g}, max {max(v):.3g}, "
                          f"mean of the first half {sum(v[: len(v) // 2]) / max(len(v) // 2, 1):.3g}, "
-                         f"of the second half {sum(half) / len(half):.3g}, last {v[-1]:.3g}")  # fmt: skip
+                         f"of the second half {sum(half) / len(half):.3g}, last {v[-1]:.3g}")
         returns = [v for _, v in tags.get("charts/episodic_return", [])]
         if returns:
             table.append(f"episodic return: first 10 games {sum(returns[:10]) / len(returns[:10]):.1f}, "
-                         f"last 10 {sum(returns[-10:]) / len(returns[-10:]):.1f}")  # fmt: skip
+                         f"last 10 {sum(returns[-10:]) / len(returns[-10:]):.1f}")
         table.append(f"plot: {cfg.out / 'gala_disagreement.png'}")
     (cfg.out / "table.txt").write_text("\n".join(table) + "\n")
     print("\n".join(table))

@@ -77,7 +77,7 @@ def main(cfg: Config) -> None:
     threads = cfg.threads or a2c.node_threads(MPI.COMM_WORLD)[0]
     torch.set_num_threads(threads)
     flags = ("--num-envs", str(cfg.num_envs), "--num-steps", str(cfg.num_steps), "--torch-threads", str(threads),
-             "--env-threads", str(threads))  # fmt: skip
+             "--env-threads", str(threads))
     steps = cfg.updates * cfg.num_steps * cfg.num_envs
     rows = []
     for _ in range(cfg.rounds):
@@ -86,7 +86,7 @@ def main(cfg: Config) -> None:
         sps = script_sps(ROOT, "a2c_allreduce_atari.py", None, cfg.env_id, steps, *flags)
         rows.append((env_rate, inference_rate, train_rate, ceiling, sps, sps / ceiling))
     print(f"threads {threads}, {cfg.env_id}, 1 rank x {cfg.num_envs} envs, {cfg.num_steps} steps per update, "
-          f"{cfg.updates} updates per script run")  # fmt: skip
+          f"{cfg.updates} updates per script run")
     print("round   envpool  inference  train-step  ceiling   a2c SPS  ratio")
     for i, row in enumerate(rows):
         print(f"{i:5d}  {row[0]:8.0f}  {row[1]:9.0f}  {row[2]:10.0f}  {row[3]:7.0f}  {row[4]:8.0f}  {row[5]:5.2f}")

@@ -120,12 +120,12 @@ def script_sps(
     With TENSORBOARD, the last `charts/SPS` it logged instead (since its start, warm-up included): what scripts
     older than summary.json (before c64ba08) also give."""
     cmd = [sys.executable, str(tree / script), "--env-id", env_id, "--num-envs", "16", "--total-timesteps",
-           str(steps), *extra]  # fmt: skip
+           str(steps), *extra]
     if np_ is not None:
         cmd = [mpirun(), "-np", str(np_), *cmd]
     where = tempfile.mkdtemp()
     proc = subprocess.Popen(cmd, cwd=where, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "WANDB_MODE": "offline"})  # fmt: skip
+                            env={**os.environ, "WANDB_MODE": "offline"})
 
     def result() -> float:
         _, err = proc.communicate()
@@ -162,8 +162,7 @@ class ManifestEntry:
     algorithm: str
     """ALGO"""
     label: str
-    """ALGO, or the label of a variant of it (--variant): what the report groups by; manifests older than labels
-    have none (read as ALGO)"""
+    """ALGO, or the label of a variant of it (--variant): what the report groups by"""
     script: str
     """e.g. gala_a2c_atari.py"""
     env_id: str
@@ -200,12 +199,7 @@ class ManifestEntry:
         """The run in its experiment: (label, env id, simulators, seed); the manifest is sorted by it."""
         return (self.label, self.env_id, self.simulators, self.seed)
 
-    @classmethod
-    def from_dict(cls, entry: dict) -> "ManifestEntry":
-        """An entry as manifest.json holds it; one older than labels is labelled with its algorithm."""
-        return cls(**{"label": entry["algorithm"], **entry})
-
 
 def read_manifest(path: Path) -> list[ManifestEntry]:
     """The entries of an experiment's manifest.json."""
-    return [ManifestEntry.from_dict(entry) for entry in json.loads(path.read_text())]
+    return [ManifestEntry(**entry) for entry in json.loads(path.read_text())]

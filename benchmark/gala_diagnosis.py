@@ -96,7 +96,7 @@ def consensus_worker(out: str, sync_freq: str, updates: int, work_ms: float, jit
         Path(out).write_text(json.dumps({
             "advance_per_update": float(np.mean(positions)) / updates, "ages": merged,
             "mix_rate": float(np.mean(mixes)) / updates, "seconds": elapsed,
-        }))  # fmt: skip
+        }))
 
 
 def run_consensus(cfg: Consensus) -> None:
@@ -104,7 +104,7 @@ def run_consensus(cfg: Consensus) -> None:
     for sync_freq in ("0", "1", "none"):
         out = Path(f"/tmp/gala_consensus_{sync_freq}.json")
         cmd = [mpirun(), "-np", "2", sys.executable, "-m", "benchmark.gala_diagnosis", "consensus-worker", str(out),
-               sync_freq, str(cfg.updates), str(cfg.work_ms), str(cfg.jitter)]  # fmt: skip
+               sync_freq, str(cfg.updates), str(cfg.work_ms), str(cfg.jitter)]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             sys.exit(f"consensus run with --sync-freq {sync_freq} failed:\n{proc.stderr[-2000:]}")
@@ -120,7 +120,7 @@ def run_consensus(cfg: Consensus) -> None:
         "# advance: the average's advance per update / the local step (1 = fresh averaging; scalar model:",
         "# 2/3 with messages 1 update old, 1/2 with 2). age: my update count - the sender's at its write.",
         "| sync-freq | advance | mix rate | mean age | ages |", "| --- | --- | --- | --- | --- |", *rows,
-    ])  # fmt: skip
+    ])
     print(table)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     cfg.out.write_text(f"python -m benchmark.gala_diagnosis consensus\n{table}\n")
@@ -190,14 +190,14 @@ def run_step(cfg: Step) -> None:
         with torch.no_grad():
             next_value = agent(next_obs)[1]
         returns, valid = a2c.a2c_targets(*(torch.from_numpy(x) for x in (rewards, terms, truncs)), values,
-                                         next_value, prev_done, args.gamma)  # fmt: skip
+                                         next_value, prev_done, args.gamma)
         # The gradient of each of the finest shards' summed loss, and its count of valid samples.
         width, sums, counts = S // finest, [], []
         for k in range(finest):
             cols = slice(k * width, (k + 1) * width)
             agent.zero_grad()
             p, v, e = a2c.a2c_loss_sums(agent, obs[:, cols].reshape(-1, 4, 84, 84), actions[:, cols].reshape(-1),
-                                        returns[:, cols].reshape(-1), valid[:, cols].reshape(-1))  # fmt: skip
+                                        returns[:, cols].reshape(-1), valid[:, cols].reshape(-1))
             (p + args.vf_coef * v - args.ent_coef * e).backward()
             sums.append(flat_grad(agent).clone())
             counts.append(valid[:, cols].sum().item())
@@ -230,7 +230,7 @@ def run_step(cfg: Step) -> None:
         if step % cfg.window < T * S or step >= cfg.total_timesteps:
             a2c_along = np.array([a for a, _ in window["a2c"]])
             cells = [f"{step:>7}", f"{np.mean(returns_seen[-50:]) if returns_seen else float('nan'):5.1f}",
-                     f"{np.mean([c for _, c in window['a2c']]):.2f}"]  # fmt: skip
+                     f"{np.mean([c for _, c in window['a2c']]):.2f}"]
             for n in cfg.agents:
                 ratio = np.sum(window[f"gala{n}"]) / np.sum(a2c_along)
                 cells += [f"{ratio:.3f}", f"{np.mean(window[f'clip{n}']):.2f}"]
@@ -244,7 +244,7 @@ def run_step(cfg: Step) -> None:
         "# steps: the consensus step of N agents along the batch's descent direction / A2C's (sums over the",
         "# window's updates), and the share of clipped gradients (A2C's batch; the N agents' shards).",
         "| " + " | ".join(head) + " |", "|" + " --- |" * len(head), *rows,
-    ])  # fmt: skip
+    ])
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     cfg.out.write_text(f"python -m benchmark.gala_diagnosis step --total-timesteps {cfg.total_timesteps}\n{table}\n")
     print(table)
@@ -310,7 +310,7 @@ def run_rows(cfg: Runs) -> tuple[list[str], dict[str, list[list[float]]]]:
 def run_runs(cfg: Runs) -> None:
     rows, by_label = run_rows(cfg)
     means = [f"| {label} | {len(runs)} | " + " | ".join(f"{q:.1f}" for q in np.mean(runs, axis=0)) + " |"
-             for label, runs in by_label.items()]  # fmt: skip
+             for label, runs in by_label.items()]
     table = "\n".join([
         f"# {cfg.experiment}: final score = mean raw return over the last {cfg.final_window:.0%} of the steps;",
         f"# clipped = share of logged updates with a gradient norm above {cfg.max_grad_norm}; GALA: mix rate (mixes",
@@ -322,7 +322,7 @@ def run_runs(cfg: Runs) -> None:
         "# mean over each label's runs of the mean return per quarter of the steps",
         "| run | runs | 1st quarter | 2nd | 3rd | 4th |",
         "| --- | --- | --- | --- | --- | --- |", *means,
-    ])  # fmt: skip
+    ])
     print(table)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     cfg.out.write_text(f"python -m benchmark.gala_diagnosis runs --experiment {cfg.experiment}\n{table}\n")

@@ -34,13 +34,13 @@ def main(cfg: Config) -> None:
         envs = cfg.total_envs // actors
         args = ["--env-id", cfg.env_id, "--num-envs", str(envs), "--batch-size", str(2 * cfg.total_envs),
                 "--total-timesteps", str(cfg.steps), "--torch-threads", "1", "--env-threads", "1",
-                "--print-every", "30"]  # fmt: skip
+                "--print-every", "30"]
         tags = scalars(launch(cfg.out / f"actors{actors}", "impala_atari.py", actors + 1, *args))
         lag = np.mean([v for _, v in tags["impala/policy_lag"]])
         rows.append((actors, envs, tags["charts/SPS"][-1][1], tags["impala/learner_idle_frac"][-1][1], lag))
     table = [f"{cfg.env_id}, {cfg.total_envs} simulators in all, batch {2 * cfg.total_envs} x 20, "
              f"{cfg.steps} global steps",
-             "actors x envs   SPS   learner idle   mean policy lag (updates)"]  # fmt: skip
+             "actors x envs   SPS   learner idle   mean policy lag (updates)"]
     table += [f"{a:6d} x {e:<4d}  {sps:5.0f}  {idle:12.0%}  {lag:10.2f}" for a, e, sps, idle, lag in rows]
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "table.txt").write_text("\n".join(table) + "\n")

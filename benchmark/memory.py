@@ -87,13 +87,13 @@ def measure(cfg: Config, script: str) -> tuple[dict[int, Rank], float]:
     """Runs SCRIPT to the end in a temporary directory, sampling its ranks; returns them and the wall time."""
     np_ = cfg.workers + SERVER_RANKS.get(script, 0)
     args = ["--env-id", cfg.env_id, "--num-envs", str(cfg.num_envs), "--total-timesteps", str(cfg.total_timesteps),
-            "--save-model", "--seed", "1"]  # fmt: skip
+            "--save-model", "--seed", "1"]
     ranks: dict[int, Rank] = {}
     with tempfile.TemporaryDirectory() as where:
         began = time.time()
         env = {**os.environ, "WANDB_MODE": "offline"}
         proc = subprocess.Popen(command(script, *args, np=np_), cwd=where, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                stderr=subprocess.PIPE, text=True)
         stderr: list[str] = []
         reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
         reader.start()
@@ -129,10 +129,10 @@ def table(cfg: Config, results: dict[str, tuple[dict[int, Rank], float]]) -> str
             r = ranks[rank]
             growth = r.rss[-1] - r.rss[len(r.rss) // 2]
             lines.append(f"| {script} | {role(script, rank)} | {max(r.rss):.0f} | {max(r.pss):.0f} | "
-                         f"{growth:+.0f} | {len(r.rss)} | {wall:.0f} |")  # fmt: skip
+                         f"{growth:+.0f} | {len(r.rss)} | {wall:.0f} |")
         largest = max(max(r.pss) for r in ranks.values())
         fits.append(f"- {script}: largest rank {largest:.0f} MiB PSS -> {int(cfg.node_gib * 1024 // largest)} "
-                    f"ranks per {cfg.node_gib:g} GiB node")  # fmt: skip
+                    f"ranks per {cfg.node_gib:g} GiB node")
     return "\n".join(lines + [""] + fits) + "\n"
 
 

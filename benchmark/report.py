@@ -1,26 +1,32 @@
 """`python -m benchmark report`: the paper's figures and tables from the runs of an experiment.
 
 Reads the runs of `python -m benchmark run` — locally from `bench_runs/<experiment>/manifest.json`
-and each run's TensorBoard events, config.json and eval.json (the contract in benchmark/common.py),
-or online from W&B (`--wandb`: the runs of one group, their config and history) — normalises them
-into one `RunRecord` each, and writes into `--out` (default `<experiment>/report/`):
+and each run's TensorBoard events, config.json, summary.json and eval.json (the contract in
+benchmark/common.py), or online from W&B (`--wandb`: the runs of one group, their config and history) —
+into one `RunRecord` each, then into a pandas table of one row per run (`runs_table`: label, game,
+simulators, seed, final score, score per quarter of the steps, score at equal wall-clock time, SPS,
+gossip statistics), from which every table of report.md is a group-by, and writes into `--out`
+(default `<experiment>/report/`):
 
-- `returns_vs_steps.png`, `returns_vs_time.png` (GALA paper Fig 1b–g): episodic return per game,
-  one line per algorithm (and simulator count), mean over seeds with a 95% t-interval band;
-  a variant of an algorithm (`python -m benchmark run --variant LABEL=...`) is its own line, table
-  row and bar under its label, everywhere but the paired GALA-vs-A2C tests, which take the plain runs;
+- `returns_vs_steps.png`, `returns_vs_time.png` (GALA paper Fig 1b–g): episodic return against global
+  steps and against wall-clock seconds, one panel per comparison (A2C vs GALA; each variant of GALA
+  beside both; A2C vs the other baselines), one row of panels per game; each seed a thin line, the
+  mean over seeds bold (on the steps or seconds that every seed reached);
 - `success_vs_simulators.png` (Fig 1a): share of runs whose final score reaches a fraction of the
   game's nominal score, against the number of simulators;
-- `disagreement.png` (Fig 2): GALA's gossip/disagreement(_relative) against global steps;
-- `throughput.png` (Fig 3): steps per second and CPU (GPU) utilisation per algorithm;
-- `report.md`: runs found, final scores (mean, std, IQM with rliable's stratified-bootstrap CI),
-  success shares, paired t-tests of GALA vs A2C (as the authors' rebuttal did for Fig 1a), the argmax
-  evaluation (Table 1), SPS ratios to A2C at matched simulators, and the figures written.
+- `disagreement.png` (Fig 2): GALA's relative disagreement against global steps, a line per run;
+- `throughput.png` (Fig 3): steps per second and CPU (GPU) utilisation per label;
+- `report.md`: runs found, final scores (mean, std, IQM with rliable's stratified-bootstrap CI), the
+  score per quarter of the steps, the score at equal wall-clock time, scores normalised by A2C's with
+  bootstrap CIs per step and per second, success shares, paired t-tests of GALA vs A2C (as the authors'
+  rebuttal did for Fig 1a), the argmax evaluation (Table 1), SPS ratios, GALA's gossip statistics.
 
-`--wandb-report` also builds the same view as a W&B report (wandb_workspaces) and prints its URL.
-The statistics are small pure functions (`final_score`, `iqm_with_ci`, `paired_ttest`,
-`success_share`, `run_sps`) so that tests call them directly; `compute_report` gathers report.md's numbers
-as plain data, `format_report` writes them out.
+A variant of an algorithm (`python -m benchmark run --variant LABEL=...`) is its own line, row and bar
+under its label everywhere but the paired GALA-vs-A2C tests, which take the plain runs. The statistics
+are small pure functions (`final_score`, `iqm_with_ci`, `paired_ttest`, `success_share`, `run_sps`,
+`score_at`) that the tests call directly; `compute_report` gathers report.md's numbers as tables,
+`format_report` writes them out, the plot functions only draw. `--wandb-report` also builds the same view
+as a W&B report (wandb_workspaces) and prints its URL.
 
     python -m benchmark report                                  # the newest bench_runs/<experiment>
     python -m benchmark report --experiment bench_runs/paper --nominal Pong=18 Breakout=400
@@ -110,6 +116,8 @@ class RunRecord:
     eval_sampled: Optional[float] = None
     cpu_percent: list[float] = field(default_factory=list)
     gpu_percent: Optional[list[float]] = None
+    summary: dict = field(default_factory=dict)
+    """the run's summary.json (every rank's counters under "ranks"); {} where there is none (W&B)"""
     note: str = ""
     """why a run failed, or what is missing"""
     final_window: float = 0.1
@@ -126,6 +134,12 @@ class RunRecord:
     def final(self) -> float:
         """The run's final score (nan when it logged no episode)."""
         return final_score(self.returns.step, self.returns.value, self.total_timesteps, self.final_window)
+
+    @property
+    def end(self) -> tuple[float, float]:
+        """(global step, wall second) of the run's last logged point."""
+        logged = [s for s in (self.returns, self.sps) if len(s)]
+        return max(s.step.max() for s in logged), max(s.wall.max() for s in logged)
 
 
 def game_of(env_id: str) -> str:
@@ -155,7 +169,7 @@ def read_events(run_dir: Path) -> dict[str, Series]:
     past its checkpoint was work done again, and is not counted)."""
     start, events = scalar_events(run_dir)
     own = {tag: Series.by_step([e.step for e in es], [e.wall_time - start for e in es], [e.value for e in es])
-           for tag, es in events.items()}  # fmt: skip
+           for tag, es in events.items()}
     config = read_json(run_dir / "config.json")
     if not config.get("resume"):
         return own
@@ -165,7 +179,7 @@ def read_events(run_dir: Path) -> dict[str, Series]:
     earlier, cut = read_events(earlier_dir), config["start_step"]
     kept = {tag: series.step <= cut for tag, series in earlier.items()}
     offset = max((float(series.wall[kept[tag]].max()) for tag, series in earlier.items() if kept[tag].any()),
-                 default=0.0)  # fmt: skip
+                 default=0.0)
     joined = {}
     for tag in {*earlier, *own}:
         before, after = earlier.get(tag, Series()), own.get(tag, Series())
@@ -177,7 +191,8 @@ def read_events(run_dir: Path) -> dict[str, Series]:
 
 def load_local(experiment: Path) -> list[RunRecord]:
     """The runs of one experiment directory, from its manifest. A manifest entry with status ok
-    whose run directory is missing counts as failed."""
+    whose run directory is missing counts as failed. A run that ended on its wall-clock budget
+    (--max-seconds: summary.json's out_of_time) is as long as the steps it made."""
     records = []
     for entry in read_manifest(experiment / "manifest.json"):
         run_dir = experiment / entry.run_dir if entry.run_dir else None
@@ -185,20 +200,23 @@ def load_local(experiment: Path) -> list[RunRecord]:
         note = {"ok": "", "stopped": "stopped by a signal"}.get(status, f"exit {entry.returncode}")
         if run_dir is None or not run_dir.is_dir():
             status, note = "failed", note or "no run directory"
-        events = read_events(run_dir) if status == "ok" else {}
-        config = read_json(run_dir / "config.json") if status == "ok" else {}
-        evaluation = read_json(run_dir / "eval.json") if status == "ok" else {}
+        read = status == "ok"
+        events = read_events(run_dir) if read else {}
+        config, summary, evaluation = (read_json(run_dir / name) if read else {}
+                                       for name in ("config.json", "summary.json", "eval.json"))
+        total = summary["global_step"] if summary.get("out_of_time") else config.get("total_timesteps")
         utilisation = entry.utilisation or {}
         records.append(RunRecord(
             name=f"{experiment.name}/{entry.workdir}", algorithm=entry.algorithm, label=entry.label,
             env_id=entry.env_id,
             seed=config.get("seed", entry.seed), simulators=config.get("total_envs", entry.simulators),
-            total_timesteps=config.get("total_timesteps", entry.total_timesteps), status=status, note=note,
+            total_timesteps=total or entry.total_timesteps, status=status, note=note,
             **{key: events.get(tag, Series()) for key, tag in TAGS.items()},
             eval_argmax=evaluation.get("argmax", {}).get("mean", last_value(events, "eval/argmax_return_mean")),
             eval_sampled=evaluation.get("sampled", {}).get("mean", last_value(events, "eval/sampled_return_mean")),
             cpu_percent=list(utilisation.get("cpu_percent") or []), gpu_percent=utilisation.get("gpu_percent"),
-        ))  # fmt: skip
+            summary=summary,
+        ))
     return records
 
 
@@ -243,7 +261,7 @@ def load_wandb(project: str, entity: Optional[str], group: Optional[str]) -> lis
         for key, tag in TAGS.items():
             rows = [r for r in run.scan_history(keys=["global_step", tag, "_runtime"])]
             series[key] = Series.by_step([r["global_step"] for r in rows], [r["_runtime"] for r in rows],
-                                         [r[tag] for r in rows])  # fmt: skip
+                                         [r[tag] for r in rows])
         cpu, gpu = [], None
         try:
             system = run.history(stream="events", pandas=True)
@@ -262,8 +280,9 @@ def load_wandb(project: str, entity: Optional[str], group: Optional[str]) -> lis
             eval_argmax=run.summary.get("eval/argmax_return_mean"),
             eval_sampled=run.summary.get("eval/sampled_return_mean"),
             cpu_percent=cpu, gpu_percent=gpu, **series,
-        ))  # fmt: skip
+        ))
     return records
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,202 +357,119 @@ def run_sps(values: np.ndarray) -> float:
     return float(np.median(values[1:] if len(values) > 1 else values)) if len(values) else math.nan
 
 
-def t_band(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over the rows of (seeds x points), ignoring nan, with its 95% t-interval (nan where fewer
-    than 2 seeds have a value)."""
-    n = np.sum(np.isfinite(samples), axis=0)
-    with warnings.catch_warnings():  # nanmean / nanstd of columns without a value
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(samples, axis=0)
-        half = scipy.stats.t.ppf(0.975, n - 1) * np.nanstd(samples, axis=0, ddof=1) / np.sqrt(n)
-    half[n < 2] = np.nan
-    return mean, mean - half, mean + half
+
+def quarter_scores(steps: np.ndarray, returns: np.ndarray, total_steps: int) -> list[float]:
+    """Mean episodic return in each quarter of the run's global steps (nan for a quarter without a game)."""
+    steps, returns = np.asarray(steps, dtype=float), np.asarray(returns, dtype=float)
+    quarter = np.minimum((4 * steps / total_steps).astype(int), 3) if len(steps) else np.zeros(0, dtype=int)
+    return [float(returns[quarter == q].mean()) if (quarter == q).any() else math.nan for q in range(4)]
+
+
+def score_at(walls: np.ndarray, returns: np.ndarray, seconds: float, window: float = 0.1) -> float:
+    """The score at SECONDS of wall-clock time: the mean return of the games that ended in the last `window` of
+    those seconds ((1 - window) x seconds .. seconds); if none did, of the last game before; nan if none."""
+    walls, returns = np.asarray(walls, dtype=float), np.asarray(returns, dtype=float)
+    inside = (walls >= (1 - window) * seconds) & (walls <= seconds)
+    if inside.any():
+        return float(returns[inside].mean())
+    before = walls <= seconds
+    return float(returns[before][-1]) if before.any() else math.nan
+
+
+def normalised(scores: np.ndarray, random: float, reference: float) -> np.ndarray:
+    """(score - random play) / (reference - random play): 1 = the reference (A2C's mean score), 0 = random play."""
+    return (np.asarray(scores, dtype=float) - random) / (reference - random)
 
 
 # ---------------------------------------------------------------------------------------------
-# Grouping and the nominal scores
+# The runs table: one row per run; every table of report.md is a group-by of it
 
 
-def line_name(label: str, simulators: int, several: bool) -> str:
-    return f"{label} ({simulators} sims)" if several else label
+def label_order(labels) -> list[str]:
+    """Tables and legends: the algorithms in ALGORITHMS order, each followed by its variants (alphabetically)."""
+
+    def key(label: str) -> tuple:
+        base = next((a for a in ALGORITHMS if label == a or label.startswith(a.split("_")[0])), label)
+        return (ALGORITHMS.index(base) if base in ALGORITHMS else len(ALGORITHMS), label != base, label)
+
+    return sorted(set(labels), key=key)
 
 
-def order(records: list[RunRecord]) -> list[RunRecord]:
-    """Table order: game, then the algorithms in ALGORITHMS order, each followed by its variants."""
-    rank = {a: i for i, a in enumerate(ALGORITHMS)}
-    return sorted(records, key=lambda r: (r.game, rank.get(r.algorithm, 99), r.algorithm, r.label != r.algorithm,
-                                          r.label, r.simulators, r.seed))  # fmt: skip
+GOSSIP = ("mix_rate", "message_age", "longest_without_mix", "finish_spread_s", "drift_updates", "weights")
+"""the columns of gossip_statistics (nan for a run that is not GALA's)"""
 
 
-def groups(records: list[RunRecord], *keys: str) -> dict[tuple, list[RunRecord]]:
-    """Records by the tuple of their attributes `keys`, in table order."""
-    out = defaultdict(list)
-    for r in order(records):
-        out[tuple(getattr(r, k) for k in keys)].append(r)
-    return dict(out)
+def gossip_statistics(summary: dict) -> dict:
+    """A GALA run's gossip over all its agents, from summary.json: the share of updates that mixed, the mean age
+    of the mixed messages (my update count minus the sender's at its write; averaged over a ring the drift of the
+    agents' counts cancels), the longest run without a mix, how much later the last agent finished than the first
+    (seconds, and that in updates at the agents' mean rate: how far their counts drifted by the end), and the
+    range of push-sum's weights."""
+    ranks = summary.get("ranks") or []
+    if not ranks or "mixes" not in ranks[0]:
+        return dict.fromkeys(GOSSIP, math.nan)
+    updates = sum(r["updates"] for r in ranks)
+    ages = {}
+    for r in ranks:
+        for age, n in r["ages"].items():
+            ages[int(age)] = ages.get(int(age), 0) + n
+    mixed = sum(ages.values())
+    seconds = [r["seconds"] for r in ranks]
+    rate = np.mean([r["updates"] / r["seconds"] for r in ranks if r["seconds"] > 0])
+    return {
+        "mix_rate": sum(r["mixes"] for r in ranks) / max(updates, 1),
+        "message_age": sum(a * n for a, n in ages.items()) / mixed if mixed else math.nan,
+        "longest_without_mix": max(r["longest_without_mix"] for r in ranks),
+        "finish_spread_s": max(seconds) - min(seconds),
+        "drift_updates": (max(seconds) - min(seconds)) * rate,
+        "weights": f"{min(r['weight'] for r in ranks):.2f}-{max(r['weight'] for r in ranks):.2f}",
+    }
 
 
-def nominal_scores(ok: list[RunRecord], given: dict[str, float]) -> dict[str, tuple[float, str]]:
-    """game -> (nominal score, where it came from): --nominal if given, else the mean final score
-    of the A2C runs with the fewest simulators of that game ("the nominal score is with respect to
-    standard 16-simulator A2C scores", the authors' rebuttal)."""
-    out = {}
-    for (game,), runs in groups(ok, "game").items():
-        if game in given:
-            out[game] = (given[game], "--nominal")
-            continue
-        a2c = [r for r in runs if r.label == A2C and math.isfinite(r.final)]
-        if a2c:
-            fewest = min(r.simulators for r in a2c)
-            finals = [r.final for r in a2c if r.simulators == fewest]
-            out[game] = (float(np.mean(finals)), f"mean final score of {len(finals)} A2C run(s) at {fewest} simulators")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures (matplotlib, Agg)
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def subplots(count: int, rows: int = 1, width: float = 4.5, height: float = 3.4):
-    plt = pyplot()
-    fig, axes = plt.subplots(rows, count, figsize=(width * count, height * rows), squeeze=False)
-    return plt, fig, axes
-
-
-def save(plt, fig, path: Path) -> bool:
-    """Lays the figure out, writes it as PNG and frees it; True: the figure was drawn."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Path) -> bool:
-    """Episodic return (trailing mean over `smooth` games) of each run, interpolated on a common grid
-    of its game from the run's first game to its end (the last game's value held to the last logged
-    point of the run: it is the latest known return), mean over seeds and 95% t-interval; one subplot
-    per game, one line per algorithm (x simulators). x: "step" or "wall"."""
-    with_episodes = [r for r in ok if len(r.returns)]
-    if not with_episodes:
-        return False
-    games = groups(with_episodes, "game")
-    several = len({r.simulators for r in with_episodes}) > 1
-    end = {id(r): max(getattr(s, x).max() for s in (r.returns, r.sps) if len(s)) for r in with_episodes}
-    plt, fig, axes = subplots(len(games))
-    for ax, ((game,), runs) in zip(axes[0], games.items()):
-        grid = np.linspace(0, max(end[id(r)] for r in runs), points)
-        for (label, simulators), same in groups(runs, "label", "simulators").items():
-            curves = []
-            for r in same:
-                smoothed = pd.Series(r.returns.value).rolling(smooth, min_periods=1).mean().to_numpy()
-                xs, ys = np.append(getattr(r.returns, x), end[id(r)]), np.append(smoothed, smoothed[-1])
-                curves.append(np.interp(grid, xs, ys, left=np.nan, right=np.nan))
-            mean, low, high = t_band(np.array(curves))
-            name = f"{line_name(label, simulators, several)}, {len(same)} seed(s)"
-            (line,) = ax.plot(grid, mean, label=name, marker="o" if np.isfinite(mean).sum() < 2 else None)
-            ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, lw=0)
-        ax.set_title(game)
-        ax.set_xlabel("global steps" if x == "step" else "wall-clock seconds")
-        ax.set_ylabel(f"episodic return (mean of last {smooth} games)")
-        ax.legend(fontsize=7)
-    fig.suptitle("mean over seeds, band: 95% t-interval", fontsize=9)
-    return save(plt, fig, path)
-
-
-def plot_success(shares: dict[tuple, tuple[float, int]], path: Path) -> bool:
-    """shares[(game, algorithm, simulators)] = (share, runs): one subplot per game, share vs
-    simulators on a log2 axis, one line per algorithm."""
-    if not shares:
-        return False
-    games = sorted({g for g, _, _ in shares})
-    plt, fig, axes = subplots(len(games))
-    for ax, game in zip(axes[0], games):
-        for algorithm in sorted({a for g, a, _ in shares if g == game}, key=lambda a: (ALGORITHMS + (a,)).index(a)):
-            sims = sorted(s for g, a, s in shares if g == game and a == algorithm)
-            ax.plot(sims, [shares[game, algorithm, s][0] for s in sims], marker="o", label=algorithm)
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_title(game)
-        ax.set_xlabel("simulators")
-        ax.set_ylabel("share of successful runs")
-        ax.legend(fontsize=7)
-    return save(plt, fig, path)
-
-
-def plot_disagreement(ok: list[RunRecord], path: Path) -> bool:
-    """GALA runs (its variants too): relative (top) and absolute (bottom) disagreement vs global steps, one line
-    per run."""
-    gala = [r for r in ok if r.algorithm == GALA and len(r.disagreement_relative) + len(r.disagreement)]
-    if not gala:
-        return False
-    games = groups(gala, "game")
-    plt, fig, axes = subplots(len(games), rows=2)
-    for column, ((game,), runs) in enumerate(games.items()):
-        ylabels = (("disagreement_relative", "RMS |θ_i − θ̄| / |θ̄|"), ("disagreement", "RMS |θ_i − θ̄|"))
-        for row, (key, ylabel) in enumerate(ylabels):
-            ax = axes[row][column]
-            for r in runs:
-                series = getattr(r, key)
-                ax.plot(series.step, series.value, lw=1, marker="." if len(series) < 3 else None,
-                        label=f"{r.label}, {r.simulators} sims, seed {r.seed}")  # fmt: skip
-            ax.set_title(f"GALA-A2C {game}: gossip/{key}", fontsize=9)
-            ax.set_xlabel("global steps")
-            ax.set_ylabel(ylabel)
-            ax.legend(fontsize=7)
-    return save(plt, fig, path)
-
-
-def plot_throughput(rows: list[dict], path: Path) -> bool:
-    """Bars per algorithm at each simulator count: median SPS (left), mean CPU % and GPU % (right)."""
-    rows = [row for row in rows if math.isfinite(row["sps"])]
-    if not rows:
-        return False
-    sims = sorted({row["simulators"] for row in rows})
-    algorithms = [a for a in ALGORITHMS if any(row["algorithm"] == a for row in rows)]
-    algorithms += sorted({row["algorithm"] for row in rows} - set(algorithms))
-    width = 0.8 / len(algorithms)
-    plt, fig, axes = subplots(2, width=5.5)
-    for i, algorithm in enumerate(algorithms):
-        found = {row["simulators"]: row for row in rows if row["algorithm"] == algorithm}
-        xs = [j + i * width for j, s in enumerate(sims) if s in found]
-        axes[0][0].bar(xs, [found[s]["sps"] for s in sims if s in found], width, label=algorithm)
-        cpu = [found[s]["cpu"] for s in sims if s in found]
-        axes[0][1].bar(xs, [c if c is not None else 0 for c in cpu], width, label=f"{algorithm} CPU")
-        gpu = [found[s]["gpu"] for s in sims if s in found]
-        if any(g is not None for g in gpu):
-            axes[0][1].bar(xs, [g or 0 for g in gpu], width * 0.5, hatch="//", fill=False, label=f"{algorithm} GPU")
-    for ax, ylabel in zip(axes[0], ("steps per second (median over runs)", "mean utilisation %")):
-        ax.set_xticks([j + width * (len(algorithms) - 1) / 2 for j in range(len(sims))], [f"{s} sims" for s in sims])
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
-    if not any(row["cpu"] is not None for row in rows):
-        axes[0][1].text(0.5, 0.5, "no utilisation samples", ha="center", transform=axes[0][1].transAxes)
-    return save(plt, fig, path)
+def runs_table(records: list[RunRecord], quarters: bool = True) -> pd.DataFrame:
+    """One row per run: label, algorithm, game, simulators, seed, status, note, final score, the score in each
+    quarter of the steps (q1..q4), SPS, the wall seconds and steps it reached, utilisation, evaluation, and for
+    GALA runs the gossip statistics of its summary.json. `at_time` (the score at the game's common wall-clock
+    time) is added by compute_report."""
+    rows = []
+    for r in records:
+        ok = r.status == "ok"
+        step_end, wall_end = r.end if ok and (len(r.returns) or len(r.sps)) else (math.nan, math.nan)
+        rows.append({
+            "name": r.name, "label": r.label, "algorithm": r.algorithm, "game": r.game, "simulators": r.simulators,
+            "seed": r.seed, "status": r.status, "note": r.note, "final": r.final if ok else math.nan,
+            **dict(zip(("q1", "q2", "q3", "q4"), quarter_scores(r.returns.step, r.returns.value, r.total_timesteps)
+                       if ok and quarters else [math.nan] * 4)),
+            "sps": run_sps(r.sps.value) if ok else math.nan, "steps": step_end, "seconds": wall_end,
+            "cpu": float(np.mean(r.cpu_percent)) if r.cpu_percent else math.nan,
+            "gpu": float(np.mean(r.gpu_percent)) if r.gpu_percent else math.nan,
+            "eval_argmax": r.eval_argmax, "eval_sampled": r.eval_sampled,
+            **gossip_statistics(r.summary if ok else {}),
+        })
+    table = pd.DataFrame(rows)
+    order = {label: i for i, label in enumerate(label_order(table["label"]))}
+    return table.sort_values(["game", "label", "simulators", "seed"],
+                             key=lambda col: col.map(order) if col.name == "label" else col).reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------
-# report.md: every number computed first (compute_report -> ReportData), then written out (format_report)
+# report.md: every number computed first (compute_report -> tables), then written out (format_report)
 
 
 def fmt(x: Optional[float], digits: int = 2) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+    return "n/a" if x is None or not isinstance(x, (int, float)) or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def table(header: list[str], rows: list[list]) -> list[str]:
-    return [table_row(header), "|" + "---|" * len(header)] + [table_row(r) for r in rows]
+def fmt_ci(point: float, low: float, high: float) -> str:
+    return f"{fmt(point)} [{fmt(low)}, {fmt(high)}]"
 
 
-def table_row(cells: list) -> str:
-    return "| " + " | ".join(map(str, cells)) + " |"
+def mean_std(values: pd.Series) -> str:
+    """'mean ± std' over the runs (std n/a for one run); 'n/a' without a value."""
+    values = values.dropna()
+    if values.empty:
+        return "n/a"
+    return f"{fmt(values.mean())} ± {fmt(values.std(ddof=1) if len(values) > 1 else None)}"
 
 
 def ttest_line(what: str, test: Optional[TTest]) -> str:
@@ -542,62 +478,48 @@ def ttest_line(what: str, test: Optional[TTest]) -> str:
     return f"- {what}: n = {test.n}, t = {fmt(test.t, 3)}, p = {test.p:.4g}"
 
 
-def fmt_ci(point: float, low: float, high: float) -> str:
-    return f"{fmt(point)} [{fmt(low)}, {fmt(high)}]"
+def markdown(table: pd.DataFrame) -> list[str]:
+    """A table as markdown lines (every cell formatted already), or a line saying there is none."""
+    return table.astype(str).to_markdown(index=False, disable_numparse=True).splitlines() if len(table) else ["(none)"]
 
 
-def fmt_mean_std(moments: Optional[tuple[float, Optional[float]]]) -> str:
-    return "n/a" if moments is None else f"{fmt(moments[0])} ± {fmt(moments[1])}"
+def nominal_scores(ok: pd.DataFrame, given: dict[str, float]) -> dict[str, tuple[float, str]]:
+    """game -> (nominal score, where it came from): --nominal if given, else the mean final score
+    of the A2C runs with the fewest simulators of that game ("the nominal score is with respect to
+    standard 16-simulator A2C scores", the authors' rebuttal)."""
+    out = {}
+    for game, runs in ok.groupby("game", sort=True):
+        a2c = runs[(runs["label"] == A2C) & runs["final"].notna()]
+        if game in given:
+            out[game] = (given[game], "--nominal")
+        elif len(a2c):
+            fewest = a2c[a2c["simulators"] == a2c["simulators"].min()]
+            out[game] = (float(fewest["final"].mean()),
+                         f"mean final score of {len(fewest)} A2C run(s) at {fewest['simulators'].iloc[0]} simulators")
+    return out
 
 
-class Score(NamedTuple):
-    """The final scores of the runs of one (game, label, simulators)."""
-
-    game: str
-    label: str
-    simulators: int
-    n: int
-    mean: float
-    std: Optional[float]
-    """None for a single run"""
-    iqm: tuple[float, float, float]
-    """IQM and its 95% CI (low, high)"""
-
-
-class Nominal(NamedTuple):
-    """A game's nominal score (None: no A2C run and no --nominal), where it came from, and the success threshold."""
-
-    game: str
-    random: float
-    score: Optional[float]
-    source: str
-    threshold: Optional[float]
-
-
-class Evaluation(NamedTuple):
-    """The evaluations of one (game, label, simulators): (mean, std or None for one run) over runs, None if none."""
-
-    game: str
-    label: str
-    simulators: int
-    n: int
-    """runs with an argmax evaluation"""
-    argmax: Optional[tuple[float, Optional[float]]]
-    sampled: Optional[tuple[float, Optional[float]]]
+def paired(ok: pd.DataFrame, column: str) -> Optional[TTest]:
+    """GALA vs A2C on COLUMN, paired over (game, simulators, seed): the plain runs, not the variants."""
+    wide = ok[ok["label"].isin([GALA, A2C])].pivot_table(index=["game", "simulators", "seed"], columns="label",
+                                                          values=column).dropna()
+    return paired_ttest(wide[GALA], wide[A2C]) if {GALA, A2C} <= set(wide.columns) else None
 
 
 @dataclass
 class ReportData:
-    """What report.md says, computed from the records (compute_report) before it is written (format_report)."""
+    """What report.md says, computed from the runs table (compute_report) before it is written (format_report)."""
 
-    runs: list[tuple[str, str, int, int, int, int]]
-    """(label, game, simulators, ok, failed, ok without an episode)"""
-    failed: list[tuple[str, str]]
-    """(name, note) of each run left out of every statistic"""
-    no_episode: list[str]
-    """ok runs that logged no episode"""
-    scores: list[Score]
-    nominal: list[Nominal]
+    table: pd.DataFrame
+    """runs_table with `at_time`"""
+    times: dict[str, float]
+    """game -> the common wall-clock seconds at which `at_time` is read (the shortest run's)"""
+    scores: pd.DataFrame
+    """per (game, label, simulators): n, mean, std and `iqm` (IQM, low, high) of the final scores"""
+    normalised: pd.DataFrame
+    """per (game, label, simulators): n, `per_step` and `per_second`: (IQM, low, high) of (score - random) /
+    (A2C's mean - random) of the final scores and of the scores at equal time (None without a score at time)"""
+    nominal: pd.DataFrame
     shares: dict[tuple, tuple[float, int]]
     """(game, label, simulators) -> (share of successful runs, runs), where the nominal is above random play"""
     aggregate: dict[tuple, tuple[float, float, float]]
@@ -605,168 +527,199 @@ class ReportData:
     ttest_shares: Optional[TTest]
     """GALA vs A2C, paired over (game, simulators) cells"""
     ttest_finals: Optional[TTest]
-    """GALA vs A2C, paired over (game, simulators, seed)"""
-    evaluation: list[Evaluation]
-    throughput: list[dict]
-    """{"algorithm" (the label), "simulators", "runs", "sps", "ratio" (to A2C's SPS; None without A2C), "cpu", "gpu"}"""
-
-
-def mean_and_std(values: list[float]) -> Optional[tuple[float, Optional[float]]]:
-    """(mean, sample std or None for one value), None for none."""
-    if not values:
-        return None
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+    """GALA vs A2C final scores, paired over (game, simulators, seed)"""
+    ttest_at_time: Optional[TTest]
+    """GALA vs A2C scores at equal wall-clock time, paired over (game, simulators, seed)"""
+    throughput: pd.DataFrame
+    """per (label, simulators): runs, median SPS, ratio to A2C's, mean CPU and GPU %"""
 
 
 def compute_report(records: list[RunRecord], cfg: "Config") -> ReportData:
-    """Every number of report.md, from the records."""
-    ok = [r for r in records if r.status == "ok"]
-    scored = [r for r in ok if math.isfinite(r.final)]
-    runs = [(a, g, s, sum(r.status == "ok" for r in rs), sum(r.status != "ok" for r in rs),
-             sum(r.status == "ok" and not math.isfinite(r.final) for r in rs))
-            for (g, a, s), rs in groups(records, "game", "label", "simulators").items()]  # fmt: skip
-    failed = [(r.name, r.note) for r in order(records) if r.status != "ok"]
-    no_episode = [r.name for r in order(ok) if not math.isfinite(r.final)]
+    """Every number of report.md, from the runs table."""
+    table = runs_table(records)
+    ok = table[table["status"] == "ok"]
+    scored = ok[ok["final"].notna()]
+    by_name = {r.name: r for r in records}
 
-    # Final scores
-    scores = []
-    for (game,), game_runs in groups(scored, "game").items():
-        cells = groups(game_runs, "label", "simulators")
-        iqm = iqm_with_ci({k: np.array([r.final for r in rs]) for k, rs in cells.items()}, cfg.bootstrap_reps, cfg.seed)
-        for (label, simulators), rs in cells.items():
-            finals = np.array([r.final for r in rs])
-            std = float(finals.std(ddof=1)) if len(finals) > 1 else None
-            scores.append(Score(game, label, simulators, len(finals), float(finals.mean()), std,
-                                iqm[label, simulators]))  # fmt: skip
+    # At equal wall-clock time: each game's shortest run sets the time at which every run's score is read.
+    times = {game: float(runs["seconds"].min()) for game, runs in scored.groupby("game")}
+    table["at_time"] = [score_at(by_name[n].returns.wall, by_name[n].returns.value, times[g], cfg.final_window)
+                        if s == "ok" and g in times else math.nan
+                        for n, g, s in zip(table["name"], table["game"], table["status"])]
+    ok, scored = table[table["status"] == "ok"], table[(table["status"] == "ok") & table["final"].notna()]
+
+    # Final scores, and scores normalised by A2C's mean (per step: final; per second: at time)
+    cells = list(scored.groupby(["game", "label", "simulators"], sort=False))
+    iqm = {}
+    for game, runs in scored.groupby("game"):
+        iqm.update({(game, *k): v for k, v in iqm_with_ci({k: g["final"].to_numpy() for k, g in
+                                                           runs.groupby(["label", "simulators"])},
+                                                          cfg.bootstrap_reps, cfg.seed).items()})
+    scores = pd.DataFrame([{"game": g, "label": lab, "simulators": s, "n": len(rs), "mean": rs["final"].mean(),
+                            "std": rs["final"].std(ddof=1) if len(rs) > 1 else math.nan, "iqm": iqm[g, lab, s]}
+                           for (g, lab, s), rs in cells])
+    reference = {(g, s): rs["final"].mean() for (g, lab, s), rs in cells if lab == A2C}
+    rows = []
+    for (game, label, simulators), rs in cells:
+        random, ref = RANDOM_SCORES.get(game, 0.0), reference.get((game, simulators))
+        if ref is None or ref <= random:
+            continue
+        ci = {column: iqm_with_ci({"x": normalised(rs[column].dropna(), random, ref)}, cfg.bootstrap_reps,
+                                  cfg.seed).get("x") for column in ("final", "at_time")}
+        rows.append({"game": game, "label": label, "simulators": simulators, "n": len(rs),
+                     "per_step": ci["final"], "per_second": ci["at_time"]})
+    normalised_scores = pd.DataFrame(rows)
 
     # Nominal scores, success, aggregate
     nominal = nominal_scores(scored, dict(parse_nominal(cfg.nominal)))
     nominal_rows = []
-    for game in sorted({r.game for r in scored}):
+    for game in sorted(scored["game"].unique()):
         random = RANDOM_SCORES.get(game, 0.0)
         if game not in nominal:
-            nominal_rows.append(Nominal(game, random, None, "no A2C run and no --nominal", None))
+            nominal_rows.append({"game": game, "nominal": "n/a", "nominal from": "no A2C run and no --nominal",
+                                 "random": fmt(random), "success threshold": "n/a"})
             continue
         value, where = nominal[game]
-        nominal_rows.append(Nominal(game, random, value, where, success_threshold(value, random, cfg.success_fraction)))
-    shares = {}  # only where success means something: a nominal score above random play
+        warn = " (not above random play: no success share, no normalised score)" if value <= random else ""
+        nominal_rows.append({"game": game, "nominal": fmt(value), "nominal from": where + warn, "random": fmt(random),
+                             "success threshold": fmt(success_threshold(value, random, cfg.success_fraction))})
     usable = [g for g, (v, _) in nominal.items() if v > RANDOM_SCORES.get(g, 0.0)]
-    for (game, label, simulators), rs in groups(scored, "game", "label", "simulators").items():
-        if game in usable:
-            finals = [r.final for r in rs]
-            random = RANDOM_SCORES.get(game, 0.0)
-            shares[game, label, simulators] = (success_share(finals, nominal[game][0], random, cfg.success_fraction),
-                                               len(finals))  # fmt: skip
+    shares = {(g, lab, s): (success_share(rs["final"], nominal[g][0], RANDOM_SCORES.get(g, 0.0),
+                                          cfg.success_fraction), len(rs))
+              for (g, lab, s), rs in cells if g in usable}
     matrices = {}
-    for (label, simulators), rs in groups([r for r in scored if r.game in usable], "label", "simulators").items():
-        games = sorted({r.game for r in rs})
-        seeds = sorted(set.intersection(*({r.seed for r in rs if r.game == g} for g in games)))
-        by = {(r.game, r.seed): r.final for r in rs}
-        norm = [[(by[g, s] - RANDOM_SCORES.get(g, 0.0)) / (nominal[g][0] - RANDOM_SCORES.get(g, 0.0)) for g in games]
-                for s in seeds]  # fmt: skip
-        if seeds:
-            matrices[label, simulators, tuple(games), len(seeds)] = np.array(norm)
+    for (label, simulators), rs in scored[scored["game"].isin(usable)].groupby(["label", "simulators"]):
+        wide = rs.pivot_table(index="seed", columns="game", values="final").dropna()
+        if len(wide):
+            games = list(wide.columns)
+            norm = np.column_stack([normalised(wide[g], RANDOM_SCORES.get(g, 0.0), nominal[g][0]) for g in games])
+            matrices[label, simulators, tuple(games), len(wide)] = norm
     aggregate = iqm_with_ci(matrices, cfg.bootstrap_reps, cfg.seed)
 
-    # Paired t-tests
-    cells = sorted({(g, s) for g, a, s in shares if (g, GALA, s) in shares and (g, A2C, s) in shares})
-    by_seed = {(r.game, r.simulators, r.seed, r.label): r.final for r in scored}  # GALA, A2C: the plain runs
-    pairs = sorted({k[:3] for k in by_seed if (*k[:3], GALA) in by_seed and (*k[:3], A2C) in by_seed})
-    ttest_shares = paired_ttest([shares[g, GALA, s][0] for g, s in cells], [shares[g, A2C, s][0] for g, s in cells])
-    ttest_finals = paired_ttest([by_seed[(*k, GALA)] for k in pairs], [by_seed[(*k, A2C)] for k in pairs])
-
-    # Evaluation, Table 1 style
-    evaluation = []
-    for (game, label, simulators), rs in groups(ok, "game", "label", "simulators").items():
-        argmax = [r.eval_argmax for r in rs if r.eval_argmax is not None]
-        sampled = [r.eval_sampled for r in rs if r.eval_sampled is not None]
-        if argmax or sampled:
-            evaluation.append(Evaluation(game, label, simulators, len(argmax), mean_and_std(argmax),
-                                         mean_and_std(sampled)))  # fmt: skip
+    # GALA vs A2C, paired
+    both = sorted({(g, s) for g, lab, s in shares if (g, GALA, s) in shares and (g, A2C, s) in shares})
+    ttest_shares = paired_ttest([shares[g, GALA, s][0] for g, s in both], [shares[g, A2C, s][0] for g, s in both])
 
     # Throughput
-    throughput = []
-    for (label, simulators), rs in sorted(groups(ok, "label", "simulators").items(), key=lambda kv: kv[0][1]):
-        per_run = [run_sps(r.sps.value) for r in rs if len(r.sps)]
-        cpu = [float(np.mean(r.cpu_percent)) for r in rs if r.cpu_percent]
-        gpu = [float(np.mean(r.gpu_percent)) for r in rs if r.gpu_percent]
-        throughput.append({"algorithm": label, "simulators": simulators, "runs": len(per_run),
-                           "sps": float(np.median(per_run)) if per_run else math.nan,
-                           "cpu": float(np.mean(cpu)) if cpu else None,
-                           "gpu": float(np.mean(gpu)) if gpu else None})  # fmt: skip
-    base = {row["simulators"]: row["sps"] for row in throughput if row["algorithm"] == A2C}
-    for row in throughput:
-        row["ratio"] = row["sps"] / base[row["simulators"]] if row["simulators"] in base else None
-    return ReportData(runs, failed, no_episode, scores, nominal_rows, shares, aggregate, ttest_shares, ttest_finals,
-                      evaluation, throughput)  # fmt: skip
+    rows = []
+    for (label, simulators), rs in ok.groupby(["label", "simulators"], sort=False):
+        rows.append({"algorithm": label, "simulators": simulators, "runs": int(rs["sps"].notna().sum()),
+                     "sps": rs["sps"].median(), "cpu": rs["cpu"].mean(), "gpu": rs["gpu"].mean()})
+    throughput = pd.DataFrame(rows, columns=["algorithm", "simulators", "runs", "sps", "cpu", "gpu"])
+    base = throughput[throughput["algorithm"] == A2C].set_index("simulators")["sps"]
+    throughput["ratio"] = throughput["sps"] / throughput["simulators"].map(base)
+    return ReportData(table, times, scores, normalised_scores, pd.DataFrame(nominal_rows), shares, aggregate,
+                      ttest_shares, paired(scored, "final"), paired(ok, "at_time"), throughput.sort_values(
+                          "simulators", kind="stable"))
 
 
 def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
     """report.md's lines (without its figure list)."""
+    table = data.table
+    ok = table[table["status"] == "ok"]
     lines = ["# Benchmark report", "", f"Source: {source}.", ""]
 
     lines += ["## Runs", ""]
-    lines += table(["algorithm", "game", "simulators", "ok", "failed", "ok without an episode"], data.runs) + [""]
-    lines += [f"Failed runs (excluded from every statistic): {len(data.failed) or 'none'}"]
-    lines += [f"- {name}: {note}" for name, note in data.failed] + [""]
-    lines += [f"- {name}: logged no episode, final score missing" for name in data.no_episode]
+    counts = table.assign(ok=table["status"] == "ok", failed=table["status"] != "ok",
+                          no_episode=(table["status"] == "ok") & table["final"].isna())
+    counts = counts.groupby(["label", "game", "simulators"], sort=False)[["ok", "failed", "no_episode"]].sum()
+    lines += markdown(counts.reset_index().rename(columns={"label": "algorithm",
+                                                           "no_episode": "ok without an episode"})) + [""]
+    failed = table[table["status"] != "ok"]
+    lines += [f"Failed runs (excluded from every statistic): {len(failed) or 'none'}"]
+    lines += [f"- {name}: {note}" for name, note in zip(failed["name"], failed["note"])] + [""]
+    lines += [f"- {name}: logged no episode, final score missing" for name in ok[ok["final"].isna()]["name"]]
 
     lines += ["## Final scores", "",
               (f"Final score of a run: mean of the episodic returns (raw game score) logged in the last "
                f"{cfg.final_window:.0%} of its global steps (at least its last logged episode). IQM: 25% "
                f"trimmed mean over runs with a 95% stratified-bootstrap CI (rliable, {cfg.bootstrap_reps} "
-               f"reps, seed {cfg.seed}); each game is one task."), ""]  # fmt: skip
-    lines += table(["game", "algorithm", "simulators", "n", "mean", "std", "IQM [95% CI]"],
-                   [[s.game, s.label, s.simulators, s.n, fmt(s.mean), fmt(s.std), fmt_ci(*s.iqm)]
-                    for s in data.scores]) + [""]  # fmt: skip
+               f"reps, seed {cfg.seed}); each game is one task."), ""]
+    lines += markdown(data.scores.assign(mean=data.scores["mean"].map(fmt), std=data.scores["std"].map(fmt),
+                                         iqm=data.scores["iqm"].map(lambda ci: fmt_ci(*ci))).rename(
+        columns={"label": "algorithm", "iqm": "IQM [95% CI]"})) + [""]
+
+    lines += ["## Per quarter of the steps", "",
+              "Mean episodic return in each quarter of a run's global steps: mean ± std over seeds.", ""]
+    quarters = ok.groupby(["game", "label", "simulators"], sort=False).agg(
+        n=("seed", "size"), **{q: (q, mean_std) for q in ("q1", "q2", "q3", "q4")}).reset_index()
+    lines += markdown(quarters.rename(columns={"label": "algorithm"})) + [""]
+
+    times = ", ".join(f"{game} {seconds:.0f} s" for game, seconds in data.times.items())
+    lines += ["## At equal wall-clock time", "",
+              (f"Score at equal time: the mean return of the games that ended in the last {cfg.final_window:.0%} of "
+               f"each game's common time, the wall-clock seconds of its shortest run ({times or 'none'}); a "
+               "continued run's seconds are those of its launches' training (report.read_events)."), ""]
+    at_time = ok.groupby(["game", "label", "simulators"], sort=False).agg(
+        n=("seed", "size"), seconds=("seconds", lambda s: f"{s.min():.0f}-{s.max():.0f}"),
+        steps=("steps", lambda s: f"{s.min():.0f}-{s.max():.0f}"), score=("at_time", mean_std)).reset_index()
+    lines += markdown(at_time.rename(columns={"label": "algorithm", "seconds": "run seconds",
+                                              "steps": "run steps", "score": "score at equal time"})) + [""]
+
+    lines += ["## Normalised by A2C", "",
+              ("(score - random play) / (A2C's mean score - random play), per step (the final score) and per second "
+               "(the score at equal wall-clock time): IQM over seeds with a 95% stratified-bootstrap CI (1 = A2C's "
+               "mean, 0 = random play; only where A2C scored above random play)."), ""]
+    lines += markdown(data.normalised.assign(
+        per_step=data.normalised["per_step"].map(lambda ci: fmt_ci(*ci)),
+        per_second=data.normalised["per_second"].map(lambda ci: fmt_ci(*ci) if ci else "n/a")).rename(
+        columns={"label": "algorithm", "per_step": "per step: final [95% CI]",
+                 "per_second": "per second: at equal time [95% CI]"})) + [""]
 
     lines += ["## Success (Fig 1a)", "",
               (f"A run succeeds when its final score >= random + {cfg.success_fraction} x (nominal − random), "
                "random = random-play score of Mnih et al. 2015 (Extended Data Table 2; 0 for games not listed)."),
-              ""]  # fmt: skip
-    rows = []
-    for nominal in data.nominal:
-        if nominal.score is None:
-            rows.append([nominal.game, "n/a", nominal.source, fmt(nominal.random), "n/a"])
-            continue
-        below = nominal.score <= nominal.random
-        warn = " (not above random play: no success share, no normalised score)" if below else ""
-        rows.append([nominal.game, fmt(nominal.score), nominal.source + warn, fmt(nominal.random),
-                     fmt(nominal.threshold)])  # fmt: skip
-    lines += table(["game", "nominal", "nominal from", "random", "success threshold"], rows) + [""]
-    lines += table(["game", "algorithm", "simulators", "successful share (runs)"],
-                   [[g, a, s, f"{fmt(v)} ({n})"] for (g, a, s), (v, n) in data.shares.items()]) + [""]  # fmt: skip
-
+              ""]
+    lines += markdown(data.nominal) + [""]
+    lines += markdown(pd.DataFrame([{"game": g, "algorithm": a, "simulators": s, "successful share (runs)":
+                                     f"{fmt(v)} ({n})"} for (g, a, s), (v, n) in data.shares.items()])) + [""]
     lines += [("Aggregate over games: IQM of nominal-normalised final scores (final − random) / (nominal − random) "
                "(1 = the nominal A2C score), over the seeds present in every game of that algorithm and simulator "
-               "count; games whose nominal is not above random play are left out."), ""]  # fmt: skip
-    lines += table(["algorithm", "games", "seeds", "normalised IQM [95% CI]"],
-                   [[line_name(label, simulators, True), ", ".join(games), seeds, fmt_ci(*iqm)]
-                    for (label, simulators, games, seeds), iqm in data.aggregate.items()]
-                   ) if data.aggregate else ["n/a: no game with a nominal score above random play"]  # fmt: skip
-    lines.append("")
+               "count; games whose nominal is not above random play are left out."), ""]
+    lines += markdown(pd.DataFrame([{"algorithm": f"{label} ({simulators} sims)", "games": ", ".join(games),
+                                     "seeds": seeds, "normalised IQM [95% CI]": fmt_ci(*iqm)}
+                                    for (label, simulators, games, seeds), iqm in data.aggregate.items()])) + [""]
 
     lines += ["## GALA-A2C vs A2C: paired t-tests (two-sided, scipy.stats.ttest_rel)", "",
               ttest_line("success share, paired over (game, simulators) cells (as the authors did for Fig 1a)",
                          data.ttest_shares),
               ttest_line("final score, paired over (game, simulators, seed)", data.ttest_finals),
-              ""]  # fmt: skip
+              ttest_line("score at equal wall-clock time, paired over (game, simulators, seed)", data.ttest_at_time),
+              ""]
 
     lines += ["## Evaluation (Table 1 style: full games after training, mean ± std over seeds of each run's mean)", ""]
-    rows = [[e.game, e.label, e.simulators, e.n, fmt_mean_std(e.argmax), fmt_mean_std(e.sampled)]
-            for e in data.evaluation]  # fmt: skip
-    lines += (table(["game", "algorithm", "simulators", "n", "argmax", "sampled"], rows) if rows
-              else ["no evaluation found (runs without --eval-episodes)"]) + [""]  # fmt: skip
+    evaluated = ok[ok["eval_argmax"].notna() | ok["eval_sampled"].notna()]
+    lines += (markdown(evaluated.groupby(["game", "label", "simulators"], sort=False).agg(
+        n=("eval_argmax", lambda v: int(v.notna().sum())), argmax=("eval_argmax", mean_std),
+        sampled=("eval_sampled", mean_std)).reset_index().rename(columns={"label": "algorithm"}))
+              if len(evaluated) else ["no evaluation found (runs without --eval-episodes)"]) + [""]
 
     lines += ["## Throughput (Fig 3)", "",
               "SPS of a run: median of its logged charts/SPS after the first point; per algorithm: median over "
               "its runs (all games). Ratio: to a2c_allreduce at the same total simulators. Utilisation: mean of "
               "the whole-machine samples of each run, mean over runs" +
-              (" (W&B system metrics)." if cfg.wandb else " (the runner's samples in the manifest)."), ""]  # fmt: skip
-    lines += table(["algorithm", "simulators", "runs", "SPS", "SPS / a2c_allreduce", "CPU %", "GPU %"],
-                   [[row["algorithm"], row["simulators"], row["runs"], fmt(row["sps"], 0),
-                     fmt(row["ratio"]) if row["ratio"] is not None else "n/a (no A2C run)",
-                     fmt(row["cpu"], 1), fmt(row["gpu"], 1)] for row in data.throughput]) + [""]  # fmt: skip
+              (" (W&B system metrics)." if cfg.wandb else " (the runner's samples in the manifest)."), ""]
+    shown = data.throughput.assign(
+        sps=data.throughput["sps"].map(lambda v: fmt(v, 0)),
+        ratio=data.throughput["ratio"].map(lambda v: fmt(v) if math.isfinite(v) else "n/a (no A2C run)"),
+        cpu=data.throughput["cpu"].map(lambda v: fmt(v, 1)), gpu=data.throughput["gpu"].map(lambda v: fmt(v, 1)))
+    lines += markdown(shown[["algorithm", "simulators", "runs", "sps", "ratio", "cpu", "gpu"]].rename(columns={
+        "sps": "SPS", "ratio": "SPS / a2c_allreduce", "cpu": "CPU %", "gpu": "GPU %"})) + [""]
+
+    gala = ok[ok["algorithm"] == GALA].dropna(subset=["mix_rate"])
+    lines += ["## Gossip (GALA's runs, every agent, from summary.json)", "",
+              ("Mix rate: share of updates that mixed a message; message age: my update count minus the sender's "
+               "when it wrote, over every mixed message of every agent (the drift of the agents' counts cancels "
+               "over a ring); finish spread: how much later the last agent finished its updates than the first, "
+               "and that in updates at the agents' mean rate (how far their counts drifted); push-sum weights: "
+               "their range at the end."), ""]
+    lines += markdown(pd.DataFrame({
+        "algorithm": gala["label"], "game": gala["game"], "simulators": gala["simulators"], "seed": gala["seed"],
+        "mix rate": gala["mix_rate"].map(fmt), "message age": gala["message_age"].map(fmt),
+        "longest without a mix": gala["longest_without_mix"].map(lambda v: fmt(v, 0)),
+        "finish spread (s)": gala["finish_spread_s"].map(lambda v: fmt(v, 0)),
+        "drift (updates)": gala["drift_updates"].map(lambda v: fmt(v, 0)), "push-sum weights": gala["weights"],
+    })) + [""]
     return lines
 
 
@@ -782,6 +735,175 @@ def parse_nominal(items: tuple[str, ...]) -> list[tuple[str, float]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Figures (matplotlib, Agg): the curves are computed first (curves, comparisons), then drawn
+
+COLOURS = {A2C: "black", GALA: "tab:blue", "a3c_gpu": "tab:green", "impala": "tab:red"}
+"""a label's colour in every panel; a variant takes tab:orange beside its algorithm"""
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def comparisons(labels: list[str]) -> list[tuple[str, list[str]]]:
+    """The panels of a game: (title, labels). A2C vs GALA (the paper's pair); each variant beside A2C and its
+    algorithm; A2C vs the other baselines."""
+    present = label_order(labels)
+    panels = []
+    if A2C in present and GALA in present:
+        panels.append(("A2C vs GALA", [A2C, GALA]))
+    for label in present:
+        if label not in ALGORITHMS:
+            base = next((a for a in ALGORITHMS if label.startswith(a.split("_")[0])), None)
+            panels.append((label, [x for x in (A2C, base, label) if x in present]))
+    baselines = [a for a in (A2C, "a3c_gpu", "impala") if a in present]
+    if len(baselines) > 1 or (baselines and not panels):
+        panels.append(("the baselines", baselines))
+    if not panels:
+        panels.append(("", present))
+    return panels
+
+
+def curves(runs: list[RunRecord], x: str, smooth: int, points: int) -> tuple[list, Optional[tuple]]:
+    """Each run's curve (x, trailing mean of its last `smooth` games) and the mean over runs on a common grid up to
+    where every run has reached (None if the runs share no range). x: "step" or "wall"."""
+    lines = []
+    for r in runs:
+        smoothed = pd.Series(r.returns.value).rolling(smooth, min_periods=1).mean().to_numpy()
+        lines.append((getattr(r.returns, x), smoothed))
+    start, stop = max(xs[0] for xs, _ in lines), min(xs[-1] for xs, _ in lines)
+    if len(lines) < 2 or stop <= start:
+        return lines, None
+    grid = np.linspace(start, stop, points)
+    return lines, (grid, np.mean([np.interp(grid, xs, ys) for xs, ys in lines], axis=0))
+
+
+def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Path) -> bool:
+    """Episodic return (trailing mean over `smooth` games) against global steps or wall seconds: a row of panels per
+    game, one panel per comparison (at most 3 a row), each seed thin and the mean over seeds bold."""
+    with_episodes = [r for r in ok if len(r.returns)]
+    if not with_episodes:
+        return False
+    games = sorted({r.game for r in with_episodes})
+    panels = [(game, title, labels) for game in games
+              for title, labels in comparisons([r.label for r in with_episodes if r.game == game])]
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    plt = pyplot()
+    fig, axes = plt.subplots(rows, columns, figsize=(max(9.5, 5 * columns), 3.8 * rows), squeeze=False,
+                             sharey="row")
+    for ax, (game, title, labels) in zip(axes.flat, panels):
+        for label in labels:
+            runs = [r for r in with_episodes if r.game == game and r.label == label]
+            colour = COLOURS.get(label, "tab:orange")
+            lines, mean = curves(runs, x, smooth, points)
+            for xs, ys in lines:
+                ax.plot(xs, ys, color=colour, lw=0.7, alpha=0.35)
+            if mean is not None:
+                ax.plot(*mean, color=colour, lw=2.2, label=f"{label} (mean of {len(runs)})")
+            else:
+                ax.plot(*lines[0], color=colour, lw=2.2, label=f"{label} ({len(runs)} run)")
+        ax.set_title(f"{game}: {title}" if title else game)
+        ax.set_xlabel("global steps" if x == "step" else "wall-clock seconds")
+        ax.set_ylabel(f"return (mean of last {smooth} games)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("thin: each seed; bold: mean over seeds", fontsize=10)
+    return save(plt, fig, path)
+
+
+def save(plt, fig, path: Path) -> bool:
+    """Lays the figure out, writes it as PNG (100 dpi: every figure is at least 950 pixels wide, 500 a panel) and
+    frees it; True: drawn."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_success(shares: dict[tuple, tuple[float, int]], path: Path) -> bool:
+    """shares[(game, label, simulators)] = (share, runs): one panel per game, share vs simulators on a log2 axis,
+    one line per label."""
+    if not shares:
+        return False
+    games = sorted({g for g, _, _ in shares})
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(games), figsize=(max(9, 4.5 * len(games)), 3.6), squeeze=False)
+    for ax, game in zip(axes[0], games):
+        for label in label_order(a for g, a, _ in shares if g == game):
+            sims = sorted(s for g, a, s in shares if g == game and a == label)
+            ax.plot(sims, [shares[game, label, s][0] for s in sims], marker="o", label=label,
+                    color=COLOURS.get(label, None))
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(game)
+        ax.set_xlabel("simulators")
+        ax.set_ylabel("share of successful runs")
+        ax.legend(fontsize=8)
+    return save(plt, fig, path)
+
+
+def plot_disagreement(ok: list[RunRecord], path: Path) -> bool:
+    """GALA's runs (its variants too): relative disagreement against global steps, one panel per game, one line per
+    run, a colour per label."""
+    gala = [r for r in ok if r.algorithm == GALA and len(r.disagreement_relative)]
+    if not gala:
+        return False
+    games = sorted({r.game for r in gala})
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(games), figsize=(max(9, 6 * len(games)), 4), squeeze=False)
+    for ax, game in zip(axes[0], games):
+        runs = [r for r in gala if r.game == game]
+        labels = label_order(r.label for r in runs)
+        colours = dict(zip(labels, [f"C{i}" for i in range(len(labels))]))
+        for r in runs:
+            series = r.disagreement_relative
+            first = r is next(q for q in runs if q.label == r.label)
+            ax.plot(series.step, series.value, lw=1, color=colours[r.label], marker="." if len(series) < 3 else None,
+                    label=r.label if first else None)
+        ax.set_yscale("log")
+        ax.set_title(f"{game}: GALA's agents, RMS |θ_i − θ̄| / |θ̄|", fontsize=10)
+        ax.set_xlabel("global steps")
+        ax.legend(fontsize=8)
+    return save(plt, fig, path)
+
+
+def plot_throughput(throughput: pd.DataFrame, path: Path) -> bool:
+    """Bars per label at each simulator count: median SPS (left), mean CPU % and GPU % (right)."""
+    rows = throughput[np.isfinite(throughput["sps"])]
+    if rows.empty:
+        return False
+    sims = sorted(rows["simulators"].unique())
+    labels = label_order(rows["algorithm"])
+    width = 0.8 / len(labels)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(max(10, 1.2 * len(labels) * len(sims) + 4), 4), squeeze=False)
+    for i, label in enumerate(labels):
+        found = rows[rows["algorithm"] == label].set_index("simulators")
+        xs = [j + i * width for j, s in enumerate(sims) if s in found.index]
+        at = [s for s in sims if s in found.index]
+        axes[0][0].bar(xs, found.loc[at, "sps"], width, label=label)
+        axes[0][1].bar(xs, found.loc[at, "cpu"].fillna(0), width, label=f"{label} CPU")
+        if found["gpu"].notna().any():
+            axes[0][1].bar(xs, found.loc[at, "gpu"].fillna(0), width * 0.5, hatch="//", fill=False,
+                           label=f"{label} GPU")
+    for ax, ylabel in zip(axes[0], ("steps per second (median over runs)", "mean utilisation %")):
+        ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(sims))], [f"{s} sims" for s in sims])
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    if rows["cpu"].isna().all():
+        axes[0][1].text(0.5, 0.5, "no utilisation samples", ha="center", transform=axes[0][1].transAxes)
+    return save(plt, fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
 # The W&B report
 
 
@@ -794,7 +916,7 @@ def wandb_report(cfg: "Config", markdown: str):
     group = wr.Config("exp_name")
     entity = {"entity": cfg.wandb_entity} if cfg.wandb_entity else {}  # default: the API key's (needs network)
     runset = wr.Runset(**entity, project=cfg.wandb_project, name=cfg.wandb_group or cfg.wandb_project,
-                       filters=f"Group = '{cfg.wandb_group}'" if cfg.wandb_group else "")  # fmt: skip
+                       filters=f"Group = '{cfg.wandb_group}'" if cfg.wandb_group else "")
     panels = [
         wr.LinePlot(title="episodic return vs global steps", x="global_step", y=["charts/episodic_return"],
                     groupby=group, groupby_aggfunc="mean", groupby_rangefunc="stderr", smoothing_factor=0.6),
@@ -802,12 +924,12 @@ def wandb_report(cfg: "Config", markdown: str):
                     groupby=group, groupby_aggfunc="mean", groupby_rangefunc="stderr", smoothing_factor=0.6),
         wr.LinePlot(title="GALA disagreement (relative)", x="global_step", y=["gossip/disagreement_relative"]),
         wr.BarPlot(title="steps per second", metrics=["charts/SPS"], groupby=group, groupby_aggfunc="median"),
-    ]  # fmt: skip
+    ]
     return wr.Report(
         **entity, project=cfg.wandb_project, title=f"gala-rl benchmark: {cfg.wandb_group or cfg.wandb_project}",
         description="GALA-A2C vs A2C (Allreduce), A3C, IMPALA: python -m benchmark report",
         blocks=[wr.PanelGrid(runsets=[runset], panels=panels), wr.MarkdownBlock(text=markdown)],
-    )  # fmt: skip
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -884,11 +1006,11 @@ def duplicated_runs(records: list[RunRecord]) -> list[str]:
         key = (r.label, r.env_id, r.simulators, r.seed)
         if key in seen:
             problems.append(f"{r.name} and {seen[key]} are both {r.label} on {r.env_id} with {r.simulators} "
-                            f"simulators, seed {r.seed}")  # fmt: skip
+                            f"simulators, seed {r.seed}")
         seen[key] = r.name
         lengths[key[:3]].add(r.total_timesteps)
     problems += [f"{a} on {g} with {s} simulators mixes runs of {sorted(n)} steps"
-                 for (a, g, s), n in lengths.items() if len(n) > 1]  # fmt: skip
+                 for (a, g, s), n in lengths.items() if len(n) > 1]
     return problems
 
 
@@ -930,7 +1052,7 @@ def make_report(cfg: Config) -> int:
     duplicated = duplicated_runs(records)
     if duplicated:
         print("error: these runs cannot be compared as one experiment (pick one --experiment or --wandb-group):\n  "
-              + "\n  ".join(duplicated), file=sys.stderr)  # fmt: skip
+              + "\n  ".join(duplicated), file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
 
@@ -945,10 +1067,10 @@ def make_report(cfg: Config) -> int:
         or "no game has a nominal score above random play (from --nominal or its A2C runs)",
         "disagreement.png": plot_disagreement(ok, out / "disagreement.png") or "no GALA run logged gossip/disagreement",
         "throughput.png": plot_throughput(data.throughput, out / "throughput.png") or "no run logged charts/SPS",
-    }  # fmt: skip
+    }
     lines = format_report(data, cfg, source) + ["## Figures", ""]
     lines += [f"- `{name}`: {FIGURES[name]}" if done is True else f"- `{name}`: skipped, {done}"
-              for name, done in drawn.items()]  # fmt: skip
+              for name, done in drawn.items()]
     if cfg.wandb:
         lines.append("- utilisation online: W&B system metrics (system.cpu.<i>.cpu_percent, system.gpu.<i>.gpu) "
                      "when present")

@@ -22,6 +22,7 @@ while it runs. Runs go locally, as many at once as the cores allow, or to SLURM 
     python -m benchmark run --preset sweep --slurm --slurm-partition gpu --slurm-gpus-per-node 1
 """
 
+import functools
 import itertools
 import json
 import os
@@ -51,12 +52,15 @@ SCRIPTS = {
     "impala": "impala_atari.py",
 }
 GAMES = ("BeamRider-v5", "Breakout-v5", "Pong-v5", "Qbert-v5", "Seaquest-v5", "SpaceInvaders-v5")
-DEFAULTS = {algorithm: script_module(script).Args() for algorithm, script in SCRIPTS.items()}
-"""each script's Args as it is by default: the rollouts that the runner counts steps with"""
-IMPALA_UNROLL = DEFAULTS["impala"].unroll_length
-"""steps of one IMPALA trajectory (the script's default --unroll-length)"""
-IMPALA_BATCH = DEFAULTS["impala"].batch_size
-"""trajectories in one IMPALA update (the script's default --batch-size)"""
+IMPALA_BATCH = 32
+"""trajectories in one IMPALA update: Table G.1's batch, impala_atari.py's default --batch-size"""
+
+
+@functools.cache
+def defaults(algorithm: str):
+    """ALGORITHM's script's Args as they are by default (imported when first needed: importing a script starts MPI,
+    which `python -m benchmark report` does not need)."""
+    return script_module(SCRIPTS[algorithm]).Args()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +156,7 @@ PRESETS = {
         workers=2,
         impala_batch_size=16,
         flags=(),
-        flags_of={"impala": ("--unroll-length", str(IMPALA_UNROLL), "--no-anneal-lr")},
+        flags_of={"impala": ("--unroll-length", "20", "--no-anneal-lr")},
     ),
     # The paper's shape (Fig 1b-c, the official README's run): GALA 4 agents x 16 simulators (ring, 1 peer, never
     # blocking) against A2C 4 workers x 16, both at the learning rate 7e-4 x sqrt(64 / 16) = 1.4e-3 (the scripts'
@@ -317,8 +321,8 @@ def steps_per_update(algorithm: str, simulators: int, impala_batch_size: int) ->
     """Global steps of one update at the scripts' default rollouts: A2C, GALA and A3C step every
     simulator --num-steps times (5); IMPALA learns from batch trajectories of --unroll-length (20) steps."""
     if algorithm == "impala":
-        return impala_batch_size * IMPALA_UNROLL
-    return DEFAULTS[algorithm].num_steps * simulators
+        return impala_batch_size * defaults("impala").unroll_length
+    return defaults(algorithm).num_steps * simulators
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +420,7 @@ def plan_runs(cfg: Config) -> list[ManifestEntry]:
         raise ConfigError(f"--max-parallel must be at least 1, got {cfg.max_parallel}")
     arms = plan_arms(cfg, preset)
     shapes = {(algorithm, simulators): run_shape(cfg, preset, workers, algorithm, simulators)
-              for algorithm in dict.fromkeys(arm.algorithm for arm in arms) for simulators in totals}  # fmt: skip
+              for algorithm in dict.fromkeys(arm.algorithm for arm in arms) for simulators in totals}
     experiment = cfg.name or cfg.preset
     commit = git_commit()
     extra = shlex.split(cfg.extra)
@@ -427,7 +431,7 @@ def plan_runs(cfg: Config) -> list[ManifestEntry]:
             args = ["--env-id", env_id, "--seed", str(seed), "--total-timesteps", str(total_timesteps),
                     "--num-envs", str(plan.envs_per_rank),
                     "--torch-threads", str(cfg.threads), "--env-threads", str(cfg.threads),
-                    "--track", "--wandb-project-name", cfg.wandb_project, "--wandb-group", experiment]  # fmt: skip
+                    "--track", "--wandb-project-name", cfg.wandb_project, "--wandb-group", experiment]
             if cfg.wandb_entity:
                 args += ["--wandb-entity", cfg.wandb_entity]
             args += ["--wandb-tags", cfg.preset, f"commit-{commit[:7]}"]
@@ -441,7 +445,7 @@ def plan_runs(cfg: Config) -> list[ManifestEntry]:
                 command=command(SCRIPTS[arm.algorithm], *args, np=plan.ranks),
                 workdir=f"{arm.label}/{env_id}/sims{simulators}/seed{seed}", git_commit=commit,
                 wandb_project=cfg.wandb_project, wandb_group=experiment,
-            ))  # fmt: skip
+            ))
     if not runs:
         raise ConfigError("nothing to run: no algorithm, env id, simulator count or seed")
     return runs
@@ -519,14 +523,14 @@ def execute(
             status = "failed"
             with open(workdir / "stderr.txt", "a") as err:
                 err.write(f"\nbenchmark run: exit 0 but {problem}: the run did not end as the scripts do, so it "
-                          "counts as failed\n")  # fmt: skip
+                          "counts as failed\n")
         elif summary["stopped"]:
             status = "stopped"
     return replace(
         run, run_dir=f"{run.workdir}/runs/{new[-1].name}" if new else None, status=status, returncode=returncode,
         wall_seconds=round(wall_seconds, 2),
         utilisation={"interval_s": interval, "cpu_percent": cpu, "gpu_percent": gpu},
-    )  # fmt: skip
+    )
 
 
 def read_summary(run_dir: Optional[Path], workdir: Path) -> tuple[Optional[dict], str]:
@@ -552,7 +556,7 @@ def cores() -> int:
 
 
 def run_locally(runs: list[ManifestEntry], experiment_dir: Path, interval: float, max_parallel: int,
-                timeout: Optional[float] = None) -> Iterator[ManifestEntry]:  # fmt: skip
+                timeout: Optional[float] = None) -> Iterator[ManifestEntry]:
     """Executes the runs here, at most MAX_PARALLEL at once; yields each entry as its run ends. The
     runs share the runner's process group, so Ctrl-C reaches them too: they checkpoint and stop."""
     pool = ThreadPoolExecutor(max_workers=max_parallel)
@@ -572,7 +576,7 @@ def slurm_executor(cfg: Config, experiment_dir: Path, name: str, cpus_per_task: 
 
     executor = submitit.AutoExecutor(folder=experiment_dir / "slurm", cluster="slurm")
     parameters = {"name": name, "nodes": cfg.slurm_nodes, "tasks_per_node": 1, "cpus_per_task": cpus_per_task,
-                  "gpus_per_node": cfg.slurm_gpus_per_node, "timeout_min": cfg.slurm_time}  # fmt: skip
+                  "gpus_per_node": cfg.slurm_gpus_per_node, "timeout_min": cfg.slurm_time}
     if cfg.slurm_partition:
         parameters["slurm_partition"] = cfg.slurm_partition
     executor.update_parameters(**parameters)
@@ -637,7 +641,7 @@ def checkpoint_of(run: ManifestEntry, run_dir: Path) -> Optional[Path]:
     except ValueError:
         return None
     planned = {"env_id": run.env_id, "seed": run.seed, "total_timesteps": run.total_timesteps,
-               "total_envs": run.simulators, "world_size": run.ranks}  # fmt: skip
+               "total_envs": run.simulators, "world_size": run.ranks}
     if any(args.get(key) != value for key, value in planned.items()):
         return None
     if run.algorithm == "gala_a2c":
@@ -702,11 +706,6 @@ def report_failure(entry: ManifestEntry, experiment_dir: Path, lines: int = 15) 
     )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m benchmark run ARGV`."""
-    return run_experiment(tyro.cli(Config, args=argv, prog="python -m benchmark run"))
-
-
 def run_experiment(cfg: Config) -> int:
     """Plans the runs (exit 2 if a total does not split), leaves out those already ok in the
     experiment's manifest, prints the others (--dry-run) or runs them locally or on SLURM, keeping
@@ -749,7 +748,7 @@ def run_experiment(cfg: Config) -> int:
         results = run_on_slurm(runs, experiment_dir, cfg.sample_interval, executor)
     else:
         print(f"{len(runs)} runs in {experiment_dir}, at most {max_parallel} at once "
-              f"({cores()} cores, largest run {largest // cfg.threads} ranks x {cfg.threads} threads)")  # fmt: skip
+              f"({cores()} cores, largest run {largest // cfg.threads} ranks x {cfg.threads} threads)")
         results = run_locally(runs, experiment_dir, cfg.sample_interval, max_parallel, cfg.timeout)
     experiment_dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
@@ -764,5 +763,5 @@ def run_experiment(cfg: Config) -> int:
             bar.set_postfix(failed=failed, refresh=False)
             bar.update()
     print(f"{len(runs) - failed} of {len(runs)} runs ok, {failed} failed, {time.monotonic() - began:.0f} s; "
-          f"manifest: {manifest_path}")  # fmt: skip
+          f"manifest: {manifest_path}")
     return 1 if failed else 0

@@ -59,11 +59,11 @@ def main(cfg: Config) -> None:
             where = cfg.out / script[:-3] / label.replace(" ", "_")
             where.mkdir(parents=True, exist_ok=True)
             args = ["--env-id", cfg.env_id, "--num-envs", str(cfg.envs), "--total-timesteps", str(cfg.steps),
-                    "--torch-threads", "1", "--env-threads", "1", "--print-every", "30", *extra]  # fmt: skip
+                    "--torch-threads", "1", "--env-threads", "1", "--print-every", "30", *extra]
             if script == "impala_atari.py":
                 args += ["--batch-size", str(2 * cfg.envs)]  # one update = one unroll of each actor's simulators
             proc = subprocess.run(command(script, *args, np=ranks), cwd=where, capture_output=True, text=True,
-                                  check=True)  # fmt: skip
+                                  check=True)
             run_dir = max((where / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
             job_sps = scalars(run_dir)["charts/SPS"][-1][1]
             if fast is None:
@@ -78,10 +78,10 @@ def main(cfg: Config) -> None:
     table = [f"{cfg.env_id}, 2 workers x {cfg.envs} simulators, {cfg.steps} global steps; one worker sleeps "
              f"{cfg.slow_seconds} s per update in the slowed run",
              "script                slow rank   other worker SPS (as is -> slowed)   job SPS (as is -> slowed)   "
-             "unrolls per actor (slowed)"]  # fmt: skip
+             "unrolls per actor (slowed)"]
     table += [f"{s:22s} {r:9d}   {w0:8.0f} -> {w1:5.0f} ({w1 / w0:4.0%})            "
               f"{j0:6.0f} -> {j1:5.0f} ({j1 / j0:4.0%})    {n}"
-              for s, r, w0, w1, j0, j1, n in rows]  # fmt: skip
+              for s, r, w0, w1, j0, j1, n in rows]
     (cfg.out / "table.txt").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 

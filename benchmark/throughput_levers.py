@@ -114,7 +114,7 @@ def channels_last(cfg: ChannelsLast) -> list[str]:
         for r in range(cfg.rounds):
             for work, batch, train in (("train 80", 80, True), ("train 160", 160, True), ("infer 16", 16, False)):
                 rate = {lay: samples_per_second(lay, threads, batch, train, cfg.seconds)
-                        for lay in ("contiguous", "model", "input")}  # fmt: skip
+                        for lay in ("contiguous", "model", "input")}
                 c, m, i = rate["contiguous"], rate["model"], rate["input"]
                 row = f"{threads:7d}  {r:5d}  {work:10s}  {c:10.0f}"
                 lines.append(row + f"  {m:5.0f} ({m / c:.2f})  {i:5.0f} ({i / c:.2f})")
@@ -212,7 +212,7 @@ def overlap(cfg: Overlap) -> list[str]:
         cells = {threads: rollout_rate(cfg.env_id, cfg.steps, pools=2, threads=threads) for threads in (1, 2)}
         lines.append(f"round {r}: one pool of 16 (2 env threads) {one:.0f} steps/s; two pools of 8 double-buffered, "
                      f"1 env thread each {cells[1]:.0f} ({cells[1] / one:.2f}), 2 each {cells[2]:.0f} "
-                     f"({cells[2] / one:.2f})")  # fmt: skip
+                     f"({cells[2] / one:.2f})")
         print(lines[-1], flush=True)
     return lines
 
@@ -236,7 +236,7 @@ def sample_factory_sps(python: Path, steps: int) -> tuple[float, float]:
                f"--train_dir={where}", "--device=cpu", "--num_workers=2", "--num_envs_per_worker=8",
                "--worker_num_splits=2", "--rollout=20", "--batch_size=640", "--num_batches_per_epoch=1",
                "--num_epochs=1", "--async_rl=True", "--summaries_use_frameskip=False",
-               f"--train_for_env_steps={steps}", "--with_wandb=False"]  # fmt: skip
+               f"--train_for_env_steps={steps}", "--with_wandb=False"]
         try:
             proc = subprocess.run(cmd, cwd=where, capture_output=True, text=True, timeout=1200)
         except subprocess.TimeoutExpired as err:
@@ -258,7 +258,7 @@ def sample_factory(cfg: SampleFactory) -> list[str]:
         one = script_sps(ROOT, "impala_atari.py", 2, "Pong-v5", cfg.steps, *batch)
         lines.append(f"round {r}: Sample Factory APPO 2 workers x 8 {recent:.0f} SPS (last 60 s; whole run "
                      f"{whole:.0f}); impala_atari.py learner + 2 actors x 8 {two:.0f} ({two / recent:.2f}x), "
-                     f"learner + 1 actor x 16 {one:.0f} ({one / recent:.2f}x)")  # fmt: skip
+                     f"learner + 1 actor x 16 {one:.0f} ({one / recent:.2f}x)")
         print(lines[-1], flush=True)
     return lines
 

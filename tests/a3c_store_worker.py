@@ -58,5 +58,5 @@ if rank == 0:
     Path(out).write_text(json.dumps({"count": count, "workers": results[1:]}))
     np.savez(out + ".npz", params=params, square_avg=square_avg, initial=initial,
              gradients=np.array([[gradient(r, k) for k in range(20 if mode == "sum" else 1)]
-                                 for r in range(1, world)]))  # fmt: skip
+                                 for r in range(1, world)]))
 store.free()

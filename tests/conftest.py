@@ -25,12 +25,12 @@ def run(
     script: str, *args: str, cwd: Path, np: int | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:
     return subprocess.run(command(script, *args, np=np), cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+                          timeout=timeout)
 
 
 def start(script: str, *args: str, cwd: Path, np: int | None = None) -> subprocess.Popen:
     return subprocess.Popen(command(script, *args, np=np), cwd=cwd, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True)
 
 
 def run_dirs(cwd: Path) -> list[Path]:
@@ -86,7 +86,7 @@ def interrupt_then_resume(script: str, total: int, updates: int, *args: str, cwd
     saved = torch.load(first / "checkpoint.pt", weights_only=False)
     assert 0 < saved["update"] < updates
     proc = run(script, "--total-timesteps", str(total), "--resume", str(first / "checkpoint.pt"), "--save-model",
-               *args, cwd=cwd, np=np)  # fmt: skip
+               *args, cwd=cwd, np=np)
     ok(proc)
     (second,) = [d for d in run_dirs(cwd) if d != first]
     return saved, torch.load(second / "checkpoint.pt", weights_only=False), proc, second
@@ -127,7 +127,7 @@ def runner(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedPr
     """`python -m benchmark run ARGS` in a subprocess, as a user types it."""
     return subprocess.run([sys.executable, "-m", "benchmark", "run", *args], check=False, cwd=cwd,
                           env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+                          timeout=timeout)
 
 
 def runner_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
@@ -148,7 +148,7 @@ def tiny_run(out: Path, *more: str, capsys=None) -> subprocess.CompletedProcess:
     args = ("--name", "tiny", "--out", str(out), "--algorithms", "a2c_allreduce", "gala_a2c",
             "--env-ids", "Pong-v5", "Pongg-v5", "--seeds", "1", "--simulators", "2", "--workers", "2",
             "--total-timesteps", "3000", "--max-parallel", "2", "--extra=--eval-episodes 1 --log-every 5", *more)
-    return runner_in_process(capsys, *args) if capsys else runner(*args, cwd=out, timeout=300)  # fmt: skip
+    return runner_in_process(capsys, *args) if capsys else runner(*args, cwd=out, timeout=300)
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ for graph in ("ring", "exponential"):
                 "spread": float(np.linalg.norm(finals - finals.mean(0), axis=1).max()),
                 "sent": sum(c["sent"] for c in counts), "received": sum(c["received"] for c in counts),
                 "skipped": sum(c["skipped"] for c in counts), "mean": finals.mean(0).tolist(),
-            }  # fmt: skip
+            }
     starts = comm.gather(start.astype(np.float64), root=0)
     if rank == 0:
         starts = np.array(starts)

@@ -47,7 +47,7 @@ def run(config: str) -> dict | None:
     metrics.start(0, holder)
     ((_, disagreement, relative, cosine),) = metrics.finish(comm, holder)
     gossip = gala.Gossip(comm.Dup(), flat, graph, int(num_peers), None if sync_freq == "none" else int(sync_freq),
-                         mixing, lockstep)  # fmt: skip
+                         mixing, lockstep)
     sleeps = np.random.default_rng(100 + rank)
     comm.Barrier()  # start together, as agents do after their collective set-up
     for t in range(1, int(rounds) + 1):
@@ -97,7 +97,7 @@ def run(config: str) -> dict | None:
                                      for i, a in enumerate(np.array(grads, dtype=np.float64))
                                      for j, b in enumerate(np.array(grads, dtype=np.float64)) if i != j])),
         },
-    }  # fmt: skip
+    }
 
 
 out, configs = sys.argv[1], sys.argv[2:]

@@ -132,9 +132,9 @@ def test_end_to_end_tracked_offline(workdir, np_, track):
     total = 400 * 8 * world  # 400 steps per simulator
     proc, _, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(total), "--log-every", "5",
                            "--check-sync-every", "5", *FAST, *(["--track"] if track else []),
-                           cwd=workdir, np=np_)  # fmt: skip
+                           cwd=workdir, np=np_)
     for tag in ("charts/SPS", "charts/learning_rate", "losses/policy_loss", "losses/value_loss", "losses/entropy",
-                "charts/episodic_return", "charts/episodic_length"):  # fmt: skip
+                "charts/episodic_return", "charts/episodic_length"):
         assert tag in tags, tag
     assert tags["charts/SPS"][-1][0] == total // (5 * 8 * world) * (5 * 8 * world)
     # Every rank's games reach rank 0: at least one per simulator of each rank ran out of lives.

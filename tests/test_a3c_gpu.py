@@ -17,7 +17,7 @@ FAST = ["--num-envs", "8", "--print-every", "1", "--log-every", "5"]
 def store(tmp_path, mode: str, np_: int) -> tuple[dict, dict]:
     out = tmp_path / "store.json"
     ok(subprocess.run(command("tests/a3c_store_worker.py", str(out), mode, np=np_), capture_output=True, text=True,
-                      timeout=120))  # fmt: skip
+                      timeout=120))
     return json.loads(out.read_text()), dict(np.load(str(out) + ".npz"))
 
 
@@ -59,7 +59,7 @@ def test_default_learning_rate_follows_the_simulators_of_one_update(world_size, 
 def test_end_to_end_store_and_two_workers_tracked_offline(workdir):
     total = 120 * 40  # 120 central updates of 8 envs x 5 steps
     proc, run_dir, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(total), "--track",
-                                 "--save-model", *FAST, cwd=workdir, np=3)  # fmt: skip
+                                 "--save-model", *FAST, cwd=workdir, np=3)
     assert "store rank + 2 worker(s)" in proc.stdout
     ranks = ranks_of(run_dir)
     updates = {r: c["updates"] for r, c in ranks.items() if r > 0}
@@ -67,7 +67,7 @@ def test_end_to_end_store_and_two_workers_tracked_offline(workdir):
     assert ranks[0]["central_updates"] == sum(updates.values())  # no update lost
     assert all(c["slept"] == 0 for r, c in ranks.items() if r > 0)  # nobody slowed (--debug-slow-factor 1)
     for tag in ("charts/SPS", "charts/episodic_return", "losses/policy_loss", "async/staleness",
-                "async/lock_wait_ms", "async/updates_per_s"):  # fmt: skip
+                "async/lock_wait_ms", "async/updates_per_s"):
         assert tag in tags, tag
     assert any(v > 0 for _, v in tags["async/staleness"])  # the other worker updated in between
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=False)
@@ -85,7 +85,7 @@ def test_a_slow_worker_holds_nobody_up(workdir):
     """Worker 1 as a device 4 times slower (--debug-slow-factor 4): it sleeps 3 x each update's time, and worker 2,
     which never waits for it, makes more than twice its updates."""
     _, run_dir, _ = run_ok(SCRIPT, "--total-timesteps", str(60 * 40), "--debug-slow-rank", "1", "--debug-slow-factor",
-                           "4", *FAST, cwd=workdir, np=3)  # fmt: skip
+                           "4", *FAST, cwd=workdir, np=3)
     workers = ranks_of(run_dir)
     slow = workers[1]
     assert slow["slept"] == pytest.approx(3 * (slow["seconds"] - slow["slept"]), rel=0.15)

@@ -18,7 +18,7 @@ def test_sample_reads_the_memory_a_rank_holds():
     """A child of a shell holds 300 MiB (every page touched): its RSS and PSS are at least that, PSS at most
     RSS, and its rank comes from PMI_RANK; a process that runs something else is not sampled."""
     launcher = subprocess.Popen(["bash", "-c", f"{sys.executable} -c '{HOLD}' holder.py & sleep 30 & wait"],
-                                env={**os.environ, "PMI_RANK": "3"}, stdout=subprocess.PIPE, text=True)  # fmt: skip
+                                env={**os.environ, "PMI_RANK": "3"}, stdout=subprocess.PIPE, text=True)
     try:
         assert launcher.stdout.readline().strip() == "1"
         ranks: dict[int, Rank] = {}

@@ -78,7 +78,7 @@ def assert_refused(proc, message: str, out) -> None:
         (["--variant", "fast=dqn:--lr 1"], "--variant 'fast=dqn:--lr 1': unknown algorithm 'dqn'"),
         (["--variant", "gala_a2c=gala_a2c:--sync-freq 0"], "the label 'gala_a2c' is a plain algorithm's"),
     ],
-)  # fmt: skip
+)
 def test_refusal_is_one_message_and_exit_2(tmp_path, capsys, args, message):
     assert_refused(runner_in_process(capsys, *args, "--dry-run", "--out", str(tmp_path)), message, tmp_path)
 
@@ -112,7 +112,7 @@ def test_a_refusal_on_the_command_line_is_one_message_and_exit_2(tmp_path):
                           "--torch-threads 1 --env-threads 1 --track --wandb-project-name gala-rl-benchmark "
                           "--wandb-group learning --wandb-tags learning commit-"]),
     ],
-)  # fmt: skip
+)
 def test_dry_run_prints_each_presets_commands(tmp_path, capsys, preset, count, expected):
     proc = runner_in_process(capsys, "--preset", preset, "--dry-run", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
@@ -141,7 +141,7 @@ def test_failed_run_is_reported_and_the_others_continue(tiny_experiment):
         assert (good["status"], good["returncode"]) == ("ok", 0)
         expected = {"experiment": "tiny", "preset": "smoke", "script": script, "simulators": 2, "ranks": 2,
                     "envs_per_rank": 1, "workers": 2, "total_timesteps": 3000, "wandb_group": "tiny",
-                    "workdir": f"{algorithm}/Pong-v5/sims2/seed1"}  # fmt: skip
+                    "workdir": f"{algorithm}/Pong-v5/sims2/seed1"}
         assert {key: good[key] for key in expected} == expected
         config = json.loads((experiment / good["run_dir"] / "config.json").read_text())
         assert [config[key] for key in ("algorithm", "env_id", "total_envs", "seed")] == [algorithm, "Pong-v5", 2, 1]
@@ -162,7 +162,7 @@ def test_learning_runs_seed_major_with_variants_after():
         ("a2c_allreduce", 1), ("gala_a2c", 1), ("a2c_allreduce", 2), ("gala_a2c", 2),
         ("a2c_allreduce", 3), ("gala_a2c", 3), ("a3c_gpu", 1), ("impala", 1), ("a3c_gpu", 2), ("impala", 2),
         ("gala_sync", 1), ("gala_sync", 2), ("gala_sync", 3),
-    ]  # fmt: skip
+    ]
     ranks = {"a2c_allreduce": 2, "gala_a2c": 2, "a3c_gpu": 3, "impala": 3}  # A3C's store rank, IMPALA's learner
     for r in runs:
         assert (r.simulators, r.ranks, r.envs_per_rank, r.total_timesteps) == (32, ranks[r.algorithm], 16, 500_000)
@@ -235,7 +235,6 @@ if write != "no run directory":
 if write == "summary":
     summary = {"algorithm": "a2c_allreduce", "global_step": 640, "stopped": stopped, "sps": 100.0}
     (run_dir / "summary.json").write_text(json.dumps(summary))
-print("stopped by signal")  # what the runner used to look for in stdout: it says nothing now
 sys.exit(code)
 """
 
@@ -250,7 +249,7 @@ sys.exit(code)
         (False, 0, "no run directory", "failed", "exit 0 but no new run directory in {workdir}/runs"),
     ],
     ids=["ok", "stopped", "exit 3", "no summary", "no run directory"],
-)  # fmt: skip
+)
 def test_the_status_of_a_run_comes_from_its_exit_code_and_summary(
     tmp_path, capsys, stopped, code, write, status, said
 ):
@@ -262,7 +261,7 @@ def test_the_status_of_a_run_comes_from_its_exit_code_and_summary(
     run_dir = workdir / "runs/Pong-v5__fake__1__1"
     assert entry.run_dir == (None if write == "no run directory" else f"{run.workdir}/runs/{run_dir.name}")
     assert asdict(replace(entry, run_dir=None, status="planned", returncode=None, wall_seconds=0.0,
-                          utilisation=None)) == asdict(run)  # the launch is kept as planned  # fmt: skip
+                          utilisation=None)) == asdict(run)  # the launch is kept as planned
     if said is None:
         return
     # The reason ends the run's stderr, so the runner's report of the failure says it.
@@ -284,7 +283,7 @@ def test_an_experiment_of_stand_ins_keeps_its_manifest_and_continues(tmp_path, m
 
     monkeypatch.setattr(benchmark.run, "command", stand_in)
     cfg = Config(preset="smoke", algorithms=("a2c_allreduce",), seeds=(1, 2, 3), name="fake", out=tmp_path,
-                 sample_interval=0.05)  # fmt: skip
+                 sample_interval=0.05)
     assert run_experiment(cfg) == 1  # a run stopped or failed
     out, err = capsys.readouterr()
     assert "1 of 3 runs ok, 2 failed" in out
@@ -301,22 +300,18 @@ def test_an_experiment_of_stand_ins_keeps_its_manifest_and_continues(tmp_path, m
     assert read_manifest(manifest)[0] == entries[0]  # the skipped run's entry as it was
 
 
-def test_the_manifest_is_a_list_of_entries_and_older_ones_have_no_label(tmp_path):
-    """What the runner writes reads back as the same entries; an entry written before labels is its algorithm's."""
+def test_the_manifest_is_a_list_of_entries(tmp_path):
+    """What the runner writes reads back as the same entries."""
     runs = plan_runs(Config(preset="learning", variant=("gala_sync=gala_a2c:--sync-freq 0",)))
     done = {run.key: replace(run, run_dir=f"{run.workdir}/runs/x", status="ok", returncode=0, wall_seconds=1.5,
                              utilisation={"interval_s": 1.0, "cpu_percent": [50.0], "gpu_percent": None})
-            for run in runs}  # fmt: skip
+            for run in runs}
     path = tmp_path / "manifest.json"
     write_manifest(path, done)
     written = json.loads(path.read_text())
     assert [tuple(e[k] for k in ("label", "env_id", "simulators", "seed")) for e in written] == sorted(done)
     assert read_manifest(path) == [done[key] for key in sorted(done)]
     assert earlier_entries(path) == done and earlier_entries(tmp_path / "none.json") == {}
-
-    older = [{k: v for k, v in e.items() if k != "label"} for e in written if e["label"] == e["algorithm"]]
-    path.write_text(json.dumps(older))
-    assert [e.label for e in read_manifest(path)] == [e["algorithm"] for e in older]
     assert all(isinstance(e, ManifestEntry) for e in read_manifest(path))
 
 
@@ -327,7 +322,7 @@ def test_a_run_cut_short_continues_from_its_checkpoint_and_its_curve_joins(tmp_p
     into one curve: the first up to the checkpoint's step, then the second."""
     args = ("--name", "cut", "--out", str(tmp_path), "--algorithms", "gala_a2c", "--env-ids", "Pong-v5", "--seeds",
             "1", "--simulators", "2", "--workers", "2", "--total-timesteps", "6000",
-            "--extra=--save-model --checkpoint-every 1000 --log-every 5")  # fmt: skip
+            "--extra=--save-model --checkpoint-every 1000 --log-every 5")
     workdir = tmp_path / "cut/gala_a2c/Pong-v5/sims2/seed1"
     first = subprocess.Popen([sys.executable, "-m", "benchmark", "run", *args], cwd=tmp_path, start_new_session=True,
                              env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -354,3 +349,11 @@ def test_a_run_cut_short_continues_from_its_checkpoint_and_its_curve_joins(tmp_p
     joined = read_events(continued)["charts/SPS"]
     assert joined.step.tolist() == kept + own and own[0] > config["start_step"] and own[-1] == 6000
     assert all(later >= earlier for earlier, later in zip(joined.wall, joined.wall[1:]))
+
+
+def test_the_runners_constants_are_the_scripts_defaults():
+    """The presets name IMPALA's default batch and unroll literally (importing a script at the runner's import would
+    start MPI); they must stay the script's defaults."""
+    assert benchmark.run.IMPALA_BATCH == benchmark.run.defaults("impala").batch_size
+    assert benchmark.run.PRESETS["learning"].flags_of["impala"][:2] == (
+        "--unroll-length", str(benchmark.run.defaults("impala").unroll_length))

@@ -66,7 +66,7 @@ def test_a_killed_rank_ends_the_whole_job(workdir, script, np_, rank, track):
     """SIGKILL one rank mid-run: mpirun (Hydra) ends the job non-zero within 30 s, and every process
     it started (ranks, proxies, the W&B service) is gone."""
     proc = start(script, "--total-timesteps", "10000000", "--print-every", "0", *fast(script),
-                 *(["--track"] if track else []), cwd=workdir, np=np_)  # fmt: skip
+                 *(["--track"] if track else []), cwd=workdir, np=np_)
     wait_until_training(proc)
     family = psutil.Process(proc.pid).children(recursive=True)
     victim = rank_process(family, rank)
@@ -102,7 +102,7 @@ def test_a_signal_to_one_rank_stops_the_whole_job_with_a_checkpoint(workdir, scr
     job writes one checkpoint (GALA: every agent and their average), says it was stopped and exits 0
     within 30 s, with nothing left running."""
     proc = start(script, "--total-timesteps", "10000000", "--save-model", "--print-every", "1", *fast(script),
-                 cwd=workdir, np=np_)  # fmt: skip
+                 cwd=workdir, np=np_)
     wait_until_training(proc)
     family = psutil.Process(proc.pid).children(recursive=True)
     began = time.monotonic()
@@ -142,7 +142,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, scri
     module.save_checkpoint(path, {"algorithm": module.ALGO, "env_id": "Pong-v5", "update": 1, "w": torch.zeros(3)})
     before = path.read_bytes()
     worker = subprocess.run([sys.executable, str(ROOT / "tests" / "checkpoint_kill_worker.py"), module.__name__,
-                             str(path)], env=ENV, capture_output=True, text=True, timeout=60)  # fmt: skip
+                             str(path)], env=ENV, capture_output=True, text=True, timeout=60)
     assert worker.returncode == -9, worker.stderr  # killed, not finished
     (partial,) = tmp_path.glob(path.name + ".tmp*")  # the write was under way
     assert 0 < partial.stat().st_size
@@ -205,7 +205,7 @@ def test_a2c_waits_for_a_slow_rank_and_ends_cleanly(workdir):
     (--debug-slow-factor 3) sleeps 2 x each of its updates' time; rank 0 waits in the Allreduce instead of
     sleeping; the run still ends normally."""
     proc, run_dir, _ = run_ok("a2c_allreduce_atari.py", "--total-timesteps", str(12 * 5 * 8), "--debug-slow-rank",
-                              "1", "--debug-slow-factor", "3", *FAST, cwd=workdir, np=2)  # fmt: skip
+                              "1", "--debug-slow-factor", "3", *FAST, cwd=workdir, np=2)
     assert "global_step 480/480" in proc.stdout
     ranks = ranks_of(run_dir)
     assert ranks[1]["slept"] == pytest.approx(2 * (ranks[1]["seconds"] - ranks[1]["slept"]), rel=0.15)

@@ -54,7 +54,7 @@ def gossip(tmp_path, configs: list[str], np: int) -> dict:
     """One launch of tests/gossip_worker.py on NP ranks running CONFIGS one after the other; their summaries."""
     out = tmp_path / "gossip.json"
     ok(subprocess.run(command("tests/gossip_worker.py", str(out), *configs, np=np), capture_output=True, text=True,
-                      timeout=120))  # fmt: skip
+                      timeout=120))
     return json.loads(out.read_text())
 
 
@@ -72,11 +72,11 @@ STEP = 0.01
 """the local step every agent takes per round in the configurations that step (every coordinate)"""
 # Push-sum under random delays (each rank sleeps 0-4 ms per round, so sends are skipped), without and with a step.
 PUSH_SUM = {(g, k, step): config(g, k, None, 60, "random:0.004", mixing="push-sum", step=step)
-            for g, k in (("ring", 1), ("exponential", 2)) for step in (0, STEP)}  # fmt: skip
+            for g, k in (("ring", 1), ("exponential", 2)) for step in (0, STEP)}
 # The controlled-staleness mode: lockstep, messages exactly `a` updates old.
 AGED = {(mixing, g, k, a): config(g, k, None, 30, 0.001, lockstep=a, mixing=mixing, step=STEP)
         for mixing in ("average", "aligned") for g, k in (("ring", 1), ("exponential", 2))
-        for a in (0, 1, 2)}  # fmt: skip
+        for a in (0, 1, 2)}
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_gossip_alone_at_many_agents_on_both_graphs(tmp_path, agents):
     cores: 32 Python processes that import torch)."""
     out = tmp_path / "scale.json"
     ok(subprocess.run(command("tests/gossip_scale_worker.py", str(out), "60", np=agents), capture_output=True,
-                      text=True, timeout=280))  # fmt: skip
+                      text=True, timeout=280))
     for graph, r in json.loads(out.read_text()).items():
         sync, free = r["synchronous"], r["asynchronous"]
         assert sync["skipped"] == 0 and max(abs(a - b) for a, b in zip(sync["mean"], r["initial_mean"])) < 1e-4, graph
@@ -215,7 +215,7 @@ def test_end_to_end_tracked_offline(workdir, np_, envs, track):
     proc, run_dir, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(updates * np_ * envs * 5),
                                  *(["--track"] if track else []), "--save-model", "--log-every", "5",
                                  "--disagreement-every", "5", *FAST, "--num-envs", str(envs), cwd=workdir,
-                                 np=np_)  # fmt: skip
+                                 np=np_)
     agents = ranks_of(run_dir)
     assert sorted(agents) == list(range(np_)) and all(a["updates"] == updates for a in agents.values())
     assert all(a["slept"] == 0 for a in agents.values())  # nobody slowed (--debug-slow-factor 1)
@@ -223,7 +223,7 @@ def test_end_to_end_tracked_offline(workdir, np_, envs, track):
     assert sum(a["sent"] for a in agents.values()) == sum(a["received"] for a in agents.values()) > 0
     for tag in ("charts/SPS", "losses/policy_loss", "charts/episodic_return", "gossip/disagreement",
                 "gossip/disagreement_relative", "gossip/grad_cosine", "gossip/mix_rate", "gossip/sent",
-                "gossip/skipped_sends", "gossip/staleness"):  # fmt: skip
+                "gossip/skipped_sends", "gossip/staleness"):
         assert tag in tags, tag
     assert len(tags["gossip/disagreement"]) == updates // 5  # every measurement completed and was logged
     assert len(tags["charts/episodic_return"]) >= envs * np_  # games of every agent reached rank 0
@@ -246,7 +246,7 @@ def test_one_agent_is_plain_a2c_and_takes_exactly_a2cs_steps(workdir):
     (measured: 1e-7 after 1 and 3 updates, 2e-3 after 20), hence 3 updates."""
     updates, envs = 3, 8
     common = ["--env-id", "Breakout-v5", "--total-timesteps", str(updates * envs * 5), "--num-envs", str(envs),
-              "--save-model", "--torch-threads", "1", "--env-threads", "1"]  # fmt: skip
+              "--save-model", "--torch-threads", "1", "--env-threads", "1"]
     for name, script in (("a2c", "a2c_allreduce_atari.py"), ("gala", SCRIPT)):
         (workdir / name).mkdir()
         proc = run(script, *common, cwd=workdir / name)
@@ -270,7 +270,7 @@ def test_a_slow_agent_holds_nobody_up(workdir):
     read, agent 2 mixes only when agent 1's messages come; all end cleanly, nothing lost."""
     updates = 12
     _, run_dir, _ = run_ok(SCRIPT, "--total-timesteps", str(updates * 3 * 8 * 5), "--debug-slow-rank", "1",
-                           "--debug-slow-factor", "4", *FAST, cwd=workdir, np=3, timeout=180)  # fmt: skip
+                           "--debug-slow-factor", "4", *FAST, cwd=workdir, np=3, timeout=180)
     agents = ranks_of(run_dir)
     slow = agents[1]
     assert slow["slept"] == pytest.approx(3 * (slow["seconds"] - slow["slept"]), rel=0.15)
@@ -299,7 +299,7 @@ def resumed(tmp_path_factory) -> tuple[Path, Path, list[dict], subprocess.Comple
     (first,) = run_dirs(workdir)
     saved = [torch.load(first / "checkpoint" / f"agent{r}.pt", weights_only=False) for r in range(2)]
     proc = run(SCRIPT, "--total-timesteps", str(total), "--resume", str(first / "checkpoint"), "--save-model",
-               *FAST, cwd=workdir, np=2)  # fmt: skip
+               *FAST, cwd=workdir, np=2)
     return workdir, first, saved, proc
 
 
@@ -322,7 +322,7 @@ def test_sigterm_after_some_agents_finished_still_ends_together(workdir):
     updates = 16
     total = updates * 2 * 8 * 5
     proc = start(SCRIPT, "--total-timesteps", str(total), "--debug-slow-rank", "1", "--debug-slow-seconds", "0.5",
-                 "--eval-episodes", "1", *FAST, cwd=workdir, np=2)  # fmt: skip
+                 "--eval-episodes", "1", *FAST, cwd=workdir, np=2)
     for line in proc.stdout:
         if line.startswith(f"global_step {total}/{total}"):
             break

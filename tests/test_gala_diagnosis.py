@@ -20,5 +20,5 @@ def test_quarters_are_the_mean_return_of_each_quarter_of_the_steps():
 def test_agent_lines_are_read_even_when_the_ranks_wrote_them_together():
     out = ("[agent 0] 10 updates in 1.0 s; gossip: sent 9, received 8, mixes 8, skipped 1, longest_without_mix 2; "
            "message ages {0: 3, 1: 5}[agent 1] 10 updates in 1.1 s; gossip: sent 8, received 9, mixes 9, skipped 2, "
-           "longest_without_mix 0; message ages {-1: 9}\n")  # fmt: skip
+           "longest_without_mix 0; message ages {-1: 9}\n")
     assert AGENT_LINE.findall(out) == [("0", "8", "1", "2", "{0: 3, 1: 5}"), ("1", "9", "2", "0", "{-1: 9}")]

@@ -42,7 +42,7 @@ def random_inputs(seed, T=7, B=5):
     discounts = 0.9 * (rng.random((T, B)) > 0.2)  # some episode ends
     return {"behaviour": behaviour, "target": behaviour + log_rhos, "log_rhos": log_rhos,
             "rewards": rng.normal(size=(T, B)), "discounts": discounts, "values": rng.normal(size=(T, B)),
-            "bootstrap": rng.normal(size=B)}  # fmt: skip
+            "bootstrap": rng.normal(size=B)}
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -51,9 +51,9 @@ def test_vtrace_matches_naive_evaluation_of_eq_1(seed, rho_bar, c_bar):
     x = random_inputs(seed)
     t = {k: torch.tensor(v) for k, v in x.items()}
     vs, pg = impala.vtrace(t["behaviour"], t["target"], t["rewards"], t["discounts"], t["values"], t["bootstrap"],
-                           rho_bar, c_bar)  # fmt: skip
+                           rho_bar, c_bar)
     exp_vs, exp_pg = naive_vtrace(x["log_rhos"], x["rewards"], x["discounts"], x["values"], x["bootstrap"],
-                                  rho_bar, c_bar)  # fmt: skip
+                                  rho_bar, c_bar)
     np.testing.assert_allclose(vs.numpy(), exp_vs, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(pg.numpy(), exp_pg, rtol=1e-10, atol=1e-10)
 
@@ -92,7 +92,7 @@ def test_logged_losses_are_means_over_valid_samples_and_the_gradient_is_of_the_s
     batch = {"obs": torch.from_numpy(rng.integers(0, 256, (T + 1, B, 4, 84, 84), dtype=np.uint8)),
              "actions": f32(rng.integers(0, A, (T, B))), "logits": f32(rng.normal(size=(T, B, A))),
              "rewards": f32(rng.normal(size=(T, B))), "discounts": f32(0.99 * (rng.random((T, B)) > 0.3)),
-             "valid": f32([[1, 1], [0, 1], [1, 0]])}  # fmt: skip
+             "valid": f32([[1, 1], [0, 1], [1, 0]])}
     args = impala.Args(max_grad_norm=float("inf"))  # no clipping: compare the raw gradient
     torch.manual_seed(0)
     agent = impala.Agent(A)
@@ -107,10 +107,10 @@ def test_logged_losses_are_means_over_valid_samples_and_the_gradient_is_of_the_s
     log_rhos = logp - torch.log_softmax(batch["logits"], -1).gather(-1, actions)[..., 0]
     v = values.detach().double().numpy()
     vs, pg = naive_vtrace(log_rhos.detach().double().numpy(), batch["rewards"].double().numpy(),
-                          batch["discounts"].double().numpy(), v[:-1], v[-1], args.rho_bar, args.c_bar)  # fmt: skip
+                          batch["discounts"].double().numpy(), v[:-1], v[-1], args.rho_bar, args.c_bar)
     valid = batch["valid"].bool()
     terms = {"policy_loss": (-f32(pg) * logp)[valid], "value_loss": (0.5 * (f32(vs) - values[:-1]) ** 2)[valid],
-             "entropy": (-(log_pi.exp() * log_pi).sum(-1))[valid]}  # fmt: skip
+             "entropy": (-(log_pi.exp() * log_pi).sum(-1))[valid]}
     for name, term in terms.items():
         assert metrics[f"losses/{name}"] == pytest.approx(term.mean().item(), rel=1e-4, abs=1e-6), name
     sums = {name: term.sum() for name, term in terms.items()}
@@ -154,11 +154,11 @@ def test_the_batch_and_its_policy_lag_are_read_before_its_buffers_are_released()
 # --- the script end to end -------------------------------------------------------------------------
 def test_end_to_end_learner_and_two_actors_tracked_offline(workdir):
     proc, _, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", "8000", "--track",
-                           "--log-every", "2", *FAST, cwd=workdir, np=3)  # fmt: skip
+                           "--log-every", "2", *FAST, cwd=workdir, np=3)
     assert "1 learner + 2 actor(s)" in proc.stdout
     for tag in ("charts/SPS", "charts/episodic_return", "losses/policy_loss", "vtrace/rho_mean",
                 "vtrace/rho_clipped_frac", "impala/policy_lag", "impala/learner_idle_frac",
-                "impala/queue_depth"):  # fmt: skip
+                "impala/queue_depth"):
         assert tag in tags, tag
     assert tags["charts/SPS"][-1][0] == 8000 // 80 * 80
     assert all(0.0 <= v <= 1.0 for _, v in tags["impala/learner_idle_frac"])
@@ -169,7 +169,7 @@ def test_end_to_end_learner_and_two_actors_tracked_offline(workdir):
 
 def test_single_process_is_on_policy(workdir):
     proc, run_dir, tags = run_ok(SCRIPT, "--total-timesteps", "1600", "--log-every", "1", "--save-model",
-                                 "--eval-episodes", "1", "--single-process", *FAST, cwd=workdir)  # fmt: skip
+                                 "--eval-episodes", "1", "--single-process", *FAST, cwd=workdir)
     assert "one process: actor and learner alternate" in proc.stdout
     assert all(v == 0 for _, v in tags["impala/policy_lag"])
     assert all(abs(v - 1.0) < 1e-5 for _, v in tags["vtrace/rho_mean"])  # pi = mu: every ratio is 1
@@ -186,7 +186,7 @@ def test_a_slow_actor_does_not_stop_the_learner(workdir):
     """Actor 2 as a device 6 times slower (--debug-slow-factor 6: it sleeps 5 x each unroll's time): the learner
     kept learning from the actor that kept up."""
     proc, run_dir, _ = run_ok(SCRIPT, "--total-timesteps", "4000", "--debug-slow-rank", "2", "--debug-slow-factor",
-                              "6", *FAST, cwd=workdir, np=3, timeout=180)  # fmt: skip
+                              "6", *FAST, cwd=workdir, np=3, timeout=180)
     assert "global_step 4000/4000" in proc.stdout
     ranks = ranks_of(run_dir)
     slow = ranks[2]
@@ -201,7 +201,7 @@ def test_the_learner_queue_is_bounded_when_actors_outpace_it(workdir):
     the actors wait instead of the learner's memory and the policy lag growing."""
     _, _, tags = run_ok(SCRIPT, "--total-timesteps", str(25 * 40), "--batch-size", "4", "--num-envs", "4",
                         "--unroll-length", "10", "--log-every", "1", "--debug-slow-rank", "0",
-                        "--debug-slow-seconds", "0.2", "--print-every", "1", cwd=workdir, np=4)  # fmt: skip
+                        "--debug-slow-seconds", "0.2", "--print-every", "1", cwd=workdir, np=4)
     depths = [v for _, v in tags["impala/queue_depth"]]
     assert max(depths) <= 5 and max(depths) >= 2  # bounded, and the actors did outpace the learner
     # Lag is bounded too (unbounded, the queue reached 67 unrolls here): 5 queued + 3 actors x 2 in flight,
