@@ -35,7 +35,7 @@ Simplifications and choices, stated so nobody has to find them:
 import os
 
 # Before torch loads OpenMP: its threads sleep between parallel regions instead of spinning, which
-# would take the cores from envpool's threads (benchmark/results/throughput_levers.txt, section 6:
+# would take the cores from envpool's threads (results/throughput_levers.txt, section 6:
 # A2C 1 x 16 +3-12% on 2 cores; ranks of one torch thread never spin). A value set by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -225,7 +225,7 @@ class Agent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Channels-last input (the weights stay contiguous): the convolutions' train step runs 1.2-1.5x
-        # faster on a CPU (benchmark/results/throughput_levers.txt, section 1), the same values to float rounding.
+        # faster on a CPU (results/throughput_levers.txt, section 1), the same values to float rounding.
         hidden = self.network((x.float() / 255.0).contiguous(memory_format=torch.channels_last))
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 

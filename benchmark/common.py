@@ -52,7 +52,7 @@ passed with --wandb-tags: the preset name and "commit-<short sha>"; the scripts 
 import importlib
 import json
 import os
-import shutil
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -63,6 +63,61 @@ from types import ModuleType
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+SCRIPTS = {
+    "gala_a2c": "gala_a2c_atari.py",
+    "a2c_allreduce": "a2c_allreduce_atari.py",
+    "a3c_gpu": "a3c_gpu_atari.py",
+    "impala": "impala_atari.py",
+}
+
+IMPALA_BATCH = 32
+"""trajectories in one IMPALA update: Table G.1's batch, impala_atari.py's default --batch-size"""
+
+
+class ConfigError(ValueError):
+    """Input the runner refuses; main prints the message and exits with 2."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One launch: `mpirun -np ranks python SCRIPT --num-envs envs_per_rank`, of which `workers`
+    ranks hold simulators (workers x envs_per_rank = the total)."""
+
+    ranks: int
+    envs_per_rank: int
+    workers: int
+
+
+def launch_plan(algorithm: str, simulators: int, workers: int, impala_batch_size: int = IMPALA_BATCH) -> Plan:
+    """The launch of ALGORITHM at SIMULATORS in total over WORKERS ranks that hold simulators.
+
+    A2C and GALA: R = workers ranks x S. A3C: the same plus a store rank (rank 0) that only serves.
+    IMPALA: a learner (rank 0) plus A = workers actors x S, and its batch of trajectories must be
+    whole unrolls of S. Raises ConfigError, saying why, when the total does not split."""
+    if algorithm not in SCRIPTS:
+        raise ConfigError(f"unknown algorithm {algorithm!r}: one of {', '.join(SCRIPTS)}")
+    noun = "actors" if algorithm == "impala" else "workers"
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if simulators < workers or simulators % workers:
+        raise ConfigError(
+            f"{algorithm}: {simulators} simulators do not split over {workers} {noun} "
+            f"({simulators} is not a positive multiple of {workers}); use a multiple of {workers} or change --workers"
+        )
+    per_rank = simulators // workers
+    if algorithm == "impala":
+        if impala_batch_size < per_rank or impala_batch_size % per_rank:
+            raise ConfigError(
+                f"impala: --batch-size {impala_batch_size} trajectories is not a multiple of the {per_rank} simulators "
+                f"per actor ({simulators} over {workers} actors); an update takes whole unrolls, "
+                f"so set --impala-batch-size to a multiple of {per_rank}"
+            )
+        return Plan(ranks=workers + 1, envs_per_rank=per_rank, workers=workers)
+    if algorithm == "a3c_gpu":
+        return Plan(ranks=workers + 1, envs_per_rank=per_rank, workers=workers)
+    return Plan(ranks=workers, envs_per_rank=per_rank, workers=workers)
 
 
 def script_module(script: str) -> ModuleType:
@@ -110,46 +165,50 @@ def rate(fn, units_per_call: int, seconds: float) -> float:
     return calls * units_per_call / (time.perf_counter() - start)
 
 
-def script_sps(
-    tree: Path, script: str, np_: int | None, env_id: str, steps: int, *extra: str, wait: bool = True,
-    tensorboard: bool = False,
-):
-    """Runs SCRIPT from TREE (a checkout) with 16 simulators per worker (unless EXTRA says otherwise), under `mpirun
-    -np NP_` unless NP_ is None, in a temporary directory, as a user runs it (the environment of this process, W&B
-    offline); returns its summary's SPS, after the warm-up (or, if not WAIT, a function that waits and returns it).
-    With TENSORBOARD, the last `charts/SPS` it logged instead (since its start, warm-up included): what scripts
-    older than summary.json (before c64ba08) also give."""
-    cmd = [sys.executable, str(tree / script), "--env-id", env_id, "--num-envs", "16", "--total-timesteps",
-           str(steps), *extra]
-    if np_ is not None:
-        cmd = [mpirun(), "-np", str(np_), *cmd]
-    where = tempfile.mkdtemp()
-    proc = subprocess.Popen(cmd, cwd=where, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "WANDB_MODE": "offline"})
-
-    def result() -> float:
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-2000:]}")
-        (run,) = (Path(where) / "runs").iterdir()
-        if tensorboard:
-            measured = scalars(run)["charts/SPS"][-1][1]
-        else:
-            measured = json.loads((run / "summary.json").read_text())["sps"]
-        shutil.rmtree(where)
-        return measured
-
-    return result() if wait else result
-
-
-def launch(where: Path, script: str, np: int, *args: str) -> Path:
-    """Runs `mpirun -np NP python SCRIPT ARGS` to completion in `where` (created); returns the run
-    directory it wrote under runs/."""
+def start(where: Path, algorithm: str, simulators: int, workers: int, *args: str, tree: Path = ROOT,
+          impala_batch_size: int = IMPALA_BATCH) -> subprocess.Popen:
+    """Starts ALGORITHM's script from TREE (a checkout; default this one) at SIMULATORS over WORKERS ranks that
+    hold simulators, in launch_plan's shape (`mpirun -np R`, plain `python` for one rank), with ARGS after its
+    --num-envs, in WHERE (created), as a user runs it (this process's environment, W&B offline). Its output is
+    discarded and its stderr kept in a temporary file (no pipe to drain), which `finished` shows if it fails."""
+    plan = launch_plan(algorithm, simulators, workers, impala_batch_size)
+    script = tree / SCRIPTS[algorithm]
+    argv = [*command(SCRIPTS[algorithm], "--num-envs", str(plan.envs_per_rank), *args,
+                     np=plan.ranks if plan.ranks > 1 else None)]
+    argv[argv.index(str(ROOT / SCRIPTS[algorithm]))] = str(script)
+    if algorithm == "impala":
+        argv += ["--batch-size", str(impala_batch_size)]
     where.mkdir(parents=True, exist_ok=True)
-    began = time.time()
-    subprocess.run(command(script, *args, np=np), cwd=where, check=True)
-    print(f"  {script} -np {np} {' '.join(args)}: {time.time() - began:.0f} s wall", flush=True)
+    err = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(argv, cwd=where, env={**os.environ, "WANDB_MODE": "offline"}, stdout=subprocess.DEVNULL,
+                            stderr=err, text=True)
+    proc.err_file = err
+    return proc
+
+
+def finished(proc: subprocess.Popen, where: Path) -> Path:
+    """Waits for a run started by `start` in WHERE; exits with its error if it failed; returns its run directory
+    (the newest under WHERE/runs)."""
+    proc.wait()
+    proc.err_file.seek(0)
+    err = proc.err_file.read()
+    proc.err_file.close()
+    if proc.returncode != 0:
+        sys.exit(f"{shlex.join(proc.args)} exited {proc.returncode}:\n{err[-2000:]}")
     return max((where / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+
+
+def launch(where: Path, algorithm: str, simulators: int, workers: int, *args: str, **options) -> Path:
+    """`start` then `finished`: runs ALGORITHM to its end in WHERE; returns its run directory."""
+    began = time.time()
+    run_dir = finished(start(where, algorithm, simulators, workers, *args, **options), where)
+    print(f"  {algorithm} {simulators} simulators over {workers}: {time.time() - began:.0f} s wall", flush=True)
+    return run_dir
+
+
+def summary(run_dir: Path) -> dict:
+    """A run's summary.json: its result, with every rank's counters under "ranks" (README, "What a run writes")."""
+    return json.loads((run_dir / "summary.json").read_text())
 
 
 @dataclass

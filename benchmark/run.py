@@ -42,18 +42,21 @@ import psutil
 import tyro
 from tqdm import tqdm
 
-from benchmark.common import ROOT, ManifestEntry, command, read_manifest, script_module
+from benchmark.common import (
+    IMPALA_BATCH,
+    ROOT,
+    SCRIPTS,
+    ConfigError,
+    ManifestEntry,
+    Plan,
+    command,
+    launch_plan,
+    read_manifest,
+    script_module,
+)
 
 Algorithm = Literal["gala_a2c", "a2c_allreduce", "a3c_gpu", "impala"]
-SCRIPTS = {
-    "gala_a2c": "gala_a2c_atari.py",
-    "a2c_allreduce": "a2c_allreduce_atari.py",
-    "a3c_gpu": "a3c_gpu_atari.py",
-    "impala": "impala_atari.py",
-}
 GAMES = ("BeamRider-v5", "Breakout-v5", "Pong-v5", "Qbert-v5", "Seaquest-v5", "SpaceInvaders-v5")
-IMPALA_BATCH = 32
-"""trajectories in one IMPALA update: Table G.1's batch, impala_atari.py's default --batch-size"""
 
 
 @functools.cache
@@ -269,52 +272,8 @@ class Config:
     """SLURM CPUs of a job (one task per node runs mpirun); default: ranks x threads of the largest run"""
 
 
-class ConfigError(ValueError):
-    """Input the runner refuses; main prints the message and exits with 2."""
-
-
 # ---------------------------------------------------------------------------------------------
-# Matched simulators: how a total splits into ranks
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One launch: `mpirun -np ranks python SCRIPT --num-envs envs_per_rank`, of which `workers`
-    ranks hold simulators (workers x envs_per_rank = the total)."""
-
-    ranks: int
-    envs_per_rank: int
-    workers: int
-
-
-def launch_plan(algorithm: str, simulators: int, workers: int, impala_batch_size: int = IMPALA_BATCH) -> Plan:
-    """The launch of ALGORITHM at SIMULATORS in total over WORKERS ranks that hold simulators.
-
-    A2C and GALA: R = workers ranks x S. A3C: the same plus a store rank (rank 0) that only serves.
-    IMPALA: a learner (rank 0) plus A = workers actors x S, and its batch of trajectories must be
-    whole unrolls of S. Raises ConfigError, saying why, when the total does not split."""
-    if algorithm not in SCRIPTS:
-        raise ConfigError(f"unknown algorithm {algorithm!r}: one of {', '.join(SCRIPTS)}")
-    noun = "actors" if algorithm == "impala" else "workers"
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    if simulators < workers or simulators % workers:
-        raise ConfigError(
-            f"{algorithm}: {simulators} simulators do not split over {workers} {noun} "
-            f"({simulators} is not a positive multiple of {workers}); use a multiple of {workers} or change --workers"
-        )
-    per_rank = simulators // workers
-    if algorithm == "impala":
-        if impala_batch_size < per_rank or impala_batch_size % per_rank:
-            raise ConfigError(
-                f"impala: --batch-size {impala_batch_size} trajectories is not a multiple of the {per_rank} simulators "
-                f"per actor ({simulators} over {workers} actors); an update takes whole unrolls, "
-                f"so set --impala-batch-size to a multiple of {per_rank}"
-            )
-        return Plan(ranks=workers + 1, envs_per_rank=per_rank, workers=workers)
-    if algorithm == "a3c_gpu":
-        return Plan(ranks=workers + 1, envs_per_rank=per_rank, workers=workers)
-    return Plan(ranks=workers, envs_per_rank=per_rank, workers=workers)
+# Matched simulators: the steps of one update (the launch shapes are benchmark.common.launch_plan's)
 
 
 def steps_per_update(algorithm: str, simulators: int, impala_batch_size: int) -> int:

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 from benchmark.common import command, scalars  # noqa: E402
 
 # The tests start up to 4 ranks on 2 cores: a rank waiting in a blocking MPICH call (an Allreduce, a Wait, a window
-# lock) sleeps between polls instead of polling a core at 100% that the other ranks need (benchmark/results/
+# lock) sleeps between polls instead of polling a core at 100% that the other ranks need (results/
 # throughput_levers.txt, section 11). Set here, before any launch, so every test's children inherit it.
 os.environ.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}

@@ -1,4 +1,4 @@
-"""benchmark.memory reads each rank's memory from the processes a launcher started: checked against a child
+"""studies.memory reads each rank's memory from the processes a launcher started: checked against a child
 that holds a known amount of memory, under a launcher as mpirun starts its ranks (rank in the environment)."""
 
 import os
@@ -9,7 +9,7 @@ import psutil
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
-from benchmark.memory import Config, Rank, sample, table  # noqa: E402
+from studies.memory import Config, Rank, sample, table  # noqa: E402
 
 HOLD = 'import time; b = bytearray(300 * 2**20); b[::4096] = b"x" * (300 * 256); print(1, flush=True); time.sleep(30)'
 

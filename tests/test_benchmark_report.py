@@ -334,3 +334,28 @@ def test_a_continued_run_is_joined_to_the_launch_it_continued(tmp_path):
     assert joined.value.tolist() == pytest.approx([s / 100 for s in joined.step])
     # Each launch: 10 s per 100 steps from its first event; the second's seconds follow the first's 40 s at step 500.
     assert joined.wall.tolist() == pytest.approx([0, 10, 20, 30, 40, 40, 50, 60, 70, 80], abs=0.5)
+
+
+def test_quarters_and_the_score_at_a_time_by_hand():
+    steps, walls, returns = [100, 300, 600, 700, 990], [10, 30, 60, 70, 99], [1, 2, 3, 5, 8]
+    q = report.quarter_scores(steps, returns, 1000)  # quarters [0, 250) [250, 500) [500, 750) [750, 1000]
+    assert q == [1, 2, 4, 8]
+    assert math.isnan(report.quarter_scores([100], [1], 1000)[2])
+    assert report.score_at(walls, returns, 70, window=0.25) == 4  # games in [52.5, 70]: 3 and 5
+    assert report.score_at(walls, returns, 40, window=0.1) == 2  # none in [36, 40]: the last before, 2
+    assert math.isnan(report.score_at(walls, returns, 5))
+
+
+def test_gossip_statistics_over_every_agent_by_hand():
+    """Two agents' counters as summary.json holds them: agent 1 finished 10 s later, both at 5 updates/s."""
+    agent = {"updates": 100, "mixes": 90, "longest_without_mix": 2, "weight": 1.0}
+    summary = {"ranks": [{**agent, "rank": 0, "seconds": 20.0, "ages": {"1": 60, "2": 30}},
+                         {**agent, "rank": 1, "seconds": 30.0, "mixes": 80, "longest_without_mix": 5,
+                          "ages": {"0": 40, "1": 40}}]}
+    got = report.gossip_statistics(summary)
+    assert got["mix_rate"] == pytest.approx(170 / 200)
+    assert got["message_age"] == pytest.approx((60 + 60 + 40) / 170)
+    assert (got["longest_without_mix"], got["finish_spread_s"]) == (5, 10.0)
+    assert got["drift_updates"] == pytest.approx(10 * (100 / 20 + 100 / 30) / 2)
+    assert got["weights"] == "1.00-1.00"
+    assert all(math.isnan(v) for v in report.gossip_statistics({"ranks": [{"rank": 0, "updates": 3}]}).values())

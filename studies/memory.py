@@ -9,14 +9,11 @@ while this process samples every rank's memory (psutil) every `--interval` secon
 "growth" is the last sample's RSS minus the RSS at half the run (well after warm-up); run with
 `--total-timesteps 200000` to look for a leak over a long run. Linux only (PSS).
 
-    python -m benchmark.memory                      # about 2 minutes here
-    python -m benchmark.memory --total-timesteps 200000 --scripts a2c_allreduce_atari.py
+    python -m studies.memory                      # about 2 minutes here
+    python -m studies.memory --total-timesteps 200000 --scripts a2c_allreduce_atari.py
 """
 
-import os
-import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +21,8 @@ from pathlib import Path
 import psutil
 import tyro
 
-from benchmark.common import command
+from benchmark.common import SCRIPTS, finished, start
 
-SCRIPTS = ("a2c_allreduce_atari.py", "gala_a2c_atari.py", "a3c_gpu_atari.py", "impala_atari.py")
 # ranks without simulators before the workers: A3C's store, IMPALA's learner
 SERVER_RANKS = {"a3c_gpu_atari.py": 1, "impala_atari.py": 1}
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK")
@@ -35,7 +31,7 @@ MIB = 2**20
 
 @dataclass
 class Config:
-    scripts: tuple[str, ...] = SCRIPTS
+    scripts: tuple[str, ...] = tuple(SCRIPTS.values())
     env_id: str = "Breakout-v5"
     workers: int = 2
     """ranks with simulators"""
@@ -46,7 +42,7 @@ class Config:
     """seconds between samples"""
     node_gib: float = 24.0
     """memory of the node that 'ranks per node' is for"""
-    out: Path = Path("benchmark/results/memory.txt")
+    out: Path = Path("results/memory.txt")
     """where the table goes (also printed)"""
 
 
@@ -85,25 +81,17 @@ def sample(launcher: psutil.Process, script: str, ranks: dict[int, Rank]) -> Non
 
 def measure(cfg: Config, script: str) -> tuple[dict[int, Rank], float]:
     """Runs SCRIPT to the end in a temporary directory, sampling its ranks; returns them and the wall time."""
-    np_ = cfg.workers + SERVER_RANKS.get(script, 0)
-    args = ["--env-id", cfg.env_id, "--num-envs", str(cfg.num_envs), "--total-timesteps", str(cfg.total_timesteps),
-            "--save-model", "--seed", "1"]
+    algorithm = next(a for a, s in SCRIPTS.items() if s == script)
+    args = ["--env-id", cfg.env_id, "--total-timesteps", str(cfg.total_timesteps), "--save-model", "--seed", "1"]
     ranks: dict[int, Rank] = {}
     with tempfile.TemporaryDirectory() as where:
         began = time.time()
-        env = {**os.environ, "WANDB_MODE": "offline"}
-        proc = subprocess.Popen(command(script, *args, np=np_), cwd=where, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        stderr: list[str] = []
-        reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
-        reader.start()
+        proc = start(Path(where), algorithm, cfg.workers * cfg.num_envs, cfg.workers, *args)
         launcher = psutil.Process(proc.pid)
         while proc.poll() is None:
             sample(launcher, script, ranks)
             time.sleep(cfg.interval)
-        reader.join()
-        if proc.returncode != 0:
-            raise SystemExit(f"{script} exited {proc.returncode}:\n{''.join(stderr)[-3000:]}")
+        finished(proc, Path(where))
     return ranks, time.time() - began
 
 
@@ -116,7 +104,7 @@ def role(script: str, rank: int) -> str:
 
 def table(cfg: Config, results: dict[str, tuple[dict[int, Rank], float]]) -> str:
     lines = [
-        f"python -m benchmark.memory --env-id {cfg.env_id} --workers {cfg.workers} --num-envs {cfg.num_envs} "
+        f"python -m studies.memory --env-id {cfg.env_id} --workers {cfg.workers} --num-envs {cfg.num_envs} "
         f"--total-timesteps {cfg.total_timesteps}",
         f"# peak RSS and PSS (MiB) per rank, sampled every {cfg.interval} s; growth = RSS at the end - RSS at half "
         "the run",

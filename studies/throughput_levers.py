@@ -18,11 +18,11 @@
   Factory 2.1.1; ale-py 0.8 takes its ROMs in `ale_py/roms/`: envpool-assets has them); `impala_atari.py` 1 learner
   + 2 actors x 8 and 1 learner + 1 actor x 16 with the same batch (32 unrolls of 20).
 
-    python -m benchmark.throughput_levers channels-last
-    python -m benchmark.throughput_levers gossip-cost --steps 40000
-    python -m benchmark.throughput_levers before-after --old-tree /work/old --steps 40000
-    python -m benchmark.throughput_levers overlap
-    python -m benchmark.throughput_levers sample-factory --sf-python /work/sfvenv/bin/python
+    python -m studies.throughput_levers channels-last
+    python -m studies.throughput_levers gossip-cost --steps 40000
+    python -m studies.throughput_levers before-after --old-tree /work/old --steps 40000
+    python -m studies.throughput_levers overlap
+    python -m studies.throughput_levers sample-factory --sf-python /work/sfvenv/bin/python
 """
 
 import os
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import tyro
 
-from benchmark.common import ROOT, rate, script_module, script_sps
+from benchmark.common import ROOT, finished, rate, script_module, start, summary
 
 
 @dataclass
@@ -66,9 +66,6 @@ class BeforeAfter:
     env_id: str = "Breakout-v5"
     only: tuple[str, ...] = ()
     """ALGOs whose cases to run (default: all)"""
-    tensorboard: bool = False
-    """compare the last logged charts/SPS (since each run's start) instead of summary.json's warm SPS: for an old
-    tree without summary.json"""
 
 
 @dataclass
@@ -122,15 +119,24 @@ def channels_last(cfg: ChannelsLast) -> list[str]:
     return lines
 
 
+def sps(*runs: tuple, tree: Path = ROOT) -> list[float]:
+    """The summaries' SPS of RUNS, each (algorithm, simulators, workers, env id, steps, *args) with 16 simulators per
+    worker unless ARGS say otherwise, run side by side from TREE in temporary directories."""
+    with tempfile.TemporaryDirectory() as where:
+        dirs = [Path(where) / str(i) for i in range(len(runs))]
+        procs = [start(d, algorithm, simulators, workers, "--env-id", env_id, "--total-timesteps", str(steps), *args,
+                       tree=tree, impala_batch_size=batch)
+                 for d, (algorithm, simulators, workers, env_id, steps, batch, *args) in zip(dirs, runs)]
+        return [summary(finished(proc, d))["sps"] for proc, d in zip(procs, dirs)]
+
+
 def gossip_cost(cfg: GossipCost) -> list[str]:
     lines = []
     for r in range(cfg.rounds):
-        gala = script_sps(ROOT, "gala_a2c_atari.py", 2, cfg.env_id, cfg.steps)
-        one = ["--torch-threads", "1", "--env-threads", "1"]
-        half = cfg.steps // 2
-        pending = [script_sps(ROOT, "gala_a2c_atari.py", None, cfg.env_id, half, *one, wait=False) for _ in "ab"]
-        alone = sum(result() for result in pending)
-        a2c = script_sps(ROOT, "a2c_allreduce_atari.py", 2, cfg.env_id, cfg.steps)
+        (gala,) = sps(("gala_a2c", 32, 2, cfg.env_id, cfg.steps, 32))
+        one = ("--torch-threads", "1", "--env-threads", "1")
+        alone = sum(sps(*[("gala_a2c", 16, 1, cfg.env_id, cfg.steps // 2, 32, *one)] * 2))
+        (a2c,) = sps(("a2c_allreduce", 32, 2, cfg.env_id, cfg.steps, 32))
         lines.append(
             f"round {r}: GALA 2 x 16 {gala:.0f} SPS; two 1 x 16 side by side (no gossip) {alone:.0f}; "
             f"A2C 2 x 16 {a2c:.0f}; GALA / no gossip {gala / alone:.2f}; GALA / A2C {gala / a2c:.2f}"
@@ -140,24 +146,25 @@ def gossip_cost(cfg: GossipCost) -> list[str]:
 
 
 CASES = [
-    ("a2c_allreduce_atari.py", None, ()),
-    ("a2c_allreduce_atari.py", 2, ()),
-    ("gala_a2c_atari.py", 2, ()),
-    ("a3c_gpu_atari.py", 3, ()),
-    ("impala_atari.py", 3, ("--batch-size", "16", "--unroll-length", "20", "--no-anneal-lr")),
+    ("a2c_allreduce", 1, ()),
+    ("a2c_allreduce", 2, ()),
+    ("gala_a2c", 2, ()),
+    ("a3c_gpu", 2, ()),
+    ("impala", 2, ("--unroll-length", "20", "--no-anneal-lr")),
 ]
+"""(algorithm, workers of 16 simulators each, flags): the learning preset's shapes (IMPALA's batch: 16 unrolls)"""
 
 
 def before_after(cfg: BeforeAfter) -> list[str]:
     lines = []
     for r in range(cfg.rounds):
-        for script, np_, extra in CASES:
-            if cfg.only and script.removesuffix("_atari.py") not in cfg.only:
+        for algorithm, workers, extra in CASES:
+            if cfg.only and algorithm not in cfg.only:
                 continue
-            old = script_sps(cfg.old_tree, script, np_, cfg.env_id, cfg.steps, *extra, tensorboard=cfg.tensorboard)
-            new = script_sps(ROOT, script, np_, cfg.env_id, cfg.steps, *extra, tensorboard=cfg.tensorboard)
-            shape = "1 x 16" if np_ is None else f"-np {np_}, 16 per worker"
-            lines.append(f"round {r} {script} {shape}: before {old:.0f}  after {new:.0f}  ratio {new / old:.2f}")
+            run = (algorithm, 16 * workers, workers, cfg.env_id, cfg.steps, 16, *extra)
+            (old,), (new,) = sps(run, tree=cfg.old_tree), sps(run)
+            lines.append(f"round {r} {algorithm} {workers} x 16: before {old:.0f}  after {new:.0f}  "
+                         f"ratio {new / old:.2f}")
             print(lines[-1], flush=True)
     return lines
 
@@ -251,11 +258,11 @@ def sample_factory_sps(python: Path, steps: int) -> tuple[float, float]:
 
 
 def sample_factory(cfg: SampleFactory) -> list[str]:
-    lines, batch = [], ("--batch-size", "32", "--unroll-length", "20", "--no-anneal-lr")
+    lines, flags = [], ("--unroll-length", "20", "--no-anneal-lr")
     for r in range(cfg.rounds):
         recent, whole = sample_factory_sps(cfg.sf_python, cfg.steps)
-        two = script_sps(ROOT, "impala_atari.py", 3, "Pong-v5", cfg.steps, "--num-envs", "8", *batch)
-        one = script_sps(ROOT, "impala_atari.py", 2, "Pong-v5", cfg.steps, *batch)
+        (two,) = sps(("impala", 16, 2, "Pong-v5", cfg.steps, 32, *flags))
+        (one,) = sps(("impala", 16, 1, "Pong-v5", cfg.steps, 32, *flags))
         lines.append(f"round {r}: Sample Factory APPO 2 workers x 8 {recent:.0f} SPS (last 60 s; whole run "
                      f"{whole:.0f}); impala_atari.py learner + 2 actors x 8 {two:.0f} ({two / recent:.2f}x), "
                      f"learner + 1 actor x 16 {one:.0f} ({one / recent:.2f}x)")
@@ -276,7 +283,7 @@ LEVERS = {
 def main() -> None:
     cfg = tyro.extras.subcommand_cli_from_dict({name: options for name, (options, _) in LEVERS.items()})
     (measure,) = [fn for options, fn in LEVERS.values() if isinstance(cfg, options)]
-    print(f"python -m benchmark.throughput_levers {' '.join(sys.argv[1:])}")
+    print(f"python -m studies.throughput_levers {' '.join(sys.argv[1:])}")
     measure(cfg)
 
 

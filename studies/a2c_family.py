@@ -3,11 +3,11 @@
 For each simulator count per worker, runs a2c_allreduce_atari.py and gala_a2c_atari.py under
 `mpirun -np RANKS` and a3c_gpu_atari.py under `mpirun -np RANKS+1` (its store rank holds no
 simulators), one after the other, with 1 torch and 1 envpool thread per rank, and reads each run's
-final global SPS (and A3C's mean staleness) from its TensorBoard log; then one longer GALA run whose
+SPS from its summary.json (and A3C's mean staleness from its TensorBoard log); then one longer GALA run whose
 `gossip/disagreement` (RMS distance of the agents' parameters to their average) is plotted against
 global steps.
 
-    python -m benchmark.a2c_family --ranks 2 --num-envs 8 16 --steps 40000 --disagreement-steps 200000
+    python -m studies.a2c_family --ranks 2 --num-envs 8 16 --steps 40000 --disagreement-steps 200000
 """
 
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tyro
 
-from benchmark.common import launch, scalars
+from benchmark.common import launch, scalars, summary
 
 
 @dataclass
@@ -34,30 +34,28 @@ class Config:
     """where runs, the plot and the table go"""
 
 
-def launch_at(cfg: Config, script: str, num_envs: int, steps: int, *extra: str) -> Path:
-    args = ["--env-id", cfg.env_id, "--num-envs", str(num_envs), "--total-timesteps", str(steps),
-            "--torch-threads", "1", "--env-threads", "1", "--print-every", "30", *extra]
-    ranks = cfg.ranks + 1 if script == "a3c_gpu_atari.py" else cfg.ranks
-    return launch(cfg.out / f"{Path(script).stem}_{cfg.ranks}x{num_envs}_{steps}", script, ranks, *args)
+def launch_at(cfg: Config, algorithm: str, num_envs: int, steps: int, *extra: str) -> Path:
+    args = ["--env-id", cfg.env_id, "--total-timesteps", str(steps), "--torch-threads", "1", "--env-threads", "1",
+            "--print-every", "30", *extra]
+    where = cfg.out / f"{algorithm}_{cfg.ranks}x{num_envs}_{steps}"
+    return launch(where, algorithm, cfg.ranks * num_envs, cfg.ranks, *args)
 
 
 def main(cfg: Config) -> None:
     cfg.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for num_envs in cfg.num_envs:
-        tags = {script: scalars(launch_at(cfg, script, num_envs, cfg.steps))
-                for script in ("a2c_allreduce_atari.py", "gala_a2c_atari.py", "a3c_gpu_atari.py")}
-        sps = {script: t["charts/SPS"][-1][1] for script, t in tags.items()}
-        staleness = [v for _, v in tags["a3c_gpu_atari.py"]["async/staleness"]]
-        rows.append((num_envs, sps["a2c_allreduce_atari.py"], sps["gala_a2c_atari.py"], sps["a3c_gpu_atari.py"],
-                     sum(staleness) / len(staleness)))
+        runs = {a: launch_at(cfg, a, num_envs, cfg.steps) for a in ("a2c_allreduce", "gala_a2c", "a3c_gpu")}
+        sps = {a: summary(run_dir)["sps"] for a, run_dir in runs.items()}
+        staleness = [v for _, v in scalars(runs["a3c_gpu"])["async/staleness"]]
+        rows.append((num_envs, sps["a2c_allreduce"], sps["gala_a2c"], sps["a3c_gpu"], sum(staleness) / len(staleness)))
     table = [f"{cfg.env_id}, {cfg.ranks} workers (A3C: + 1 store rank), {cfg.steps} global steps per run, "
              "final global SPS",
              "workers x envs   A2C-allreduce   GALA-A2C   A3C   GALA/A2C   A3C/A2C   A3C mean staleness"]
     table += [f"{cfg.ranks:7d} x {n:<5d}  {a:13.0f}  {g:9.0f}  {c:4.0f}  {g / a:9.2f}  {c / a:8.2f}  {st:18.2f}"
               for n, a, g, c, st in rows]
     if cfg.disagreement_steps:
-        run_dir = launch_at(cfg, "gala_a2c_atari.py", max(cfg.num_envs), cfg.disagreement_steps,
+        run_dir = launch_at(cfg, "gala_a2c", max(cfg.num_envs), cfg.disagreement_steps,
                             "--disagreement-every", "20")
         tags = scalars(run_dir)
         import matplotlib

@@ -4,7 +4,7 @@ Runs impala_atari.py as 1 learner + 1 actor x S and as 1 learner + 2 actors x S/
 envpool thread per rank) and reports each run's final global SPS, the learner's idle fraction
 (time spent waiting for unrolls) and the mean policy lag.
 
-    python -m benchmark.impala_actors --total-envs 16 --steps 40000
+    python -m studies.impala_actors --total-envs 16 --steps 40000
 """
 
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from benchmark.common import launch, scalars
+from benchmark.common import launch, scalars, summary
 
 
 @dataclass
@@ -32,12 +32,13 @@ def main(cfg: Config) -> None:
     rows = []
     for actors in (1, 2):
         envs = cfg.total_envs // actors
-        args = ["--env-id", cfg.env_id, "--num-envs", str(envs), "--batch-size", str(2 * cfg.total_envs),
-                "--total-timesteps", str(cfg.steps), "--torch-threads", "1", "--env-threads", "1",
-                "--print-every", "30"]
-        tags = scalars(launch(cfg.out / f"actors{actors}", "impala_atari.py", actors + 1, *args))
-        lag = np.mean([v for _, v in tags["impala/policy_lag"]])
-        rows.append((actors, envs, tags["charts/SPS"][-1][1], tags["impala/learner_idle_frac"][-1][1], lag))
+        args = ["--env-id", cfg.env_id, "--total-timesteps", str(cfg.steps), "--torch-threads", "1",
+                "--env-threads", "1", "--print-every", "30"]
+        run_dir = launch(cfg.out / f"actors{actors}", "impala", cfg.total_envs, actors, *args,
+                         impala_batch_size=2 * cfg.total_envs)
+        lag = np.mean([v for _, v in scalars(run_dir)["impala/policy_lag"]])
+        result = summary(run_dir)
+        rows.append((actors, envs, result["sps"], result["idle_frac"], lag))
     table = [f"{cfg.env_id}, {cfg.total_envs} simulators in all, batch {2 * cfg.total_envs} x 20, "
              f"{cfg.steps} global steps",
              "actors x envs   SPS   learner idle   mean policy lag (updates)"]

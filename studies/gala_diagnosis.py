@@ -18,23 +18,19 @@
    the check of the measurement). Simplification: the shard RMSprop states follow the A2C run's
    parameters, not each agent's own trajectory.
 
-3. The study's own runs (`runs`): for every A2C and GALA-family run of an experiment, the final
-   score, the share of updates whose gradient was clipped (from losses/grad_norm) and, for GALA, the
-   mix rate, the longest run without a mix and the mean message age over all agents (from the agents'
-   closing lines: averaged over a ring, the drift of the agents' update counts cancels).
+The study's own runs: `python -m benchmark report` gives each GALA run's gossip over all its agents (from
+summary.json) and the mean return per quarter of the steps.
 
-    python -m benchmark.gala_diagnosis consensus
-    python -m benchmark.gala_diagnosis step --total-timesteps 200000
-    python -m benchmark.gala_diagnosis runs --experiment bench_runs/learning
+    python -m studies.gala_diagnosis consensus
+    python -m studies.gala_diagnosis step --total-timesteps 200000
 
-Writes its table to --out (default benchmark/results/gala_diagnosis_{consensus,step}.txt).
+Writes its table to --out (default results/gala_diagnosis_{consensus,step}.txt).
 """
 
-import ast
 import json
-import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +55,7 @@ class Consensus:
     """time an agent works (acts and learns) per update, while calling Gossip.progress()"""
     jitter: float = 0.2
     """each update's work time varies uniformly by +- this fraction (agents drift apart as real ones do)"""
-    out: Path = Path("benchmark/results/gala_diagnosis_consensus.txt")
+    out: Path = Path("results/gala_diagnosis_consensus.txt")
 
 
 def consensus_worker(out: str, sync_freq: str, updates: int, work_ms: float, jitter: float) -> None:
@@ -102,8 +98,8 @@ def consensus_worker(out: str, sync_freq: str, updates: int, work_ms: float, jit
 def run_consensus(cfg: Consensus) -> None:
     rows = []
     for sync_freq in ("0", "1", "none"):
-        out = Path(f"/tmp/gala_consensus_{sync_freq}.json")
-        cmd = [mpirun(), "-np", "2", sys.executable, "-m", "benchmark.gala_diagnosis", "consensus-worker", str(out),
+        out = Path(tempfile.mkdtemp()) / "consensus.json"
+        cmd = [mpirun(), "-np", "2", sys.executable, "-m", "studies.gala_diagnosis", "consensus-worker", str(out),
                sync_freq, str(cfg.updates), str(cfg.work_ms), str(cfg.jitter)]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
@@ -123,7 +119,7 @@ def run_consensus(cfg: Consensus) -> None:
     ])
     print(table)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(f"python -m benchmark.gala_diagnosis consensus\n{table}\n")
+    cfg.out.write_text(f"python -m studies.gala_diagnosis consensus\n{table}\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +140,7 @@ class Step:
     """A2C's (and every shard's) rate; default 7e-4 x sqrt(simulators / 16), the scripts' default"""
     seed: int = 1
     threads: int = 2
-    out: Path = Path("benchmark/results/gala_diagnosis_step.txt")
+    out: Path = Path("results/gala_diagnosis_step.txt")
 
 
 def flat_grad(agent) -> torch.Tensor:
@@ -246,95 +242,18 @@ def run_step(cfg: Step) -> None:
         "| " + " | ".join(head) + " |", "|" + " --- |" * len(head), *rows,
     ])
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(f"python -m benchmark.gala_diagnosis step --total-timesteps {cfg.total_timesteps}\n{table}\n")
+    cfg.out.write_text(f"python -m studies.gala_diagnosis step --total-timesteps {cfg.total_timesteps}\n{table}\n")
     print(table)
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. The study's runs
-@dataclass
-class Runs:
-    """Gossip and clipping statistics of an experiment's A2C and GALA-family runs."""
-
-    experiment: Path = Path("bench_runs/learning")
-    final_window: float = 0.25
-    """share of the run's last steps whose episodes make the final score"""
-    max_grad_norm: float = 0.5
-    out: Path = Path("benchmark/results/gala_diagnosis_runs.txt")
-
-
-AGENT_LINE = re.compile(  # the ranks' lines may be run together in the merged stdout
-    r"\[agent (\d+)\] [^\[]*?mixes (\d+), skipped (\d+), longest_without_mix (\d+); message ages (\{[^}]*\})"
-)
-
-
-def quarters(steps: np.ndarray, returns: np.ndarray, total: int) -> list[float]:
-    """Mean episodic return in each quarter of a run's steps (nan for a quarter without a finished game)."""
-    masks = [(steps > q * total / 4) & (steps <= (q + 1) * total / 4) for q in range(4)]
-    return [float(np.mean(returns[m])) if m.any() else float("nan") for m in masks]
-
-
-def run_rows(cfg: Runs) -> tuple[list[str], dict[str, list[list[float]]]]:
-    """The table's rows, and each label's runs' mean return per quarter of the steps."""
-    from benchmark.common import read_manifest, scalars
-    from benchmark.report import final_score
-
-    rows, num_steps, by_label = [], script_module("gala_a2c_atari.py").Args().num_steps, {}
-    for e in sorted(read_manifest(cfg.experiment / "manifest.json"), key=lambda e: (e.label, e.seed)):
-        if e.algorithm not in ("a2c_allreduce", "gala_a2c") or e.status != "ok" or e.run_dir is None:
-            continue
-        tags = scalars(cfg.experiment / e.run_dir)
-        steps, returns = zip(*tags["charts/episodic_return"])
-        score = final_score(np.array(steps), np.array(returns), e.total_timesteps, cfg.final_window)
-        by_label.setdefault(e.label, []).append(quarters(np.array(steps), np.array(returns), e.total_timesteps))
-        norms = np.array([v for _, v in tags.get("losses/grad_norm", [])])
-        clipped = f"{np.mean(norms > cfg.max_grad_norm):.2f}" if len(norms) else "n/a"
-        gossip = ["", "", "", ""]
-        if e.algorithm == "gala_a2c":
-            stdout = (cfg.experiment / e.workdir / "stdout.txt").read_text()
-            agents = AGENT_LINE.findall(stdout)
-            ages: dict[int, int] = {}
-            for _, _, _, _, hist in agents:
-                for age, n in ast.literal_eval(hist).items():
-                    ages[age] = ages.get(age, 0) + n
-            mixes, total = sum(int(a[1]) for a in agents), max(sum(ages.values()), 1)
-            updates = e.total_timesteps // (e.envs_per_rank * num_steps)  # of all agents together
-            common = ", ".join(f"{a}: {n / total:.0%}" for a, n in sorted(ages.items()) if n / total >= 0.01)
-            mean_age = sum(a * n for a, n in ages.items()) / total
-            gossip = [f"{mixes / updates:.2f}", str(max(int(a[3]) for a in agents)), f"{mean_age:.2f}", common]
-        cells = [e.label, str(e.seed), f"{score:.1f}", " / ".join(f"{q:.1f}" for q in by_label[e.label][-1]), clipped]
-        rows.append("| " + " | ".join(cells + gossip) + " |")
-    return rows, by_label
-
-
-def run_runs(cfg: Runs) -> None:
-    rows, by_label = run_rows(cfg)
-    means = [f"| {label} | {len(runs)} | " + " | ".join(f"{q:.1f}" for q in np.mean(runs, axis=0)) + " |"
-             for label, runs in by_label.items()]
-    table = "\n".join([
-        f"# {cfg.experiment}: final score = mean raw return over the last {cfg.final_window:.0%} of the steps;",
-        f"# clipped = share of logged updates with a gradient norm above {cfg.max_grad_norm}; GALA: mix rate (mixes",
-        "# / updates, all agents), longest run of updates without a mix, mean message age over all agents and its",
-        "# histogram. quarters: mean return in each quarter of the run's steps.",
-        "| run | seed | final score | quarters | clipped | mix rate | longest without mix | mean age | ages >= 1% |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows,
-        "",
-        "# mean over each label's runs of the mean return per quarter of the steps",
-        "| run | runs | 1st quarter | 2nd | 3rd | 4th |",
-        "| --- | --- | --- | --- | --- | --- |", *means,
-    ])
-    print(table)
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(f"python -m benchmark.gala_diagnosis runs --experiment {cfg.experiment}\n{table}\n")
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "consensus-worker":
         out, sync_freq, updates, work_ms, jitter = sys.argv[2:7]
         consensus_worker(out, sync_freq, int(updates), float(work_ms), float(jitter))
         return
-    cfg = tyro.extras.subcommand_cli_from_dict({"consensus": Consensus, "step": Step, "runs": Runs})
-    {Consensus: run_consensus, Step: run_step, Runs: run_runs}[type(cfg)](cfg)
+    cfg = tyro.extras.subcommand_cli_from_dict({"consensus": Consensus, "step": Step})
+    {Consensus: run_consensus, Step: run_step}[type(cfg)](cfg)
 
 
 if __name__ == "__main__":

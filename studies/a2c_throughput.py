@@ -9,10 +9,12 @@ and one training sample, so its ceiling is 1 / (1/env + 1/inference + 1/train). 
 machine single readings vary by +-20%, so parts and script are measured in alternating rounds and
 the medians reported with each round's ratio.
 
-    python -m benchmark.a2c_throughput --updates 300 --rounds 3
+    python -m studies.a2c_throughput --updates 300 --rounds 3
 """
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ import tyro
 from mpi4py import MPI
 
 import a2c_allreduce_atari as a2c
-from benchmark.common import ROOT, rate, script_sps
+from benchmark.common import launch, rate, summary
 
 
 @dataclass
@@ -76,14 +78,16 @@ def measure_parts(cfg: Config, threads: int) -> tuple[float, float, float]:
 def main(cfg: Config) -> None:
     threads = cfg.threads or a2c.node_threads(MPI.COMM_WORLD)[0]
     torch.set_num_threads(threads)
-    flags = ("--num-envs", str(cfg.num_envs), "--num-steps", str(cfg.num_steps), "--torch-threads", str(threads),
+    flags = ("--env-id", cfg.env_id, "--num-steps", str(cfg.num_steps), "--torch-threads", str(threads),
              "--env-threads", str(threads))
     steps = cfg.updates * cfg.num_steps * cfg.num_envs
     rows = []
     for _ in range(cfg.rounds):
         env_rate, inference_rate, train_rate = measure_parts(cfg, threads)
         ceiling = 1.0 / (1.0 / env_rate + 1.0 / inference_rate + 1.0 / train_rate)
-        sps = script_sps(ROOT, "a2c_allreduce_atari.py", None, cfg.env_id, steps, *flags)
+        with tempfile.TemporaryDirectory() as where:  # the script as a user runs it: one rank, plain python
+            sps = summary(launch(Path(where), "a2c_allreduce", cfg.num_envs, 1, "--total-timesteps", str(steps),
+                                 *flags))["sps"]
         rows.append((env_rate, inference_rate, train_rate, ceiling, sps, sps / ceiling))
     print(f"threads {threads}, {cfg.env_id}, 1 rank x {cfg.num_envs} envs, {cfg.num_steps} steps per update, "
           f"{cfg.updates} updates per script run")
