@@ -137,6 +137,8 @@ class Args:
     """updates in the whole run"""
     start_step: int = 0
     """global step this run starts from: its --resume checkpoint's (a GALA agent's own), else 0"""
+    start_seconds: float = 0.0
+    """seconds of training before this run: its --resume checkpoint's (what --max-seconds counts on from)"""
 
 
 ALGO = "a2c_allreduce"
@@ -416,7 +418,7 @@ def train(args: Args) -> dict:
     reduce_grads = AllreduceGradients(comm, list(agent.parameters()), device)
     start_update = 0 if ckpt is None else resume(ckpt, optimizer, device, rank, args)
     writer = open_writer(args, run_name, run_dir) if rank == 0 else None
-    signalled, slow = StopSignal(comm, args.max_seconds), SlowDown(comm, args)
+    signalled, slow = StopSignal(comm, budget(args)), SlowDown(comm, args)
     progress = Progress(start_update * args.batch_size, args.num_updates * args.batch_size, args.print_every, rank == 0)
     ckpt_path = run_dir / "checkpoint.pt"
 
@@ -427,6 +429,7 @@ def train(args: Args) -> dict:
             save_checkpoint(ckpt_path, {
                 "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
                 "update": update, "global_step": update * args.batch_size, "model": agent.state_dict(),
+                "seconds": args.start_seconds + time.time() - progress.start_time,
                 "optimizer": optimizer.state_dict(), "rng": rngs, "args": asdict(args),
             })
 
@@ -506,9 +509,8 @@ def train(args: Args) -> dict:
         summary["eval"] = evaluate_all_ranks(comm, agent, args, update, env_threads, device)
         if rank == 0:
             report_eval(summary["eval"], args, run_dir, writer, global_step)
-    summary = write_summary(comm, run_dir, summary, {
-        "updates": update - start_update, "seconds": end_time - progress.start_time, "slept": slow.slept,
-    })
+    mine = {"updates": update - start_update, "seconds": end_time - progress.start_time, "slept": slow.slept}
+    summary = write_summary(comm, run_dir, summary, mine)
     if rank == 0:
         close_writer(writer, args)
     return summary
@@ -528,7 +530,7 @@ def checked_input(comm, args: Args) -> Optional[dict]:
         finalize_args(args, comm.Get_size())
         ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
         if args.resume is not None:
-            args.start_step = ckpt["global_step"]
+            args.start_step, args.start_seconds = ckpt["global_step"], ckpt["seconds"]
     except ConfigError as e:
         problem = str(e)
     fail_together(comm, problem)
@@ -720,6 +722,11 @@ class StopSignal:
         MPI.Request.Waitall(self.sends)
         self.comm.Free()
         return any(out for _, out in told)
+
+
+def budget(args) -> Optional[float]:
+    """The seconds of training this run may take: --max-seconds less those of the runs it continues."""
+    return None if args.max_seconds is None else args.max_seconds - args.start_seconds
 
 
 class SlowDown:

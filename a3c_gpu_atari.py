@@ -146,6 +146,8 @@ class Args:
     """central updates in the whole run"""
     start_step: int = 0
     """global step this run starts from: its --resume checkpoint's (a GALA agent's own), else 0"""
+    start_seconds: float = 0.0
+    """seconds of training before this run: its --resume checkpoint's (what --max-seconds counts on from)"""
 
 
 ALGO = "a3c_gpu"
@@ -491,7 +493,7 @@ def train(args: Args) -> dict:
             print(f"resumed from {args.resume} at global_step {ckpt['global_step']}", flush=True)
     comm.Barrier()  # the central state is initialised before anyone reads it
 
-    signalled = StopSignal(comm, args.max_seconds)
+    signalled = StopSignal(comm, budget(args))
     writer = open_writer(args, run_name, run_dir) if is_store else None
     progress = Progress(start_count * args.batch_size, args.num_updates * args.batch_size, args.print_every, is_store)
     ckpt_path, last_checkpoint, reports = run_dir / "checkpoint.pt", start_count * args.batch_size, {}
@@ -504,6 +506,7 @@ def train(args: Args) -> dict:
         save_checkpoint(ckpt_path, {
             "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
             "update": count, "global_step": count * args.batch_size, "model": agent.state_dict(),
+            "seconds": args.start_seconds + time.time() - progress.start_time,
             "square_avg": square_avg, "args": asdict(args),
         })
         return count
@@ -668,7 +671,7 @@ def checked_input(comm, args: Args) -> Optional[dict]:
         finalize_args(args, comm.Get_size())
         ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
         if args.resume is not None:
-            args.start_step = ckpt["global_step"]
+            args.start_step, args.start_seconds = ckpt["global_step"], ckpt["seconds"]
     except ConfigError as e:
         problem = str(e)
     fail_together(comm, problem)
@@ -860,6 +863,11 @@ class StopSignal:
         MPI.Request.Waitall(self.sends)
         self.comm.Free()
         return any(out for _, out in told)
+
+
+def budget(args) -> Optional[float]:
+    """The seconds of training this run may take: --max-seconds less those of the runs it continues."""
+    return None if args.max_seconds is None else args.max_seconds - args.start_seconds
 
 
 class SlowDown:

@@ -163,6 +163,8 @@ class Args:
     """updates of each agent"""
     start_step: int = 0
     """global step this run starts from: its --resume checkpoint's (a GALA agent's own), else 0"""
+    start_seconds: float = 0.0
+    """seconds of training before this run: its --resume checkpoint's (what --max-seconds counts on from)"""
 
 
 ALGO = "gala_a2c"
@@ -856,7 +858,7 @@ def train(args: Args) -> dict:
         gossip.weight = ckpt["gossip_weight"]
     metrics, mail = GossipMetrics(comm.Dup(), args.disagreement_every), EpisodeMail(comm)
     writer = open_writer(args, run_name, run_dir) if rank == 0 else None
-    signalled, slow = StopSignal(comm, args.max_seconds), SlowDown(comm, args)
+    signalled, slow = StopSignal(comm, budget(args)), SlowDown(comm, args)
     progress = Progress(start_update * args.batch_size, args.num_updates * args.batch_size, args.print_every, rank == 0)
     ckpt_dir = run_dir / "checkpoint"
 
@@ -866,6 +868,7 @@ def train(args: Args) -> dict:
         save_checkpoint(ckpt_dir / f"agent{rank}.pt", {
             "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
             "rank": rank, "update": update, "global_step": update * args.batch_size, "model": agent.state_dict(),
+            "seconds": args.start_seconds + time.time() - progress.start_time,
             "optimizer": optimizer.state_dict(), "rng": rng_state(device), "args": asdict(args),
             "gossip_weight": gossip.weight,
         })
@@ -996,7 +999,7 @@ def checked_input(comm, args: Args) -> Optional[dict]:
         finalize_args(args, comm.Get_size())
         ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
         if args.resume is not None:
-            args.start_step = ckpt["global_step"]
+            args.start_step, args.start_seconds = ckpt["global_step"], ckpt["seconds"]
     except ConfigError as e:
         problem = str(e)
     fail_together(comm, problem)
@@ -1188,6 +1191,11 @@ class StopSignal:
         MPI.Request.Waitall(self.sends)
         self.comm.Free()
         return any(out for _, out in told)
+
+
+def budget(args) -> Optional[float]:
+    """The seconds of training this run may take: --max-seconds less those of the runs it continues."""
+    return None if args.max_seconds is None else args.max_seconds - args.start_seconds
 
 
 class SlowDown:

@@ -154,6 +154,8 @@ class Args:
     """learner updates in the whole run"""
     start_step: int = 0
     """global step this run starts from: its --resume checkpoint's (a GALA agent's own), else 0"""
+    start_seconds: float = 0.0
+    """seconds of training before this run: its --resume checkpoint's (what --max-seconds counts on from)"""
 
 
 ALGO = "impala"
@@ -670,7 +672,7 @@ def train(args: Args) -> dict:
             report_eval(results, args, run_dir)
         return {"eval": results}
 
-    signalled = StopSignal(comm, args.max_seconds)  # a signal to any rank reaches the learner, which stops the job
+    signalled = StopSignal(comm, budget(args))  # a signal to any rank reaches the learner, which stops the job
     start_update = ckpt["update"] if ckpt else 0
     env_seed = int(np.random.SeedSequence([args.seed, rank, start_update]).generate_state(1)[0] >> 1)
     actor = Actor(args, agent, env_seed, env_threads, device) if world_size == 1 or rank > 0 else None
@@ -693,6 +695,7 @@ def train(args: Args) -> dict:
         save_checkpoint(ckpt_path, {
             "algorithm": ALGO, "env_id": args.env_id, "world_size": world_size, "num_envs": args.num_envs,
             "update": update, "global_step": update * steps_per_update, "model": agent.state_dict(),
+            "seconds": args.start_seconds + time.time() - progress.start_time,
             "optimizer": optimizer.state_dict(), "args": asdict(args), "rng": rng_state(device),
         })
 
@@ -785,7 +788,7 @@ def checked_input(comm, args: Args) -> Optional[dict]:
         finalize_args(args, comm.Get_size())
         ckpt = start_checkpoint(args, comm.Get_size(), comm.Get_rank())
         if args.resume is not None:
-            args.start_step = ckpt["global_step"]
+            args.start_step, args.start_seconds = ckpt["global_step"], ckpt["seconds"]
     except ConfigError as e:
         problem = str(e)
     fail_together(comm, problem)
@@ -977,6 +980,11 @@ class StopSignal:
         MPI.Request.Waitall(self.sends)
         self.comm.Free()
         return any(out for _, out in told)
+
+
+def budget(args) -> Optional[float]:
+    """The seconds of training this run may take: --max-seconds less those of the runs it continues."""
+    return None if args.max_seconds is None else args.max_seconds - args.start_seconds
 
 
 class SlowDown:

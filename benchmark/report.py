@@ -118,6 +118,8 @@ class RunRecord:
     gpu_percent: Optional[list[float]] = None
     summary: dict = field(default_factory=dict)
     """the run's summary.json (every rank's counters under "ranks"); {} where there is none (W&B)"""
+    config: dict = field(default_factory=dict)
+    """the run's arguments (config.json, or the W&B run's config)"""
     note: str = ""
     """why a run failed, or what is missing"""
     final_window: float = 0.1
@@ -215,7 +217,7 @@ def load_local(experiment: Path) -> list[RunRecord]:
             eval_argmax=evaluation.get("argmax", {}).get("mean", last_value(events, "eval/argmax_return_mean")),
             eval_sampled=evaluation.get("sampled", {}).get("mean", last_value(events, "eval/sampled_return_mean")),
             cpu_percent=list(utilisation.get("cpu_percent") or []), gpu_percent=utilisation.get("gpu_percent"),
-            summary=summary,
+            summary=summary, config=config,
         ))
     return records
 
@@ -279,7 +281,7 @@ def load_wandb(project: str, entity: Optional[str], group: Optional[str]) -> lis
             note="" if run.state == "finished" else f"state {run.state}",
             eval_argmax=run.summary.get("eval/argmax_return_mean"),
             eval_sampled=run.summary.get("eval/sampled_return_mean"),
-            cpu_percent=cpu, gpu_percent=gpu, **series,
+            cpu_percent=cpu, gpu_percent=gpu, config=config, **series,
         ))
     return records
 
@@ -376,6 +378,34 @@ def score_at(walls: np.ndarray, returns: np.ndarray, seconds: float, window: flo
     return float(returns[before][-1]) if before.any() else math.nan
 
 
+def time_to(walls: np.ndarray, steps: np.ndarray, returns: np.ndarray, target: float, smooth: int) -> tuple:
+    """(wall seconds, global steps) at which the trailing mean of the last `smooth` games first reaches TARGET;
+    (nan, nan) if it never does."""
+    smoothed = pd.Series(np.asarray(returns, dtype=float)).rolling(smooth, min_periods=1).mean().to_numpy()
+    reached = np.flatnonzero(smoothed >= target)
+    return (float(walls[reached[0]]), float(steps[reached[0]])) if len(reached) else (math.nan, math.nan)
+
+
+def rank_rates(summary: dict, config: dict) -> str:
+    """Each rank's global steps per second over its own seconds of training, from summary.json: an A2C worker, a
+    GALA agent and an A3C worker make num_steps x num_envs steps per update, an IMPALA actor unroll_length x
+    num_envs per unroll, the learner batch_size x unroll_length per update; with the seconds it slept on purpose
+    (--debug-slow-rank) where it slept. "" without counters."""
+    parts = []
+    for r in summary.get("ranks") or []:
+        if "unrolls" in r:
+            steps = r["unrolls"] * config.get("unroll_length", 0) * config.get("num_envs", 0)
+        elif "central_updates" in r and "updates" not in r:
+            continue  # A3C's store rank holds no simulators
+        elif config.get("unroll_length"):
+            steps = r["updates"] * config["unroll_length"] * config.get("batch_size", 0)
+        else:
+            steps = r["updates"] * config.get("num_steps", 0) * config.get("num_envs", 0)
+        slept = f" (slept {r['slept']:.0f} s)" if r.get("slept") else ""
+        parts.append(f"{r['rank']}: {steps / r['seconds']:.0f}{slept}" if r.get("seconds") else f"{r['rank']}: n/a")
+    return ", ".join(parts)
+
+
 def normalised(scores: np.ndarray, random: float, reference: float) -> np.ndarray:
     """(score - random play) / (reference - random play): 1 = the reference (A2C's mean score), 0 = random play."""
     return (np.asarray(scores, dtype=float) - random) / (reference - random)
@@ -426,11 +456,18 @@ def gossip_statistics(summary: dict) -> dict:
     }
 
 
-def runs_table(records: list[RunRecord], quarters: bool = True) -> pd.DataFrame:
+def late_mean(series: Series, total_steps: int) -> float:
+    """The mean of a logged scalar over the last quarter of the run's steps (nan if none was logged there)."""
+    late = series.step >= 0.75 * total_steps
+    return float(series.value[late].mean()) if late.any() else math.nan
+
+
+def runs_table(records: list[RunRecord], targets: Optional[dict[str, float]] = None, smooth: int = 10) -> pd.DataFrame:
     """One row per run: label, algorithm, game, simulators, seed, status, note, final score, the score in each
-    quarter of the steps (q1..q4), SPS, the wall seconds and steps it reached, utilisation, evaluation, and for
-    GALA runs the gossip statistics of its summary.json. `at_time` (the score at the game's common wall-clock
-    time) is added by compute_report."""
+    quarter of the steps (q1..q4), SPS, the wall seconds and steps it reached, utilisation, evaluation, each
+    rank's steps per second, the seconds and steps to its game's target score (TARGETS: game -> score), and for
+    GALA runs the gossip statistics of its summary.json with the mean relative disagreement of the last quarter
+    of its steps. `at_time` (the score at the game's common wall-clock time) is added by compute_report."""
     rows = []
     for r in records:
         ok = r.status == "ok"
@@ -439,12 +476,17 @@ def runs_table(records: list[RunRecord], quarters: bool = True) -> pd.DataFrame:
             "name": r.name, "label": r.label, "algorithm": r.algorithm, "game": r.game, "simulators": r.simulators,
             "seed": r.seed, "status": r.status, "note": r.note, "final": r.final if ok else math.nan,
             **dict(zip(("q1", "q2", "q3", "q4"), quarter_scores(r.returns.step, r.returns.value, r.total_timesteps)
-                       if ok and quarters else [math.nan] * 4)),
+                       if ok else [math.nan] * 4)),
             "sps": run_sps(r.sps.value) if ok else math.nan, "steps": step_end, "seconds": wall_end,
             "cpu": float(np.mean(r.cpu_percent)) if r.cpu_percent else math.nan,
             "gpu": float(np.mean(r.gpu_percent)) if r.gpu_percent else math.nan,
             "eval_argmax": r.eval_argmax, "eval_sampled": r.eval_sampled,
             **gossip_statistics(r.summary if ok else {}),
+            "disagreement": late_mean(r.disagreement_relative, r.total_timesteps),
+            "rank_rates": rank_rates(r.summary, r.config) if ok else "",
+            **dict(zip(("to_target_s", "to_target_steps"), time_to(r.returns.wall, r.returns.step, r.returns.value,
+                                                                 (targets or {})[r.game], smooth)
+                       if ok and r.game in (targets or {}) else (math.nan, math.nan))),
         })
     table = pd.DataFrame(rows)
     order = {label: i for i, label in enumerate(label_order(table["label"]))}
@@ -536,7 +578,7 @@ class ReportData:
 
 def compute_report(records: list[RunRecord], cfg: "Config") -> ReportData:
     """Every number of report.md, from the runs table."""
-    table = runs_table(records)
+    table = runs_table(records, dict(parse_game_scores(cfg.target)), cfg.smooth)
     ok = table[table["status"] == "ok"]
     scored = ok[ok["final"].notna()]
     by_name = {r.name: r for r in records}
@@ -571,7 +613,7 @@ def compute_report(records: list[RunRecord], cfg: "Config") -> ReportData:
     normalised_scores = pd.DataFrame(rows)
 
     # Nominal scores, success, aggregate
-    nominal = nominal_scores(scored, dict(parse_nominal(cfg.nominal)))
+    nominal = nominal_scores(scored, dict(parse_game_scores(cfg.nominal)))
     nominal_rows = []
     for game in sorted(scored["game"].unique()):
         random = RANDOM_SCORES.get(game, 0.0)
@@ -706,30 +748,56 @@ def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
     lines += markdown(shown[["algorithm", "simulators", "runs", "sps", "ratio", "cpu", "gpu"]].rename(columns={
         "sps": "SPS", "ratio": "SPS / a2c_allreduce", "cpu": "CPU %", "gpu": "GPU %"})) + [""]
 
+    targets = dict(parse_game_scores(cfg.target))
+    if targets:
+        lines += ["## Time to a score", "",
+                  ("Wall-clock seconds (and global steps) at which a run's trailing mean of the last "
+                   f"{cfg.smooth} games first reaches the game's target ({', '.join(cfg.target)}); seeds that never "
+                   "reach it are counted in `reached` and left out of the mean. Ratio: the mean seconds over "
+                   "A2C's at the same simulators."), ""]
+        timed = ok[ok["game"].isin(targets)]
+        cells = timed.groupby(["game", "label", "simulators"], sort=False)
+        a2c = {(g, s): rs["to_target_s"].mean() for (g, lab, s), rs in cells if lab == A2C}
+        lines += markdown(pd.DataFrame([{
+            "game": g, "algorithm": lab, "simulators": s, "reached": f"{rs['to_target_s'].notna().sum()} of {len(rs)}",
+            "seconds per seed": ", ".join(fmt(v, 0) for v in rs["to_target_s"]),
+            "mean seconds": fmt(rs["to_target_s"].mean(), 0), "mean steps": fmt(rs["to_target_steps"].mean(), 0),
+            "seconds / A2C's": fmt(rs["to_target_s"].mean() / a2c[g, s]) if (g, s) in a2c else "n/a",
+        } for (g, lab, s), rs in cells])) + [""]
+
+    lines += ["## Ranks (from summary.json)", "",
+              ("Each rank's global steps per second over its own seconds of training (A2C's workers at the job's "
+               "pace; a GALA agent, an A3C worker, an IMPALA actor at its own), and the seconds a rank slowed on "
+               "purpose slept (--debug-slow-rank)."), ""]
+    lines += markdown(ok[ok["rank_rates"] != ""][["label", "game", "simulators", "seed", "rank_rates"]].rename(
+        columns={"label": "algorithm", "rank_rates": "steps per second by rank"})) + [""]
+
     gala = ok[ok["algorithm"] == GALA].dropna(subset=["mix_rate"])
     lines += ["## Gossip (GALA's runs, every agent, from summary.json)", "",
               ("Mix rate: share of updates that mixed a message; message age: my update count minus the sender's "
                "when it wrote, over every mixed message of every agent (the drift of the agents' counts cancels "
                "over a ring); finish spread: how much later the last agent finished its updates than the first, "
                "and that in updates at the agents' mean rate (how far their counts drifted); push-sum weights: "
-               "their range at the end."), ""]
+               "their range at the end; disagreement: the mean relative disagreement (RMS |θ_i − θ̄| / |θ̄|) logged "
+               "over the last quarter of the steps."), ""]
     lines += markdown(pd.DataFrame({
         "algorithm": gala["label"], "game": gala["game"], "simulators": gala["simulators"], "seed": gala["seed"],
         "mix rate": gala["mix_rate"].map(fmt), "message age": gala["message_age"].map(fmt),
         "longest without a mix": gala["longest_without_mix"].map(lambda v: fmt(v, 0)),
         "finish spread (s)": gala["finish_spread_s"].map(lambda v: fmt(v, 0)),
         "drift (updates)": gala["drift_updates"].map(lambda v: fmt(v, 0)), "push-sum weights": gala["weights"],
+        "disagreement (last quarter)": gala["disagreement"].map(lambda v: fmt(v, 4)),
     })) + [""]
     return lines
 
 
-def parse_nominal(items: tuple[str, ...]) -> list[tuple[str, float]]:
-    """`Pong=18` or `Pong-v5=18` -> ("Pong", 18.0)."""
+def parse_game_scores(items: tuple[str, ...]) -> list[tuple[str, float]]:
+    """--nominal and --target: `Pong=18` or `Pong-v5=18` -> ("Pong", 18.0)."""
     out = []
     for item in items:
         game, sep, score = item.partition("=")
         if not sep:
-            raise ValueError(f"--nominal takes GAME=SCORE, got {item!r}")
+            raise ValueError(f"--nominal and --target take GAME=SCORE, got {item!r}")
         out.append((game_of(game), float(score)))
     return out
 
@@ -966,7 +1034,9 @@ class Config:
     final_window: float = 0.1
     """final score: mean of the episodes in this last fraction of a run's global steps"""
     smooth: int = 10
-    """return curves: trailing mean over this many games"""
+    """return curves and the time to a target: trailing mean over this many games"""
+    target: tuple[str, ...] = ()
+    """target scores GAME=SCORE (e.g. Breakout=10): the time and steps at which each run first reaches it"""
     grid_points: int = 200
     """return curves: points of the common grid the seeds are interpolated on"""
 
@@ -1022,7 +1092,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def make_report(cfg: Config) -> int:
     """Reads the runs, refuses (exit 2) what cannot be compared, writes the figures and report.md."""
     try:
-        parse_nominal(cfg.nominal)
+        parse_game_scores(cfg.nominal + cfg.target)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -195,6 +195,22 @@ PRESETS = {
                   "gala_lockstep2=gala_a2c:--debug-lockstep-age 2", "gala_pushsum=gala_a2c:--mixing push-sum",
                   "gala_extrapolate=gala_a2c:--mixing extrapolate", "gala_aligned=gala_a2c:--mixing aligned"),
     ),
+    # GALA's reason to exist: time to a score when one worker is slower (issue 23). A2C and GALA at 2 x 16 on Breakout,
+    # a rank per core, each run for the same wall-clock budget (--max-seconds 880: what unslowed A2C takes for 1M
+    # steps here, 1,139 steps/s in the mixing study), unslowed and with worker 1 a device 2 times slower, seeds 1-2.
+    # The steps are not reached: the budget ends every run.
+    "stragglers": Preset(
+        algorithms=("a2c_allreduce", "gala_a2c"),
+        env_ids=("Breakout-v5",),
+        seeds=(1, 2),
+        simulators=(32,),
+        total_timesteps=10_000_000,
+        workers=2,
+        impala_batch_size=IMPALA_BATCH,
+        flags=("--max-seconds", "880", "--save-model", "--checkpoint-every", "100000"),
+        variants=("a2c_slow=a2c_allreduce:--debug-slow-rank 1 --debug-slow-factor 2",
+                  "gala_slow=gala_a2c:--debug-slow-rank 1 --debug-slow-factor 2"),
+    ),
 }
 
 
@@ -203,14 +219,16 @@ class Config:
     """Runs the gala-rl scripts at matched total simulators, locally or on SLURM, and writes
     bench_runs/<experiment>/manifest.json for `python -m benchmark report`."""
 
-    preset: Literal["smoke", "paper", "sweep", "throughput", "learning", "paper-shape", "mixing"] = "smoke"
+    preset: Literal["smoke", "paper", "sweep", "throughput", "learning", "paper-shape", "mixing", "stragglers"] = (
+        "smoke")
     """smoke: all four on Pong, 2 seeds, 2 workers x 4 simulators, 12k steps (minutes on 2 cores);
     paper: all four on six games, 4 x 16 simulators, 40M steps, 10 seeds; sweep: GALA and A2C at
     64..1024 simulators (Fig 1a); throughput: --updates x the batch steps of each on Pong at 2 x 8;
     learning: all four on Breakout at 2 x 16, 500k steps, seeds 1-3 (A2C, GALA) and 1-2 (A3C, IMPALA);
     paper-shape: A2C and GALA on Breakout at 4 x 16, 2M steps, seeds 1-3, synchronous GALA seeds 1-2;
     mixing: A2C, GALA and six GALA variants (synchronous, lockstep with stale messages, three mixing rules) at
-    2 x 16, 500k steps, seeds 1-3"""
+    2 x 16, 500k steps, seeds 1-3; stragglers: A2C and GALA at 2 x 16 for 880 s each, unslowed and with worker 1
+    two times slower, seeds 1-2"""
     algorithms: Optional[tuple[Algorithm, ...]] = None
     """overrides the preset's algorithms"""
     variant: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()

@@ -130,14 +130,15 @@ def test_a_signal_to_one_rank_stops_the_whole_job_with_a_checkpoint(workdir, scr
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, script):
     """The script's own save_checkpoint, killed halfway through writing: the previous checkpoint is
-    untouched and loads with the script's own load_checkpoint; the next save cleans up."""
+    untouched and loads with the script's own reader (read_checkpoint; GALA: load_checkpoint of its directory);
+    the next save cleans up."""
     module = importlib.import_module(script[: -len(".py")])
     is_gala = script == "gala_a2c_atari.py"
     path = tmp_path / ("agent0.pt" if is_gala else "checkpoint.pt")
 
     def load() -> dict:
         args = module.Args(env_id="Pong-v5")
-        return module.load_checkpoint(str(tmp_path), args, 0) if is_gala else module.load_checkpoint(str(path), args)
+        return module.load_checkpoint(str(tmp_path), args, 0) if is_gala else module.read_checkpoint(path, args, "it")
 
     module.save_checkpoint(path, {"algorithm": module.ALGO, "env_id": "Pong-v5", "update": 1, "w": torch.zeros(3)})
     before = path.read_bytes()
@@ -210,3 +211,29 @@ def test_a2c_waits_for_a_slow_rank_and_ends_cleanly(workdir):
     ranks = ranks_of(run_dir)
     assert ranks[1]["slept"] == pytest.approx(2 * (ranks[1]["seconds"] - ranks[1]["slept"]), rel=0.15)
     assert ranks[0]["slept"] == 0 and ranks[0]["updates"] == ranks[1]["updates"] == 12
+
+
+# --- a wall-clock budget -----------------------------------------------------------------------------
+@pytest.mark.parametrize("script, checkpoint", [("a2c_allreduce_atari.py", "checkpoint.pt"),
+                                                ("gala_a2c_atari.py", "checkpoint/agent0.pt")])
+def test_a_wall_clock_budget_ends_the_run_as_its_end_does_and_a_continuation_spends_the_rest(
+    workdir, script, checkpoint
+):
+    """--max-seconds 4: the job stops on its own after 4 s of training, exits 0, says it ran out of time (not
+    stopped: nothing to continue) and writes its checkpoint with the seconds spent; a run that continues from it
+    with --max-seconds 6 has 2 s left, and starts from the first's seconds and steps."""
+    where = [workdir / "first", workdir / "second"]
+    where[0].mkdir()
+    budget = ["--total-timesteps", "10000000", "--save-model", *fast(script)]
+    _, first, _ = run_ok(script, *budget, "--max-seconds", "4", cwd=where[0], np=2)
+    result = json.loads((first / "summary.json").read_text())
+    assert (result["out_of_time"], result["stopped"]) == (True, False)
+    assert 3.5 < result["seconds"] < 15 and 0 < result["global_step"] < 10_000_000  # from the first update on
+    saved = torch.load(first / checkpoint, weights_only=False)
+    assert 3.5 < saved["seconds"] < 15
+    where[1].mkdir()
+    _, second, _ = run_ok(script, *budget, "--max-seconds", "6", "--resume", str(first / checkpoint.split("/")[0]),
+                          cwd=where[1], np=2)
+    config, result = (json.loads((second / name).read_text()) for name in ("config.json", "summary.json"))
+    assert (config["start_seconds"], config["start_step"]) == (saved["seconds"], saved["global_step"])
+    assert result["out_of_time"] and result["seconds"] < 6 - saved["seconds"] + 5
