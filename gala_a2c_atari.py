@@ -27,6 +27,10 @@ Simplifications and choices, stated so nobody has to find them:
   until they come; K = 0 blocks at every update (synchronous gossip). The sender never blocks: a
   send whose previous message the peer has not read yet is skipped. Without K (the default, as the
   paper's run with K = 1e8) nobody ever blocks and an agent mixes whatever has arrived.
+- `--mixing` other than `average` is not the paper's: push-sum weights, extrapolated or aligned mixing
+  are remedies for stale messages measured against it (the Gossip class says what each does); push-sum's
+  weight is saved with each agent's checkpoint, and the evaluated average is weighted by it.
+  `--debug-lockstep-age A` is a diagnosis, not an algorithm: the agents wait for each other every update.
 - A resumed run restores each agent's parameters, optimizer, update count and torch RNG, not the
   emulator states: its simulators start new games. Agents stopped by a signal may have saved at
   different updates: after such a resume, the exponential graph's schedule of each agent keeps its
