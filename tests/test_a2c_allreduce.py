@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from batch import fixed_batch, reference_loss, rmsprop
-from conftest import assert_bad_input, config_error, interrupt_then_resume, ok, run, run_dirs, run_ok
+from conftest import config_error, interrupt_then_resume, ok, run, run_dirs, run_ok
 
 import a2c_allreduce_atari as a2c
 from benchmark.common import command, scalars
@@ -199,6 +199,3 @@ def test_bad_input_is_refused_by_the_argument_checks(workdir, monkeypatch, args,
     monkeypatch.chdir(workdir)
     assert message in config_error(a2c, args)
 
-
-def test_bad_input_exits_2_on_every_rank_with_one_message(workdir):
-    assert_bad_input(SCRIPT, ["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'", workdir)

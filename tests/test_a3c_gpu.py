@@ -4,7 +4,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import assert_bad_input, config_error, interrupt_then_resume, ok, ranks_of, run_ok
+from conftest import config_error, interrupt_then_resume, ok, ranks_of, run_ok
 
 import a3c_gpu_atari as a3c
 from benchmark.common import command
@@ -114,6 +114,3 @@ def test_bad_input_is_refused_by_the_argument_checks(workdir, monkeypatch, args,
     monkeypatch.chdir(workdir)
     assert message in config_error(a3c, args)
 
-
-def test_bad_input_exits_2_on_every_rank_with_one_message(workdir):
-    assert_bad_input(SCRIPT, ["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'", workdir, np=2)

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import ENV, ROOT, config_error, ranks_of, run_ok, start, wait_until_training
+from conftest import ENV, ROOT, assert_bad_input, config_error, ranks_of, run_ok, start, wait_until_training
 
 SCRIPTS = {
     "a2c_allreduce_atari.py": "a2c_allreduce",
@@ -193,6 +193,13 @@ def test_a_resume_file_that_cannot_work_is_refused(workdir, script, kind, messag
     path = resume_file(workdir, script, kind)
     module = importlib.import_module(script[: -len(".py")])
     assert message in config_error(module, ["--resume", path, *fast(script)], world_size=2)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_input_exits_2_on_every_rank_with_one_message(workdir, script):
+    """What every script's argument checks refuse (each test file checks them in-process) is, launched, one
+    message from rank 0 and exit 2 from every rank, nothing written."""
+    assert_bad_input(script, ["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'", workdir)
 
 
 def test_impala_refuses_a_world_of_one():

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
-    assert_bad_input,
     config_error,
     ok,
     ranks_of,
@@ -359,6 +358,3 @@ def test_bad_input_is_refused_by_the_argument_checks(workdir, monkeypatch, args,
     monkeypatch.chdir(workdir)
     assert message in config_error(gala, args)
 
-
-def test_bad_input_exits_2_on_every_rank_with_one_message(workdir):
-    assert_bad_input(SCRIPT, ["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'", workdir)

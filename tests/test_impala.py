@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import assert_bad_input, config_error, interrupt_then_resume, ranks_of, run_ok
+from conftest import config_error, interrupt_then_resume, ranks_of, run_ok
 
 import impala_atari as impala
 
@@ -227,6 +227,3 @@ def test_bad_input_is_refused_by_the_argument_checks(workdir, monkeypatch, args,
     monkeypatch.chdir(workdir)
     assert message in config_error(impala, args)
 
-
-def test_bad_input_exits_2_on_every_rank_with_one_message(workdir):
-    assert_bad_input(SCRIPT, ["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'", workdir, np=2)

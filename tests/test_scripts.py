@@ -56,14 +56,6 @@ def test_a2c_targets_and_loss_are_identical_in_the_a2c_family(name):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_the_plumbing_is_not_defined_twice(script):
-    """Every function of the plumbing is defined once, in the plumbing, not again above it."""
-    above = text(script)[: text(script).index(PLUMBING)]
-    for name in ("fail_together", "check_env_id", "node_threads", "save_checkpoint", "evaluate", "main"):
-        assert f"\ndef {name}(" not in above, name
-
-
-@pytest.mark.parametrize("script", SCRIPTS)
 def test_train_reads_in_one_sitting(script):
     """train() holds set-up, the loop and teardown as short named steps: at most 120 lines (GALA,
     whose teardown drains the gossip and averages the agents, 185)."""
