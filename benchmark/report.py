@@ -655,13 +655,11 @@ def compute_report(records: list[RunRecord], cfg: "Config") -> ReportData:
                           "simulators", kind="stable"))
 
 
-def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
-    """report.md's lines (without its figure list)."""
+def runs_section(data: ReportData, cfg: "Config") -> list[str]:
+    """The runs found, the failed ones and why."""
     table = data.table
     ok = table[table["status"] == "ok"]
-    lines = ["# Benchmark report", "", f"Source: {source}.", ""]
-
-    lines += ["## Runs", ""]
+    lines = ["## Runs", ""]
     counts = table.assign(ok=table["status"] == "ok", failed=table["status"] != "ok",
                           no_episode=(table["status"] == "ok") & table["final"].isna())
     counts = counts.groupby(["label", "game", "simulators"], sort=False)[["ok", "failed", "no_episode"]].sum()
@@ -672,7 +670,14 @@ def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
     lines += [f"- {name}: {note}" for name, note in zip(failed["name"], failed["note"])] + [""]
     lines += [f"- {name}: logged no episode, final score missing" for name in ok[ok["final"].isna()]["name"]]
 
-    lines += ["## Final scores", "",
+    return lines
+
+
+def scores_section(data: ReportData, cfg: "Config") -> list[str]:
+    """Final scores, the score per quarter of the steps, at equal wall-clock time, and normalised by A2C's."""
+    table = data.table
+    ok = table[table["status"] == "ok"]
+    lines = ["## Final scores", "",
               (f"Final score of a run: mean of the episodic returns (raw game score) logged in the last "
                f"{cfg.final_window:.0%} of its global steps (at least its last logged episode). IQM: 25% "
                f"trimmed mean over runs with a 95% stratified-bootstrap CI (rliable, {cfg.bootstrap_reps} "
@@ -708,7 +713,12 @@ def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
         columns={"label": "algorithm", "per_step": "per step: final [95% CI]",
                  "per_second": "per second: at equal time [95% CI]"})) + [""]
 
-    lines += ["## Success (Fig 1a)", "",
+    return lines
+
+
+def success_section(data: ReportData, cfg: "Config") -> list[str]:
+    """Fig 1a's success shares, the nominal scores they are relative to, and the aggregate over games."""
+    lines = ["## Success (Fig 1a)", "",
               (f"A run succeeds when its final score >= random + {cfg.success_fraction} x (nominal − random), "
                "random = random-play score of Mnih et al. 2015 (Extended Data Table 2; 0 for games not listed)."),
               ""]
@@ -722,7 +732,14 @@ def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
                                      "seeds": seeds, "normalised IQM [95% CI]": fmt_ci(*iqm)}
                                     for (label, simulators, games, seeds), iqm in data.aggregate.items()])) + [""]
 
-    lines += ["## GALA-A2C vs A2C: paired t-tests (two-sided, scipy.stats.ttest_rel)", "",
+    return lines
+
+
+def tests_section(data: ReportData, cfg: "Config") -> list[str]:
+    """The paired GALA-vs-A2C tests, and the argmax evaluation (Table 1)."""
+    table = data.table
+    ok = table[table["status"] == "ok"]
+    lines = ["## GALA-A2C vs A2C: paired t-tests (two-sided, scipy.stats.ttest_rel)", "",
               ttest_line("success share, paired over (game, simulators) cells (as the authors did for Fig 1a)",
                          data.ttest_shares),
               ttest_line("final score, paired over (game, simulators, seed)", data.ttest_finals),
@@ -736,7 +753,12 @@ def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
         sampled=("eval_sampled", mean_std)).reset_index().rename(columns={"label": "algorithm"}))
               if len(evaluated) else ["no evaluation found (runs without --eval-episodes)"]) + [""]
 
-    lines += ["## Throughput (Fig 3)", "",
+    return lines
+
+
+def throughput_section(data: ReportData, cfg: "Config") -> list[str]:
+    """SPS per label and simulators, with the ratio to A2C's and the utilisation."""
+    lines = ["## Throughput (Fig 3)", "",
               "SPS of a run: median of its logged charts/SPS after the first point; per algorithm: median over "
               "its runs (all games). Ratio: to a2c_allreduce at the same total simulators. Utilisation: mean of "
               "the whole-machine samples of each run, mean over runs" +
@@ -748,6 +770,14 @@ def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
     lines += markdown(shown[["algorithm", "simulators", "runs", "sps", "ratio", "cpu", "gpu"]].rename(columns={
         "sps": "SPS", "ratio": "SPS / a2c_allreduce", "cpu": "CPU %", "gpu": "GPU %"})) + [""]
 
+    return lines
+
+
+def time_section(data: ReportData, cfg: "Config") -> list[str]:
+    """With --target: the time each run takes to reach its game's score."""
+    table = data.table
+    ok = table[table["status"] == "ok"]
+    lines = []
     targets = dict(parse_game_scores(cfg.target))
     if targets:
         lines += ["## Time to a score", "",
@@ -765,7 +795,14 @@ def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
             "seconds / A2C's": fmt(rs["to_target_s"].mean() / a2c[g, s]) if (g, s) in a2c else "n/a",
         } for (g, lab, s), rs in cells])) + [""]
 
-    lines += ["## Ranks (from summary.json)", "",
+    return lines
+
+
+def ranks_section(data: ReportData, cfg: "Config") -> list[str]:
+    """Each rank's steps per second, and GALA's gossip over all its agents."""
+    table = data.table
+    ok = table[table["status"] == "ok"]
+    lines = ["## Ranks (from summary.json)", "",
               ("Each rank's global steps per second over its own seconds of training (A2C's workers at the job's "
                "pace; a GALA agent, an A3C worker, an IMPALA actor at its own), and the seconds a rank slowed on "
                "purpose slept (--debug-slow-rank)."), ""]
@@ -789,6 +826,14 @@ def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
         "disagreement (last quarter)": gala["disagreement"].map(lambda v: fmt(v, 4)),
     })) + [""]
     return lines
+
+
+def format_report(data: ReportData, cfg: "Config", source: str) -> list[str]:
+    """report.md's lines (without its figure list): its sections in order."""
+    sections = (runs_section, scores_section, success_section, tests_section, throughput_section, time_section,
+                ranks_section)
+    return ["# Benchmark report", "", f"Source: {source}.", ""] + [line for section in sections
+                                                                   for line in section(data, cfg)]
 
 
 def parse_game_scores(items: tuple[str, ...]) -> list[tuple[str, float]]:
