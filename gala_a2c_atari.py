@@ -1109,7 +1109,7 @@ def close_writer(writer, args: Args) -> None:
 
 class Progress:
     """Rank 0's progress line every --print-every seconds (steps, share done, SPS, ETA, recent
-    return), and the run's SPS measured from its 10th update on (start-up excluded)."""
+    return), and the run's one SPS: from its 10th update on (start-up excluded)."""
 
     def __init__(self, start_step: int, total_steps: int, print_every: float, prints: bool):
         self.start_step, self.total_steps, self.print_every, self.prints = start_step, total_steps, print_every, prints
@@ -1117,8 +1117,12 @@ class Progress:
         self.recent_returns: deque = deque(maxlen=20)
         self.updates, self.warm = 0, None
 
-    def sps(self, global_step: int) -> int:
-        return int((global_step - self.start_step) / max(time.time() - self.start_time, 1e-9))
+    def sps(self, global_step: int, now: Optional[float] = None) -> float:
+        """Global steps per second from the 10th update on (before it, since the start): what charts/SPS, the
+        progress line and summary.json say."""
+        now = time.time() if now is None else now
+        since, step = self.warm if self.warm is not None and now > self.warm[0] else (self.start_time, self.start_step)
+        return (global_step - step) / max(now - since, 1e-9)
 
     def update(self, global_step: int, last: bool = False) -> None:
         self.updates += 1
@@ -1126,7 +1130,7 @@ class Progress:
             self.warm = (time.time(), global_step)
         if self.prints and (last or time.time() - self.last_print >= self.print_every):
             self.last_print = time.time()
-            sps = self.sps(global_step)
+            sps = int(self.sps(global_step))
             left = int((self.total_steps - global_step) / sps) if sps else 0
             eta = f"{left // 3600}h{left % 3600 // 60:02d}m" if left >= 3600 else f"{left // 60}m{left % 60:02d}s"
             share = 100 * global_step / self.total_steps
@@ -1134,15 +1138,10 @@ class Progress:
             print(f"global_step {global_step}/{self.total_steps} ({share:.1f}%)  SPS {sps}  ETA {eta}  "
                   f"recent return {recent}", flush=True)
 
-    def warm_sps(self, global_step: int, end_time: float) -> Optional[float]:
-        if self.warm is None or end_time <= self.warm[0]:
-            return None
-        return (global_step - self.warm[1]) / (end_time - self.warm[0])
-
     def result(self, global_step: int, end_time: float, stopped: bool, out_of_time: bool) -> dict:
         """The fields of summary.json that the four scripts share (README, "What a run writes")."""
         return {"global_step": int(global_step), "start_step": self.start_step, "stopped": bool(stopped),
-                "out_of_time": bool(out_of_time), "sps": self.warm_sps(global_step, end_time),
+                "out_of_time": bool(out_of_time), "sps": self.sps(global_step, end_time),
                 "seconds": end_time - self.start_time}
 
 
