@@ -327,7 +327,8 @@ def test_a_run_cut_short_continues_from_its_checkpoint_and_its_curve_joins(tmp_p
     first = subprocess.Popen([sys.executable, "-m", "benchmark", "run", *args], cwd=tmp_path, start_new_session=True,
                              env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not list(workdir.glob("runs/*/checkpoint/agent1.pt")) and time.time() < deadline:
+    # Both agents' files: GALA's agents checkpoint on their own schedules, either may be first.
+    while not all(list(workdir.glob(f"runs/*/checkpoint/agent{r}.pt")) for r in (0, 1)) and time.time() < deadline:
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)  # the runner, mpirun and the ranks, with no chance to checkpoint again
     first.wait()
