@@ -647,7 +647,8 @@ def compute_report(records: list[RunRecord], cfg: "Config") -> ReportData:
     for (label, simulators), rs in ok.groupby(["label", "simulators"], sort=False):
         rows.append({"algorithm": label, "simulators": simulators, "runs": int(rs["sps"].notna().sum()),
                      "sps": rs["sps"].median(), "cpu": rs["cpu"].mean(), "gpu": rs["gpu"].mean()})
-    throughput = pd.DataFrame(rows, columns=["algorithm", "simulators", "runs", "sps", "cpu", "gpu"])
+    throughput = pd.DataFrame(rows, columns=["algorithm", "simulators", "runs", "sps", "cpu", "gpu"]).astype(
+        {"sps": float, "cpu": float, "gpu": float})
     base = throughput[throughput["algorithm"] == A2C].set_index("simulators")["sps"]
     throughput["ratio"] = throughput["sps"] / throughput["simulators"].map(base)
     return ReportData(table, times, scores, normalised_scores, pd.DataFrame(nominal_rows), shares, aggregate,
@@ -1162,6 +1163,10 @@ def make_report(cfg: Config) -> int:
         out = cfg.out or experiments[0] / "report"
     if not records:
         print("error: no runs found", file=sys.stderr)
+        return 2
+    if not any(len(r.returns) for r in records):
+        print(f"error: none of the {len(records)} runs of {source} logged a finished game (their events files, "
+              "runs/*/events.out.tfevents.*, or their W&B history)", file=sys.stderr)
         return 2
     apply_final_window(records, cfg.final_window)
     duplicated = duplicated_runs(records)

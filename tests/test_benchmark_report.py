@@ -259,6 +259,22 @@ def test_failed_and_stopped_runs_are_listed_with_why(tmp_path):
         ("gala_a2c", 1, "failed", "exit 2"), ("gala_a2c", 2, "failed", "stopped by a signal")]
 
 
+def test_runs_without_a_finished_game_are_refused(tmp_path, capsys):
+    """An experiment whose runs left no events (only the manifest and their logs were kept) has nothing to report:
+    one error, exit 2, no report.md."""
+    entry = {"experiment": "kept", "preset": "smoke", "algorithm": "a2c_allreduce", "label": "a2c_allreduce",
+             "script": "a2c_allreduce_atari.py", "env_id": "Pong-v5", "seed": 1, "simulators": 4, "ranks": 2,
+             "envs_per_rank": 2, "workers": 2, "total_timesteps": 6000, "command": ["mpirun"],
+             "workdir": "a2c_allreduce/Pong-v5/sims4/seed1", "git_commit": "unknown", "wandb_project": "p",
+             "wandb_group": "kept", "run_dir": None, "status": "ok", "returncode": 0, "wall_seconds": 9.0,
+             "utilisation": None}
+    (tmp_path / "manifest.json").write_text(json.dumps([entry]))
+    assert report.main(["--experiment", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "logged a finished game" in err, err
+    assert not (tmp_path / "report" / "report.md").exists()
+
+
 # --- W&B -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flag", ["--wandb", "--wandb-report"])
 def test_wandb_refuses_offline(flag, experiment, tmp_path, monkeypatch, capsys):
