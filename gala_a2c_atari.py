@@ -19,7 +19,9 @@ Simplifications and choices, stated so nobody has to find them:
   bootstraps from the value of the episode's last observation; a termination never bootstraps.
 - The global budget is split evenly: every agent makes total_timesteps / (num_steps x num_envs x
   world_size) updates and then stops. `global_step` on rank 0 is its own steps x world_size (the
-  agents run at about the same speed; each agent stamps its episodes the same way).
+  agents run at about the same speed; each agent stamps its episodes the same way). Where they do
+  not (a slower agent, --debug-slow-rank) the logged steps and SPS count rank 0's pace, not the
+  agents' total: summary.json's `global_step` is the true total, which the benchmark report uses.
 - If fewer messages than k arrived (possible with k > 1 or the exponential graph), the mix is
   uniform over the agent and the messages that arrived, so the weights still sum to one.
 - `--sync-freq K` means what it means in the official code: an agent mixes when every in-peer of

@@ -472,12 +472,16 @@ def runs_table(records: list[RunRecord], targets: Optional[dict[str, float]] = N
     for r in records:
         ok = r.status == "ok"
         step_end, wall_end = r.end if ok and (len(r.returns) or len(r.sps)) else (math.nan, math.nan)
+        # GALA logs rank 0's own steps x the agents (a slower agent makes fewer); summary.json has the true total.
+        true_steps = (r.summary or {}).get("global_step") if ok else None
+        scale = true_steps / step_end if true_steps and step_end > 0 else 1.0
         rows.append({
             "name": r.name, "label": r.label, "algorithm": r.algorithm, "game": r.game, "simulators": r.simulators,
             "seed": r.seed, "status": r.status, "note": r.note, "final": r.final if ok else math.nan,
             **dict(zip(("q1", "q2", "q3", "q4"), quarter_scores(r.returns.step, r.returns.value, r.total_timesteps)
                        if ok else [math.nan] * 4)),
-            "sps": run_sps(r.sps.value) if ok else math.nan, "steps": step_end, "seconds": wall_end,
+            "sps": run_sps(r.sps.value) * scale if ok else math.nan, "steps": true_steps or step_end,
+            "seconds": wall_end,
             "cpu": float(np.mean(r.cpu_percent)) if r.cpu_percent else math.nan,
             "gpu": float(np.mean(r.gpu_percent)) if r.gpu_percent else math.nan,
             "eval_argmax": r.eval_argmax, "eval_sampled": r.eval_sampled,

@@ -244,6 +244,21 @@ def test_the_report_is_computed_then_written():
     assert row(md, "Final scores", "Pong", "a2c_allreduce", "8")[5] == "n/a"
 
 
+def test_a_runs_steps_and_rate_are_its_true_total_from_summary_json():
+    """GALA's logs count rank 0's own steps x the agents: with agent 1 at half speed, rank 0 logs 1,200 steps where
+    the agents made 900 (summary.json's global_step). The runs table takes 900 and rescales the logged SPS by
+    900 / 1,200; a run whose summary agrees with its logs keeps both."""
+    def record(summary):
+        return report.RunRecord(name="r", algorithm="gala_a2c", env_id="Pong-v5", seed=1, simulators=4,
+                                total_timesteps=1200, status="ok", summary=summary,
+                                returns=report.Series.by_step([1200], [9.0], [-20.0]),
+                                sps=report.Series.by_step([400, 800, 1200], [3, 6, 9], [80, 100, 120]))
+    slowed, even = report.runs_table([record({"global_step": 900}), record({"global_step": 1200})])[
+        ["steps", "sps"]].itertuples(index=False)
+    assert (slowed.steps, slowed.sps) == (900, pytest.approx(110 * 900 / 1200))  # median after the first point
+    assert (even.steps, even.sps) == (1200, pytest.approx(110))
+
+
 def test_failed_and_stopped_runs_are_listed_with_why(tmp_path):
     """A failed run says its exit code, a stopped one that it was; neither counts in a statistic."""
     entry = {"experiment": "old", "preset": "smoke", "algorithm": "gala_a2c", "label": "gala_a2c",
