@@ -375,13 +375,16 @@ def score_at(walls: np.ndarray, returns: np.ndarray, seconds: float, window: flo
     if inside.any():
         return float(returns[inside].mean())
     before = walls <= seconds
-    return float(returns[before][-1]) if before.any() else math.nan
+    return float(returns[before][np.argmax(walls[before])]) if before.any() else math.nan
 
 
 def time_to(walls: np.ndarray, steps: np.ndarray, returns: np.ndarray, target: float, smooth: int) -> tuple:
     """(wall seconds, global steps) at which the trailing mean of the last `smooth` games first reaches TARGET;
-    (nan, nan) if it never does."""
-    smoothed = pd.Series(np.asarray(returns, dtype=float)).rolling(smooth, min_periods=1).mean().to_numpy()
+    (nan, nan) if it never does. The games in the order they ended in time (GALA's agents stamp their games with
+    their own step counts, which a slower agent's make late)."""
+    order = np.argsort(np.asarray(walls, dtype=float), kind="stable")
+    walls, steps = np.asarray(walls, dtype=float)[order], np.asarray(steps, dtype=float)[order]
+    smoothed = pd.Series(np.asarray(returns, dtype=float)[order]).rolling(smooth, min_periods=1).mean().to_numpy()
     reached = np.flatnonzero(smoothed >= target)
     return (float(walls[reached[0]]), float(steps[reached[0]])) if len(reached) else (math.nan, math.nan)
 
@@ -856,7 +859,7 @@ def parse_game_scores(items: tuple[str, ...]) -> list[tuple[str, float]]:
 # Figures (matplotlib, Agg): the curves are computed first (curves, comparisons), then drawn
 
 COLOURS = {A2C: "black", GALA: "tab:blue", "a3c_gpu": "tab:green", "impala": "tab:red"}
-"""a label's colour in every panel; a variant takes tab:orange beside its algorithm"""
+"""a label's colour in every panel; a variant takes tab:orange beside its algorithm (an A2C variant tab:purple)"""
 
 
 def pyplot():
@@ -870,7 +873,7 @@ def pyplot():
 
 def comparisons(labels: list[str]) -> list[tuple[str, list[str]]]:
     """The panels of a game: (title, labels). A2C vs GALA (the paper's pair); each variant beside A2C and its
-    algorithm; A2C vs the other baselines."""
+    algorithm; a variant of both (a2c_X and gala_X) as a pair; A2C vs the other baselines."""
     present = label_order(labels)
     panels = []
     if A2C in present and GALA in present:
@@ -878,7 +881,11 @@ def comparisons(labels: list[str]) -> list[tuple[str, list[str]]]:
     for label in present:
         if label not in ALGORITHMS:
             base = next((a for a in ALGORITHMS if label.startswith(a.split("_")[0])), None)
-            panels.append((label, [x for x in (A2C, base, label) if x in present]))
+            panels.append((label, list(dict.fromkeys(x for x in (A2C, base, label) if x in present))))
+    for label in present:  # a variant of both (a2c_slow, gala_slow): the pair, beside the plain A2C and GALA
+        twin = "gala_" + label[len("a2c_"):] if label.startswith("a2c_") and label != A2C else None
+        if twin in present:
+            panels.append((f"{label} vs {twin}", [x for x in (A2C, GALA, label, twin) if x in present]))
     baselines = [a for a in (A2C, "a3c_gpu", "impala") if a in present]
     if len(baselines) > 1 or (baselines and not panels):
         panels.append(("the baselines", baselines))
@@ -889,11 +896,13 @@ def comparisons(labels: list[str]) -> list[tuple[str, list[str]]]:
 
 def curves(runs: list[RunRecord], x: str, smooth: int, points: int) -> tuple[list, Optional[tuple]]:
     """Each run's curve (x, trailing mean of its last `smooth` games) and the mean over runs on a common grid up to
-    where every run has reached (None if the runs share no range). x: "step" or "wall"."""
+    where every run has reached (None if the runs share no range). x: "step" or "wall": the games in that order."""
     lines = []
     for r in runs:
-        smoothed = pd.Series(r.returns.value).rolling(smooth, min_periods=1).mean().to_numpy()
-        lines.append((getattr(r.returns, x), smoothed))
+        xs = np.asarray(getattr(r.returns, x), dtype=float)
+        order = np.argsort(xs, kind="stable")
+        smoothed = pd.Series(np.asarray(r.returns.value, dtype=float)[order]).rolling(smooth, min_periods=1).mean()
+        lines.append((xs[order], smoothed.to_numpy()))
     start, stop = max(xs[0] for xs, _ in lines), min(xs[-1] for xs, _ in lines)
     if len(lines) < 2 or stop <= start:
         return lines, None
@@ -918,7 +927,7 @@ def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Pa
     for ax, (game, title, labels) in zip(axes.flat, panels):
         for label in labels:
             runs = [r for r in with_episodes if r.game == game and r.label == label]
-            colour = COLOURS.get(label, "tab:orange")
+            colour = COLOURS.get(label, "tab:purple" if label.startswith("a2c_") else "tab:orange")
             lines, mean = curves(runs, x, smooth, points)
             for xs, ys in lines:
                 ax.plot(xs, ys, color=colour, lw=0.7, alpha=0.35)

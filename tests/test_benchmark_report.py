@@ -377,6 +377,29 @@ def test_quarters_and_the_score_at_a_time_by_hand():
     assert math.isnan(report.score_at(walls, returns, 5))
 
 
+def test_the_panels_of_a_game():
+    """A2C vs GALA first; each variant beside A2C and its algorithm, once each; a variant of both as a pair."""
+    labels = ["gala_slow", "a2c_allreduce", "a2c_slow", "gala_a2c", "gala_sync"]
+    assert report.comparisons(labels) == [
+        ("A2C vs GALA", ["a2c_allreduce", "gala_a2c"]), ("a2c_slow", ["a2c_allreduce", "a2c_slow"]),
+        ("gala_slow", ["a2c_allreduce", "gala_a2c", "gala_slow"]),
+        ("gala_sync", ["a2c_allreduce", "gala_a2c", "gala_sync"]),
+        ("a2c_slow vs gala_slow", ["a2c_allreduce", "gala_a2c", "a2c_slow", "gala_slow"])]
+
+
+def test_time_to_a_score_and_the_time_curve_take_the_games_in_time_order():
+    """A slower GALA agent stamps its games with its own (lower) steps, so a run's games in step order are not in
+    time order: the time to a score and the curve against time follow the games as they ended."""
+    steps, walls, returns = [100, 200, 300, 400], [10, 40, 20, 30], [0, 10, 0, 10]
+    # In time order 0, 0, 10, 10: the mean of the last 2 games first reaches 5 at 30 s, with the game of step 400.
+    assert report.time_to(walls, steps, returns, target=5, smooth=2) == (30, 400)
+    assert report.score_at([10, 30, 20], [1, 2, 3], 35, window=0.01) == 2  # the last game before 35 s ended at 30 s
+    run = report.RunRecord(name="r", algorithm="gala_a2c", env_id="Pong-v5", seed=1, simulators=4, total_timesteps=400,
+                           status="ok", returns=report.Series.by_step(steps, walls, returns))
+    ((xs, ys),), _ = report.curves([run], "wall", 2, 10)
+    assert sorted(xs) == list(xs) and list(ys) == [0, 0, 5, 10]
+
+
 def test_gossip_statistics_over_every_agent_by_hand():
     """Two agents' counters as summary.json holds them: agent 1 finished 10 s later, both at 5 updates/s."""
     agent = {"updates": 100, "mixes": 90, "longest_without_mix": 2, "weight": 1.0}
