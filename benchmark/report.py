@@ -1129,7 +1129,8 @@ def apply_final_window(records: list[RunRecord], window: float) -> None:
 def duplicated_runs(records: list[RunRecord]) -> list[str]:
     """Runs that would be counted twice, or cells that mix run lengths: two ok runs with the same
     (label, game, simulators, seed), e.g. from two experiments or a W&B project read without a
-    group, or one cell with runs of different total steps."""
+    group, or one cell with runs of different total steps (runs ended by their --max-seconds: different
+    budgets)."""
     problems, seen, lengths = [], {}, defaultdict(set)
     for r in (r for r in records if r.status == "ok"):
         key = (r.label, r.env_id, r.simulators, r.seed)
@@ -1137,8 +1138,9 @@ def duplicated_runs(records: list[RunRecord]) -> list[str]:
             problems.append(f"{r.name} and {seen[key]} are both {r.label} on {r.env_id} with {r.simulators} "
                             f"simulators, seed {r.seed}")
         seen[key] = r.name
-        lengths[key[:3]].add(r.total_timesteps)
-    problems += [f"{a} on {g} with {s} simulators mixes runs of {sorted(n)} steps"
+        budget = (r.summary or {}).get("out_of_time") and (r.config or {}).get("max_seconds")
+        lengths[key[:3]].add(f"{budget:g} s" if budget else r.total_timesteps)  # a budget run is as long as its seconds
+    problems += [f"{a} on {g} with {s} simulators mixes runs of lengths {sorted(map(str, n))} (steps or seconds)"
                  for (a, g, s), n in lengths.items() if len(n) > 1]
     return problems
 

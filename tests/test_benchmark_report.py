@@ -335,6 +335,19 @@ def test_a_run_cut_short_has_no_final_score():
     assert whole.status == "ok"
 
 
+def test_runs_of_one_wall_clock_budget_are_one_cell_whatever_their_steps():
+    """Runs ended by --max-seconds make different numbers of steps: compared by their budget, not their steps;
+    runs of different budgets, or of different total steps, are refused."""
+    def run(seed, steps, budget):
+        return report.RunRecord(name=f"r{seed}", algorithm="gala_a2c", env_id="Pong-v5", seed=seed, simulators=4,
+                                total_timesteps=steps, status="ok", config={"max_seconds": budget} if budget else {},
+                                summary={"out_of_time": True} if budget else {})
+    assert report.duplicated_runs([run(1, 1000, 880), run(2, 1200, 880)]) == []
+    assert report.duplicated_runs([run(1, 1000, 880), run(2, 1200, 900)]) == [
+        "gala_a2c on Pong-v5 with 4 simulators mixes runs of lengths ['880 s', '900 s'] (steps or seconds)"]
+    assert len(report.duplicated_runs([run(1, 1000, 0), run(2, 1200, 0)])) == 1
+
+
 def test_the_same_runs_read_twice_are_refused(experiment, tmp_path, capsys):
     assert report.main(["--experiment", str(experiment), str(experiment), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
