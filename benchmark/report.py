@@ -378,13 +378,19 @@ def score_at(walls: np.ndarray, returns: np.ndarray, seconds: float, window: flo
     return float(returns[before][np.argmax(walls[before])]) if before.any() else math.nan
 
 
+def trailing_mean(order_by: np.ndarray, returns: np.ndarray, smooth: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the games' order by ORDER_BY, the trailing mean of the last `smooth` games in that order)."""
+    order = np.argsort(np.asarray(order_by, dtype=float), kind="stable")
+    smoothed = pd.Series(np.asarray(returns, dtype=float)[order]).rolling(smooth, min_periods=1).mean()
+    return order, smoothed.to_numpy()
+
+
 def time_to(walls: np.ndarray, steps: np.ndarray, returns: np.ndarray, target: float, smooth: int) -> tuple:
     """(wall seconds, global steps) at which the trailing mean of the last `smooth` games first reaches TARGET;
     (nan, nan) if it never does. The games in the order they ended in time (GALA's agents stamp their games with
     their own step counts, which a slower agent's make late)."""
-    order = np.argsort(np.asarray(walls, dtype=float), kind="stable")
+    order, smoothed = trailing_mean(walls, returns, smooth)
     walls, steps = np.asarray(walls, dtype=float)[order], np.asarray(steps, dtype=float)[order]
-    smoothed = pd.Series(np.asarray(returns, dtype=float)[order]).rolling(smooth, min_periods=1).mean().to_numpy()
     reached = np.flatnonzero(smoothed >= target)
     return (float(walls[reached[0]]), float(steps[reached[0]])) if len(reached) else (math.nan, math.nan)
 
@@ -900,9 +906,8 @@ def curves(runs: list[RunRecord], x: str, smooth: int, points: int) -> tuple[lis
     lines = []
     for r in runs:
         xs = np.asarray(getattr(r.returns, x), dtype=float)
-        order = np.argsort(xs, kind="stable")
-        smoothed = pd.Series(np.asarray(r.returns.value, dtype=float)[order]).rolling(smooth, min_periods=1).mean()
-        lines.append((xs[order], smoothed.to_numpy()))
+        order, smoothed = trailing_mean(xs, r.returns.value, smooth)
+        lines.append((xs[order], smoothed))
     start, stop = max(xs[0] for xs, _ in lines), min(xs[-1] for xs, _ in lines)
     if len(lines) < 2 or stop <= start:
         return lines, None

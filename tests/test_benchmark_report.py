@@ -83,6 +83,22 @@ def test_run_sps_skips_the_first_point():
     assert math.isnan(report.run_sps([]))
 
 
+def gala_record(**fields) -> report.RunRecord:
+    """A hand-built ok GALA run on Pong at 4 simulators, seed 1, 1,000 steps; FIELDS override."""
+    return report.RunRecord(**{"name": "r", "algorithm": "gala_a2c", "env_id": "Pong-v5", "seed": 1, "simulators": 4,
+                               "total_timesteps": 1000, "status": "ok", **fields})
+
+
+def manifest_entry(**fields) -> dict:
+    """A manifest row of a GALA run on Pong at 4 simulators, seed 1, that ran ok; FIELDS override."""
+    return {"experiment": "old", "preset": "smoke", "algorithm": "gala_a2c", "label": "gala_a2c",
+            "script": "gala_a2c_atari.py", "env_id": "Pong-v5", "seed": 1, "simulators": 4, "ranks": 2,
+            "envs_per_rank": 2, "workers": 2, "total_timesteps": 6000, "command": ["mpirun"],
+            "workdir": "gala_a2c/Pong-v5/sims4/seed1", "git_commit": "unknown", "wandb_project": "p",
+            "wandb_group": "old", "run_dir": None, "status": "ok", "returncode": 0, "wall_seconds": 1.0,
+            "utilisation": None, **fields}
+
+
 # --- the report on real runs ---------------------------------------------------------------------------
 @pytest.fixture
 def experiment(tiny_experiment):
@@ -249,10 +265,8 @@ def test_a_runs_steps_and_rate_are_its_true_total_from_summary_json():
     the agents made 900 (summary.json's global_step). The runs table takes 900 and rescales the logged SPS by
     900 / 1,200; a run whose summary agrees with its logs keeps both."""
     def record(summary):
-        return report.RunRecord(name="r", algorithm="gala_a2c", env_id="Pong-v5", seed=1, simulators=4,
-                                total_timesteps=1200, status="ok", summary=summary,
-                                returns=report.Series.by_step([1200], [9.0], [-20.0]),
-                                sps=report.Series.by_step([400, 800, 1200], [3, 6, 9], [80, 100, 120]))
+        return gala_record(total_timesteps=1200, summary=summary, returns=report.Series.by_step([1200], [9.0], [-20.0]),
+                           sps=report.Series.by_step([400, 800, 1200], [3, 6, 9], [80, 100, 120]))
     slowed, even = report.runs_table([record({"global_step": 900}), record({"global_step": 1200})])[
         ["steps", "sps"]].itertuples(index=False)
     assert (slowed.steps, slowed.sps) == (900, pytest.approx(110 * 900 / 1200))  # median after the first point
@@ -261,12 +275,7 @@ def test_a_runs_steps_and_rate_are_its_true_total_from_summary_json():
 
 def test_failed_and_stopped_runs_are_listed_with_why(tmp_path):
     """A failed run says its exit code, a stopped one that it was; neither counts in a statistic."""
-    entry = {"experiment": "old", "preset": "smoke", "algorithm": "gala_a2c", "label": "gala_a2c",
-             "script": "gala_a2c_atari.py",
-             "env_id": "Pong-v5", "seed": 1, "simulators": 4, "ranks": 2, "envs_per_rank": 2, "workers": 2,
-             "total_timesteps": 6000, "command": ["mpirun"], "workdir": "gala_a2c/Pong-v5/sims4/seed1",
-             "git_commit": "unknown", "wandb_project": "p", "wandb_group": "old", "run_dir": None, "status": "failed",
-             "returncode": 2, "wall_seconds": 1.0, "utilisation": None}
+    entry = manifest_entry(status="failed", returncode=2)
     stopped = {**entry, "seed": 2, "workdir": "gala_a2c/Pong-v5/sims4/seed2", "status": "stopped", "returncode": 0}
     (tmp_path / "manifest.json").write_text(json.dumps([entry, stopped]))
     records = report.load_local(tmp_path)
@@ -277,13 +286,7 @@ def test_failed_and_stopped_runs_are_listed_with_why(tmp_path):
 def test_runs_without_a_finished_game_are_refused(tmp_path, capsys):
     """An experiment whose runs left no events (only the manifest and their logs were kept) has nothing to report:
     one error, exit 2, no report.md."""
-    entry = {"experiment": "kept", "preset": "smoke", "algorithm": "a2c_allreduce", "label": "a2c_allreduce",
-             "script": "a2c_allreduce_atari.py", "env_id": "Pong-v5", "seed": 1, "simulators": 4, "ranks": 2,
-             "envs_per_rank": 2, "workers": 2, "total_timesteps": 6000, "command": ["mpirun"],
-             "workdir": "a2c_allreduce/Pong-v5/sims4/seed1", "git_commit": "unknown", "wandb_project": "p",
-             "wandb_group": "kept", "run_dir": None, "status": "ok", "returncode": 0, "wall_seconds": 9.0,
-             "utilisation": None}
-    (tmp_path / "manifest.json").write_text(json.dumps([entry]))
+    (tmp_path / "manifest.json").write_text(json.dumps([manifest_entry()]))
     assert report.main(["--experiment", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "logged a finished game" in err, err
@@ -324,12 +327,8 @@ def test_series_are_put_in_step_order():
 
 
 def test_a_run_cut_short_has_no_final_score():
-    cut = report.RunRecord(name="cut", algorithm="gala_a2c", env_id="Pong-v5", seed=1, simulators=4,
-                           total_timesteps=1000, status="ok",
-                           sps=report.Series.by_step([100, 500], [1, 2], [9, 9]))
-    whole = report.RunRecord(name="whole", algorithm="gala_a2c", env_id="Pong-v5", seed=2, simulators=4,
-                             total_timesteps=1000, status="ok",
-                             sps=report.Series.by_step([500, 960], [1, 2], [9, 9]))
+    cut = gala_record(name="cut", sps=report.Series.by_step([100, 500], [1, 2], [9, 9]))
+    whole = gala_record(name="whole", seed=2, sps=report.Series.by_step([500, 960], [1, 2], [9, 9]))
     report.apply_final_window([cut, whole], 0.1)
     assert (cut.status, cut.note) == ("failed", "stopped at step 500 of 1000")
     assert whole.status == "ok"
@@ -339,9 +338,9 @@ def test_runs_of_one_wall_clock_budget_are_one_cell_whatever_their_steps():
     """Runs ended by --max-seconds make different numbers of steps: compared by their budget, not their steps;
     runs of different budgets, or of different total steps, are refused."""
     def run(seed, steps, budget):
-        return report.RunRecord(name=f"r{seed}", algorithm="gala_a2c", env_id="Pong-v5", seed=seed, simulators=4,
-                                total_timesteps=steps, status="ok", config={"max_seconds": budget} if budget else {},
-                                summary={"out_of_time": True} if budget else {})
+        return gala_record(name=f"r{seed}", seed=seed, total_timesteps=steps,
+                           config={"max_seconds": budget} if budget else {},
+                           summary={"out_of_time": True} if budget else {})
     assert report.duplicated_runs([run(1, 1000, 880), run(2, 1200, 880)]) == []
     assert report.duplicated_runs([run(1, 1000, 880), run(2, 1200, 900)]) == [
         "gala_a2c on Pong-v5 with 4 simulators mixes runs of lengths ['880 s', '900 s'] (steps or seconds)"]
@@ -407,8 +406,7 @@ def test_time_to_a_score_and_the_time_curve_take_the_games_in_time_order():
     # In time order 0, 0, 10, 10: the mean of the last 2 games first reaches 5 at 30 s, with the game of step 400.
     assert report.time_to(walls, steps, returns, target=5, smooth=2) == (30, 400)
     assert report.score_at([10, 30, 20], [1, 2, 3], 35, window=0.01) == 2  # the last game before 35 s ended at 30 s
-    run = report.RunRecord(name="r", algorithm="gala_a2c", env_id="Pong-v5", seed=1, simulators=4, total_timesteps=400,
-                           status="ok", returns=report.Series.by_step(steps, walls, returns))
+    run = gala_record(total_timesteps=400, returns=report.Series.by_step(steps, walls, returns))
     ((xs, ys),), _ = report.curves([run], "wall", 2, 10)
     assert sorted(xs) == list(xs) and list(ys) == [0, 0, 5, 10]
 
