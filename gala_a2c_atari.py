@@ -18,10 +18,10 @@ Simplifications and choices, stated so nobody has to find them:
   that step's action: that transition is masked out of the loss. A time-limit truncation
   bootstraps from the value of the episode's last observation; a termination never bootstraps.
 - The global budget is split evenly: every agent makes total_timesteps / (num_steps x num_envs x
-  world_size) updates and then stops. `global_step` on rank 0 is its own steps x world_size (the
-  agents run at about the same speed; each agent stamps its episodes the same way). Where they do
-  not (a slower agent, --debug-slow-rank) the logged steps and SPS count rank 0's pace, not the
-  agents' total: summary.json's `global_step` is the true total, which the benchmark report uses.
+  world_size) updates and then stops. The global step rank 0 logs is the agents' total: its own steps
+  plus every other agent's as of that agent's last message to it (sent at its log points, so at most
+  --log-every updates old); a game is stamped with its agent's own steps at its end plus the others'
+  as rank 0 knows them. summary.json's `global_step` is the exact total, its SPS runs to the last agent's end.
 - If fewer messages than k arrived (possible with k > 1 or the exponential graph), the mix is
   uniform over the agent and the messages that arrived, so the weights still sum to one.
 - `--sync-freq K` means what it means in the official code: an agent mixes when every in-peer of
@@ -691,37 +691,56 @@ TAG_EPISODES = 3
 
 
 class EpisodeMail:
-    """Every agent's finished games reach rank 0 without blocking anyone: at its log points an agent
-    sends its list with a non-blocking isend, and rank 0 reads whatever lists have arrived; finish()
-    delivers the rest."""
+    """Every agent's finished games and its update count reach rank 0 without blocking anyone: at its log points
+    an agent sends (its updates, its games stamped with its own steps) with a non-blocking isend, and rank 0
+    reads whatever has arrived. So rank 0 knows every agent's updates as of its last message, at most one log
+    interval old, and logs the global step as the agents' total: its own steps plus the others' last known
+    (`global_step`); a game of agent r is stamped with r's own steps at its end plus the others' last known.
+    finish() delivers the rest, after which rank 0's total is exact."""
 
-    def __init__(self, comm):
-        self.comm, self.rank = comm, comm.Get_rank()
+    def __init__(self, comm, update: int, steps_per_update: int):
+        self.comm, self.rank, self.steps_per_update = comm, comm.Get_rank(), steps_per_update
+        self.updates = comm.allgather(update)  # agents resumed from a signal may start at different updates
         self.sends, self.sent, self.received = [], 0, [0] * comm.Get_size()
 
-    def collect(self, episodes: list) -> list:
-        """Rank 0: its own episodes and those of every list that has arrived; other ranks send theirs."""
+    def global_step(self, update: int) -> int:
+        """The agents' total steps as far as this rank knows, its own at UPDATE (rank 0 knows the others' from
+        their messages; another rank, only where they started)."""
+        self.updates[self.rank] = update
+        return sum(self.updates) * self.steps_per_update
+
+    def collect(self, update: int, episodes: list) -> list:
+        """Rank 0: its own games and those of every message that has arrived, as (global step at the game's end,
+        return, length); other ranks send their update count and their games (own steps, return, length)."""
+        self.updates[self.rank] = update
         if self.rank != 0:
-            if episodes:
-                self.sends.append(self.comm.isend(episodes, dest=0, tag=TAG_EPISODES))
-                self.sent += 1
+            self.sends.append(self.comm.isend((update, episodes), dest=0, tag=TAG_EPISODES))
+            self.sent += 1
             self.sends = [r for r in self.sends if not r.Test()]
             return []
-        found, status = list(episodes), MPI.Status()
-        while self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_EPISODES, status=status):
-            found += self.comm.recv(source=status.Get_source(), tag=TAG_EPISODES)
-            self.received[status.Get_source()] += 1
-        return found
+        found = []
+        while self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_EPISODES):
+            found += self.receive()
+        return found + [(self.stamp(0, own), ret, length) for own, ret, length in episodes]
 
-    def finish(self, episodes: list) -> list:
-        """Collective: every list sent is read; rank 0 returns the episodes not returned before."""
-        found = self.collect(episodes)
+    def receive(self) -> list:
+        """Rank 0: the next message (from any agent): its sender's updates, its games stamped."""
+        status = MPI.Status()
+        update, games = self.comm.recv(source=MPI.ANY_SOURCE, tag=TAG_EPISODES, status=status)
+        source = status.Get_source()
+        self.updates[source] = update
+        self.received[source] += 1
+        return [(self.stamp(source, own), ret, length) for own, ret, length in games]
+
+    def stamp(self, source: int, own_steps: int) -> int:
+        return own_steps + (sum(self.updates) - self.updates[source]) * self.steps_per_update
+
+    def finish(self, update: int, episodes: list) -> list:
+        """Collective: every message sent is read; rank 0 returns the games not returned before."""
+        found = self.collect(update, episodes)
         counts = self.comm.gather(self.sent, root=0)
-        if self.rank == 0:
-            for source in range(1, len(counts)):
-                while self.received[source] < counts[source]:
-                    found += self.comm.recv(source=source, tag=TAG_EPISODES)
-                    self.received[source] += 1
+        while self.rank == 0 and sum(self.received) < sum(counts):
+            found += self.receive()
         MPI.Request.Waitall(self.sends)
         return found
 
@@ -862,10 +881,11 @@ def train(args: Args) -> dict:
                     args.debug_lockstep_age)
     if ckpt is not None:
         gossip.weight = ckpt["gossip_weight"]
-    metrics, mail = GossipMetrics(comm.Dup(), args.disagreement_every), EpisodeMail(comm)
+    T, N = args.num_steps, args.num_envs
+    metrics, mail = GossipMetrics(comm.Dup(), args.disagreement_every), EpisodeMail(comm, start_update, T * N)
     writer = open_writer(args, run_name, run_dir) if rank == 0 else None
     signalled, slow = StopSignal(comm, budget(args)), SlowDown(comm, args)
-    progress = Progress(start_update * args.batch_size, args.num_updates * args.batch_size, args.print_every, rank == 0)
+    progress = Progress(mail.global_step(start_update), args.num_updates * args.batch_size, args.print_every, rank == 0)
     ckpt_dir = run_dir / "checkpoint"
 
     def checkpoint(update: int) -> None:
@@ -880,7 +900,6 @@ def train(args: Args) -> dict:
         })
 
     # Rollout storage on the device
-    T, N = args.num_steps, args.num_envs
     obs = torch.zeros((T, N, 4, 84, 84), dtype=torch.uint8, device=device)
     actions = torch.zeros((T, N), dtype=torch.long, device=device)
     values = torch.zeros((T, N), device=device)
@@ -893,7 +912,7 @@ def train(args: Args) -> dict:
     stats, episodes = EpisodeStats(N), []
 
     update, stop = start_update, False
-    global_step = update * args.batch_size
+    global_step = mail.global_step(update)
     while update < args.num_updates and not stop:
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - update / args.num_updates)
@@ -910,7 +929,7 @@ def train(args: Args) -> dict:
             next_done = terminated | truncated
             next_obs = torch.from_numpy(raw_obs).to(device)
             for ret, length in stats.update(info, truncated, valid):
-                episodes.append((global_step + (step + 1) * N * world_size, ret, length))
+                episodes.append((update * T * N + (step + 1) * N, ret, length))  # this agent's own steps
             gossip.progress()
         with torch.no_grad():
             next_value = agent(next_obs)[1]
@@ -925,14 +944,14 @@ def train(args: Args) -> dict:
             args,
         )
         update += 1
-        global_step = update * args.batch_size
+        global_step = mail.global_step(update)
         gossip.exchange(update)
         stop = bool(signalled)
         metrics.maybe_start(update, agent)
         measured = metrics.poll()
 
         if update % args.log_every == 0 or update == args.num_updates or stop:
-            arrived = mail.collect(episodes)
+            arrived = mail.collect(update, episodes)
             episodes = []
             if rank == 0:
                 log_episodes(writer, arrived, progress.recent_returns)
@@ -942,7 +961,7 @@ def train(args: Args) -> dict:
                 })
         if rank == 0:
             log_measurements(writer, measured, args.batch_size)
-        if checkpoint_due(args, global_step, args.batch_size):
+        if checkpoint_due(args, update * args.batch_size, args.batch_size):  # every agent at the same updates
             checkpoint(update)
         progress.update(global_step, last=update == args.num_updates)
 
@@ -955,7 +974,7 @@ def train(args: Args) -> dict:
     out_of_time = signalled.finish()
     stop = comm.allreduce(stop, op=MPI.LOR)
     stopped = stop and not out_of_time  # by a signal: no evaluation, the run is to be continued
-    final_measurements, arrived = metrics.finish(comm, agent), mail.finish(episodes)
+    final_measurements, arrived = metrics.finish(comm, agent), mail.finish(update, episodes)
     if rank == 0:
         log_episodes(writer, arrived, progress.recent_returns)
         log_measurements(writer, final_measurements, args.batch_size)
@@ -972,12 +991,15 @@ def train(args: Args) -> dict:
             })
             print(f"{'stopped by signal at ' if stopped else ''}global_step {total_steps}: checkpoint {ckpt_dir} "
                   "(every agent + their average)", flush=True)
-    summary = {**progress.result(global_step, end_time, stopped, out_of_time), "global_step": total_steps}
+    last_end = comm.allreduce(end_time, op=MPI.MAX)  # the run ends with its last agent
+    summary = progress.result(total_steps, last_end, stopped, out_of_time)
+    if rank == 0 and total_steps != global_step:  # the others' last updates, unknown at rank 0's last log point
+        log_scalars(writer, total_steps, {"charts/SPS": summary["sps"]})
     if args.eval_episodes and not stopped:
         nn.utils.vector_to_parameters(average.to(device), agent.parameters())  # evaluate the average
         summary["eval"] = evaluate_all_ranks(comm, agent, args, update, env_threads, device)
         if rank == 0:
-            report_eval(summary["eval"], args, run_dir, writer, global_step)
+            report_eval(summary["eval"], args, run_dir, writer, total_steps)
     ages = {str(age): n for age, n in sorted(gossip.age_counts.items())}
     summary = write_summary(comm, run_dir, summary, {
         "updates": update - start_update, "seconds": end_time - progress.start_time, "slept": slow.slept,

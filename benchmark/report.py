@@ -481,7 +481,8 @@ def runs_table(records: list[RunRecord], targets: Optional[dict[str, float]] = N
     for r in records:
         ok = r.status == "ok"
         step_end, wall_end = r.end if ok and (len(r.returns) or len(r.sps)) else (math.nan, math.nan)
-        # GALA logs rank 0's own steps x the agents (a slower agent makes fewer); summary.json has the true total.
+        # summary.json has the true total; GALA before 2026-12-05 logged rank 0's own steps x the agents (the
+        # committed stragglers runs: a slower agent made fewer), now the agents' total as rank 0 knows it.
         true_steps = (r.summary or {}).get("global_step") if ok else None
         scale = true_steps / step_end if true_steps and step_end > 0 else 1.0
         rows.append({

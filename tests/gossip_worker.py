@@ -10,7 +10,11 @@ SYNC_FREQ "none" never blocks; with SLOW_RANK only that rank sleeps; SLEEP_SECON
 barrier before every round instead of sleeping (every message of a round read before the next), "random:S"
 sleeps uniformly between 0 and S seconds (each rank its own draws: random delays and skipped sends).
 KEY=VALUE: mixing=RULE (Gossip's mixing rule), lockstep=A (Gossip's lockstep mode, messages A updates old),
-step=S (every round each agent takes the same local step, S along every coordinate, as an agent's update)."""
+step=S (every round each agent takes the same local step, S along every coordinate, as an agent's update).
+Beside the gossip, every round ends a game of each agent (return: its rank, length: the round) and every
+MAIL_EVERY rounds the script's EpisodeMail sends them to rank 0 with the round: rank 0's global step at each of its
+log points, every game's stamp and every rank's round end times are in the summary, to be checked against the
+agents' true total at those times."""
 
 import json
 import sys
@@ -26,6 +30,8 @@ import gala_a2c_atari as gala  # noqa: E402
 
 comm = MPI.COMM_WORLD
 rank = comm.Get_rank()
+MAIL_EVERY, MAIL_STEPS = 3, 10
+"""rounds between an agent's log points; steps of an agent's round"""
 
 
 def run(config: str) -> dict | None:
@@ -49,6 +55,7 @@ def run(config: str) -> dict | None:
     gossip = gala.Gossip(comm.Dup(), flat, graph, int(num_peers), None if sync_freq == "none" else int(sync_freq),
                          mixing, lockstep)
     sleeps = np.random.default_rng(100 + rank)
+    mail, games, stamped, logged, done_at = gala.EpisodeMail(comm.Dup(), 0, MAIL_STEPS), [], [], [], []
     comm.Barrier()  # start together, as agents do after their collective set-up
     for t in range(1, int(rounds) + 1):
         if sleep == "lockstep":
@@ -60,7 +67,14 @@ def run(config: str) -> dict | None:
         gossip.before_local_step()
         flat += step
         gossip.exchange(t)
+        done_at.append(time.time())
+        games.append((t * MAIL_STEPS, float(rank), t))
+        if t % MAIL_EVERY == 0:
+            stamped += mail.collect(t, games)
+            games = []
+            logged.append((time.time(), mail.global_step(t)))
     gossip.finish()
+    stamped += mail.finish(int(rounds), games)
     counts = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()), "mixes": gossip.mixes,
               "skipped": gossip.skipped, "longest_without_mix": gossip.longest_without_mix}
     weights = comm.gather(gossip.weight, root=0)
@@ -71,6 +85,7 @@ def run(config: str) -> dict | None:
     starts, finals = comm.gather(start, root=0), comm.gather(flat.numpy().copy(), root=0)
     all_counts = comm.gather(counts, root=0)
     grads = comm.gather(grad, root=0)
+    done_at = comm.gather(done_at, root=0)
     if rank != 0:
         return None
     starts, finals = np.array(starts, dtype=np.float64), np.array(finals, dtype=np.float64)
@@ -88,6 +103,8 @@ def run(config: str) -> dict | None:
                                        - (starts.mean(0) + int(rounds) * step)).max()),
         "advance": float((finals - starts).mean()) / int(rounds) / step if step else None,
         "counts": all_counts,
+        "mail": {"logged": logged, "games": stamped, "done_at": done_at, "final": mail.global_step(int(rounds)),
+                 "every": MAIL_EVERY, "steps": MAIL_STEPS},
         "metrics": {"disagreement": disagreement, "relative": relative, "cosine": cosine},
         "numpy": {
             "disagreement": float(np.sqrt(np.mean(np.sum((starts - starts.mean(0)) ** 2, axis=1)))),

@@ -3,6 +3,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import (
@@ -130,6 +131,35 @@ def test_sync_freq_blocks_after_k_updates_without_a_mix_and_senders_never_wait(t
         assert fast["mixes"] >= rounds // (sync_freq + 1) - 1
     if sync_freq != 0:  # K = 0 paces agent 0 to agent 1, so it has nothing to skip
         assert fast["skipped"] > 0 and fast["sent"] + fast["skipped"] == rounds
+
+
+@pytest.mark.parametrize("agents, config", [("two_agents", SLOW_PEER[None]), ("four_agents", FREE["ring"])])
+def test_rank_0_logs_the_agents_total_steps(request, agents, config):
+    """EpisodeMail: rank 0's global step at each of its log points is the agents' true total at that moment (from
+    every rank's round end times) less what it has not heard yet: never more, and less by at most two log intervals
+    of each other agent (its last message possibly still in flight); after finish() it is the exact total. A game is
+    stamped with its agent's own steps plus the others' as rank 0 knew them: between the others' true steps when
+    the game ended, less the same allowance, and the true total at the end. Two agents, agent 1 sleeping 50 ms per
+    round and agent 0 not at all (rank 0's own steps x the agents would be about twice the total), and four agents
+    sleeping 2 ms per round."""
+    result = request.getfixturevalue(agents)[config]
+    mail, world = result["mail"], len(result["counts"])
+    done_at, steps, every = [np.array(times) for times in mail["done_at"]], mail["steps"], mail["every"]
+
+    def true_steps(at: float, ranks=range(world)) -> int:
+        return sum(int(np.sum(done_at[r] <= at)) for r in ranks) * steps
+
+    allowance = 2 * every * steps * (world - 1)
+    for at, logged in mail["logged"]:
+        assert true_steps(at) - allowance <= logged <= true_steps(at)
+    rounds = len(done_at[0])
+    assert mail["final"] == world * rounds * steps
+    assert len(mail["games"]) == world * rounds  # every game reached rank 0 once
+    for stamp, source, round_ in mail["games"]:
+        source, ended = int(source), done_at[int(source)][round_ - 1]
+        others = stamp - round_ * steps
+        assert true_steps(ended, [r for r in range(world) if r != source]) - allowance <= others
+        assert others <= (world - 1) * rounds * steps
 
 
 @pytest.mark.parametrize("agents, graph, num_peers", [("two_agents", "ring", 1), ("four_agents", "ring", 1),
