@@ -29,10 +29,8 @@ Simplifications and choices, stated so nobody has to find them:
   until they come; K = 0 blocks at every update (synchronous gossip). The sender never blocks: a
   send whose previous message the peer has not read yet is skipped. Without K (the default, as the
   paper's run with K = 1e8) nobody ever blocks and an agent mixes whatever has arrived.
-- `--mixing` other than `average` is not the paper's: push-sum weights, extrapolated or aligned mixing
-  are remedies for stale messages measured against it (the Gossip class says what each does); push-sum's
-  weight is saved with each agent's checkpoint, and the evaluated average is weighted by it.
-  `--debug-lockstep-age A` is a diagnosis, not an algorithm: the agents wait for each other every update.
+- `--debug-lockstep-age A` is a diagnosis, not an algorithm: the agents wait for each other every update and
+  mix messages exactly A updates old.
 - A resumed run restores each agent's parameters, optimizer, update count and torch RNG, not the
   emulator states: its simulators start new games. Agents stopped by a signal may have saved at
   different updates: after such a resume, the exponential graph's schedule of each agent keeps its
@@ -142,10 +140,6 @@ class Args:
     sync_freq: Optional[int] = None
     """tolerate this many updates in a row without a mix, then block for the in-peers' messages
     (0: block at every update, synchronous gossip; default: never block)"""
-    mixing: str = "average"
-    """how an agent mixes its peers' messages: average (the paper's rule), push-sum (weights that keep the
-    network's total whatever the delays), extrapolate (each message moved forward by its age x the
-    sender's last step), aligned (move toward each peer by the difference the two had when it wrote)"""
     disagreement_every: int = 100
     """updates between measurements of the agents' disagreement and gradient cosine (0: never)"""
     debug_slow_rank: Optional[int] = None
@@ -328,11 +322,9 @@ def gossip_peers(rank: int, world_size: int, step: int, graph: str, num_peers: i
 
 
 TAG_PARAMS, TAG_DONE = 1, 2
-MIXING = ("average", "push-sum", "extrapolate", "aligned")
-"""--mixing: the paper's rule and the three remedies for stale messages measured against it (see Gossip)"""
-HEADER = 4
-"""a message ends with the sender's update count, its push-sum weight, the time it was written (seconds since the
-agents' common start) and its seconds per update"""
+HEADER = 1
+"""a message ends with the sender's update count (its age at the mix is a staleness measure; float32 counts
+exactly up to 2^24 updates)"""
 
 
 class Gossip:
@@ -347,22 +339,9 @@ class Gossip:
     `flat` is the parameter vector itself (the model's parameters are views into it): mixing is in
     place. On a GPU the parameters pass through host buffers (no CUDA-aware MPI assumed).
 
-    A message is the sender's parameters x_j after its local step (and, for `extrapolate`, that step).
-    With u the agent's own parameters after its local step and m messages arrived (k when all came):
-    - average (the paper's rule, the official code's): theta <- (u + sum x_j) / (m + 1).
-    - push-sum (Kempe et al. 2003, in Stochastic Gradient Push's order): the agent also holds a weight
-      w (1 at the start) and keeps w / (k + 1) per message sent (the share of a skipped send stays home);
-      theta <- (w_keep u + sum w_j x_j) / (w_keep + sum w_j), w <- w_keep + sum w_j, and the local step
-      moves the numerator w theta, so theta moves by the step / w. The sums of w theta and of w over the
-      agents and the messages in flight never change, whatever the delays.
-    - extrapolate: each x_j is first moved to now, x_j + age_j d_j, with d_j the sender's last local
-      step and age_j the sender's updates since it wrote (time since the write / its seconds per update).
-    - aligned: theta <- u + sum (x_j - own_j) / (2 (k + 1) (1 + a_j)), own_j = the agent's own parameters
-      as it sent them at the time closest to x_j's write, a_j = its own updates since: the agents move
-      toward each other by the difference they had at one moment and keep all their progress since, so
-      that (for symmetric ages) their mean advances by exactly the average local step, whatever the age.
-      The pull is half of averaging's and shrinks with the age: a delayed difference pulled at full
-      strength does not contract (at age 1) or diverges (age 2+); pulled so, it contracts at every age.
+    A message is the sender's parameters x_j after its local step. With u the agent's own parameters
+    after its local step and m messages arrived (k when all came), the mix is the paper's rule (the
+    official code's): theta <- (u + sum x_j) / (m + 1).
 
     `lockstep_age` a (a debug mode, --debug-lockstep-age): every agent blocks at every update for its
     in-peers' messages of that update (and never skips a send), so the agents step together; it mixes
@@ -370,16 +349,15 @@ class Gossip:
     exactly a, without the timing jitter and the drift of update counts of real asynchrony.
 
     finish() ends cleanly: it tells every out-peer how many messages it sent (TAG_DONE), reads until
-    every in-peer's count is reached (push-sum adds them, the other rules discard them), cancels the
-    receives left posted and completes its own sends.
+    every in-peer's count is reached (discarding the messages), cancels the receives left posted and
+    completes its own sends.
     """
 
     def __init__(self, comm, flat: torch.Tensor, graph: str, num_peers: int, sync_freq: Optional[int],
-                 mixing: str = "average", lockstep_age: Optional[int] = None, history: int = 32):
+                 lockstep_age: Optional[int] = None):
         self.comm, self.flat, self.graph, self.k, self.sync_freq = comm, flat, graph, num_peers, sync_freq
-        self.mixing, self.lockstep_age = mixing, lockstep_age
+        self.lockstep_age = lockstep_age
         self.rank, self.world = comm.Get_rank(), comm.Get_size()
-        self.epoch = comm.bcast(time.time(), root=0)  # message times count from the agents' common start
         period = len(exponential_offsets(self.world)) if graph == "exponential" and self.world > 1 else 1
         outs, ins = set(), set()
         for t in range(period):
@@ -389,7 +367,7 @@ class Gossip:
         numel = flat.numel()
         self.numel = numel
         self.host = flat.numpy() if flat.device.type == "cpu" else torch.empty(numel, pin_memory=True).numpy()
-        size = numel * (2 if mixing == "extrapolate" else 1) + HEADER  # float32 counts exactly up to 2^24 updates
+        size = numel + HEADER
         self.send_buf = {p: np.empty(size, dtype=np.float32) for p in outs}
         self.send_req = {p: MPI.REQUEST_NULL for p in outs}
         self.recv_buf = {p: np.empty(size, dtype=np.float32) for p in ins}
@@ -401,10 +379,6 @@ class Gossip:
         self.sent, self.received = dict.fromkeys(outs, 0), dict.fromkeys(ins, 0)
         self.expected: dict[int, Optional[int]] = dict.fromkeys(ins, None)
         self.skipped, self.mixes, self.updates, self.since_mix, self.longest_without_mix = 0, 0, 0, 0, 0
-        self.weight = 1.0  # push-sum's w (1 for the other rules)
-        self.before = None  # the parameters before the local step (push-sum, extrapolate)
-        self.last_time, self.period = None, 0.0  # this agent's last exchange, and its mean seconds per update
-        self.own: deque = deque(maxlen=history)  # aligned: (time, update, parameters sent) of the recent updates
         self.lockstep: deque = deque(maxlen=(lockstep_age or 0) + 1)  # lockstep: the messages of recent updates
         # Per mixed message, its age: my update count minus the sender's when it wrote (1 = written
         # during my previous update's time). The recent ones for logging, and a histogram of all.
@@ -415,11 +389,6 @@ class Gossip:
         if self.flat.device.type != "cpu":
             self.host[:] = self.flat.cpu().numpy()
         return self.host
-
-    def before_local_step(self) -> None:
-        """Remember the parameters before the local step: push-sum scales the step, extrapolate sends it."""
-        if self.mixing in ("push-sum", "extrapolate"):
-            self.before = self.flat.detach().clone()
 
     def progress(self) -> None:
         """Let MPI move messages while the agent acts: a 3.5 MB message goes by rendezvous, which only
@@ -452,29 +421,11 @@ class Gossip:
                 self.arrived[live[index]] = True
             self._poll_done()
 
-    def _local_step_done(self, now: float) -> None:
-        """Push-sum: the step moves the numerator w theta, so theta by step / w (SGP's order)."""
-        if self.last_time is not None:
-            interval = now - self.last_time
-            self.period = interval if self.period == 0.0 else 0.9 * self.period + 0.1 * interval
-        self.last_time = now
-        if self.mixing == "push-sum" and self.before is not None:
-            with torch.no_grad():
-                self.flat.sub_(self.before).mul_(1.0 / self.weight).add_(self.before)
-
     def exchange(self, update: int) -> int:
         """Send to this update's out-peers, mix what has arrived; returns the number of messages mixed."""
-        now = time.time() - self.epoch
-        self._local_step_done(now)
         out_peers, in_peers = gossip_peers(self.rank, self.world, update, self.graph, self.k)
         self.updates += 1
         params = self._params_to_host()
-        if self.mixing == "aligned":
-            self.own.append((now, self.updates, params.copy()))
-        if self.mixing == "extrapolate":  # the local step just taken (none if nobody said where it began)
-            step = np.zeros(self.numel, dtype=np.float32) if self.before is None else (self.flat - self.before).cpu()
-        self.before = None
-        sent = 0
         for p in out_peers:
             if self.lockstep_age is not None:
                 self.send_req[p].Wait()  # in lockstep a send is never skipped (the peer reads it this update)
@@ -483,13 +434,9 @@ class Gossip:
                 continue
             buf = self.send_buf[p]
             buf[: self.numel] = params
-            if self.mixing == "extrapolate":
-                buf[self.numel : 2 * self.numel] = step
-            buf[-HEADER:] = (self.updates, self.weight / (self.k + 1), now, self.period)
+            buf[-1] = self.updates
             self.send_req[p] = self.comm.Issend(buf, dest=p, tag=TAG_PARAMS)
             self.sent[p] += 1
-            sent += 1
-        keep = 1.0 - sent / (self.k + 1)  # push-sum: the shares sent left, those of skipped sends stay
 
         self.progress()
         self._poll_done()
@@ -507,7 +454,7 @@ class Gossip:
                     ready = True
                 arrived = [p for p in in_peers if self.arrived[p]] if ready else []
             messages = [self._take(p, copy=False) for p in arrived]
-        self._mix(messages, keep, now)
+        self._mix(messages)
         for p in self.taken:  # their messages are mixed (or copied): post the next receives
             self.recv_req[p] = self.comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS)
         self.taken.clear()
@@ -528,45 +475,19 @@ class Gossip:
         self.taken.append(p)
         return self.recv_buf[p].copy() if copy else self.recv_buf[p]
 
-    def _own_at(self, msg: np.ndarray) -> tuple[int, np.ndarray]:
-        """Aligned: (update, parameters) this agent sent at the moment msg was written: at the same update in
-        lockstep, else at the nearest time."""
-        if self.lockstep_age is not None:
-            return next((count, params) for _, count, params in self.own if count == int(msg[-4]))
-        _, count, params = min(self.own, key=lambda entry: abs(entry[0] - float(msg[-2])))
-        return count, params
-
-    def _mix(self, messages: list[np.ndarray], keep: float, now: float) -> None:
-        """The mixing rule (class docstring) on the messages; push-sum's weight keeps `keep` of itself."""
-        if self.mixing == "push-sum":
-            self.weight *= keep
+    def _mix(self, messages: list[np.ndarray]) -> None:
+        """The paper's rule (class docstring): uniform over the agent and the messages; records their ages."""
         if not messages:
             return
+        total = np.zeros(self.numel, dtype=np.float32)
         for msg in messages:
-            age = self.updates - int(msg[-4])
+            age = self.updates - int(msg[-1])
             self.recent_ages.append(age)
             self.age_counts[age] = self.age_counts.get(age, 0) + 1
-        n, total = self.numel, np.zeros(self.numel, dtype=np.float32)
-        if self.mixing == "push-sum":  # numerators: w theta, and the weights
-            for msg in messages:
-                total += msg[-3] * msg[:n]
-            own, self.weight = self.weight, self.weight + sum(float(msg[-3]) for msg in messages)
-            new = (torch.from_numpy(total), own / self.weight, 1.0 / self.weight)
-        elif self.mixing == "aligned":  # the differences at the time of each write, pulled less the older they are
-            for msg in messages:
-                count, mine = self._own_at(msg)
-                total += (msg[:n] - mine) / (1 + self.updates - count)
-            new = (torch.from_numpy(total), 1.0, 1.0 / (2 * (self.k + 1)))
-        else:  # average, extrapolate: uniform over the agent and the messages
-            for msg in messages:
-                total += msg[:n]
-                if self.mixing == "extrapolate" and msg[-1] > 0:
-                    total += max(now - float(msg[-2]), 0.0) / float(msg[-1]) * msg[n : 2 * n]
-            m = len(messages)
-            new = (torch.from_numpy(total), 1.0 / (m + 1), 1.0 / (m + 1))
-        total, own_share, message_share = new
+            total += msg[: self.numel]
+        share = 1.0 / (len(messages) + 1)
         with torch.no_grad():
-            self.flat.mul_(own_share).add_(total.to(self.flat.device), alpha=message_share)
+            self.flat.mul_(share).add_(torch.from_numpy(total).to(self.flat.device), alpha=share)
 
     def counts(self) -> dict:
         return {"sent": sum(self.sent.values()), "received": sum(self.received.values()), "mixes": self.mixes,
@@ -576,8 +497,6 @@ class Gossip:
         """This agent's gossip statistics for the log (the recent message ages start again)."""
         scalars = {"gossip/mix_rate": self.mixes / self.updates, "gossip/sent": sum(self.sent.values()),
                    "gossip/skipped_sends": self.skipped, "gossip/staleness": self.since_mix}
-        if self.mixing == "push-sum":
-            scalars["gossip/weight"] = self.weight
         if self.recent_ages:
             scalars["gossip/message_age"] = float(np.mean(self.recent_ages))
             self.recent_ages.clear()
@@ -586,20 +505,13 @@ class Gossip:
     def finish(self, poll_seconds: float = 1e-3) -> None:
         counts = {p: np.array([n], dtype=np.int64) for p, n in self.sent.items()}
         done_sends = [self.comm.Isend(counts[p], dest=p, tag=TAG_DONE) for p in counts]
-        now = time.time() - self.epoch
-        if self.mixing == "push-sum" and self.lockstep_age:  # lockstep's messages not mixed yet are added too
-            mixed = len(self.lockstep) == self.lockstep.maxlen  # the oldest was mixed at the last update
-            for messages in list(self.lockstep)[int(mixed) :]:
-                self._mix(messages, 1.0, now)
         while True:
             self._poll_done()
             for p in self.recv_req:
                 req = self.recv_req[p]
                 if self.arrived[p] or (req != MPI.REQUEST_NULL and req.Test()):  # read; training is over
-                    message = self._take(p, copy=False)
+                    self._take(p, copy=False)
                     self.taken.clear()  # posted again below while the peer may still send
-                    if self.mixing == "push-sum":  # added, so that nothing of the network's total is lost
-                        self._mix([message], 1.0, now)
                 if self.recv_req[p] == MPI.REQUEST_NULL and not self._finished(p):
                     self.recv_req[p] = self.comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS)
                 elif self.recv_req[p] != MPI.REQUEST_NULL and self._finished(p):
@@ -678,13 +590,11 @@ def broadcast_parameters(comm, agent) -> None:
     nn.utils.vector_to_parameters(torch.from_numpy(flat).to(next(agent.parameters()).device), agent.parameters())
 
 
-def average_parameters(comm, agent, weight: float = 1.0) -> torch.Tensor:
-    """The exact average of all agents' parameters (one Allreduce), weighted by push-sum's weights (all 1
-    for the other mixing rules): the model to evaluate."""
+def average_parameters(comm, agent) -> torch.Tensor:
+    """The exact average of all agents' parameters (one Allreduce): the model to evaluate."""
     flat = nn.utils.parameters_to_vector(agent.parameters()).detach().double().cpu().numpy()
-    total = np.append(weight * flat, weight)
-    comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
-    return torch.from_numpy(total[:-1] / total[-1]).float()
+    comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+    return torch.from_numpy(flat / comm.Get_size()).float()
 
 
 TAG_EPISODES = 3
@@ -760,7 +670,7 @@ def describe_gossip(args: Args, world_size: int) -> str:
     blocking = f"sync-freq {args.sync_freq}" if args.sync_freq is not None else "never blocking"
     if args.debug_lockstep_age is not None:
         blocking = f"lockstep, messages {args.debug_lockstep_age} update(s) old"
-    return f"{args.gossip_graph} graph, {args.num_peers} peer(s), {blocking}, {args.mixing} mixing"
+    return f"{args.gossip_graph} graph, {args.num_peers} peer(s), {blocking}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -786,8 +696,6 @@ def finalize_args(args: Args, world_size: int) -> None:
             )
     if (args.sync_freq is not None and args.sync_freq < 0) or args.disagreement_every < 0:
         raise ConfigError("--sync-freq and --disagreement-every must be 0 or more")
-    if args.mixing not in MIXING:
-        raise ConfigError(f"unknown --mixing {args.mixing!r}: one of {', '.join(MIXING)}")
     if args.debug_lockstep_age is not None and (args.debug_lockstep_age < 0 or args.sync_freq is not None):
         raise ConfigError("--debug-lockstep-age must be 0 or more, without --sync-freq (lockstep always blocks)")
     args.world_size = world_size
@@ -877,10 +785,7 @@ def train(args: Args) -> dict:
         agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps
     )
     start_update = 0 if ckpt is None else resume(ckpt, optimizer, device, rank, args)
-    gossip = Gossip(comm.Dup(), flat, args.gossip_graph, args.num_peers, args.sync_freq, args.mixing,
-                    args.debug_lockstep_age)
-    if ckpt is not None:
-        gossip.weight = ckpt["gossip_weight"]
+    gossip = Gossip(comm.Dup(), flat, args.gossip_graph, args.num_peers, args.sync_freq, args.debug_lockstep_age)
     T, N = args.num_steps, args.num_envs
     metrics, mail = GossipMetrics(comm.Dup(), args.disagreement_every), EpisodeMail(comm, start_update, T * N)
     writer = open_writer(args, run_name, run_dir) if rank == 0 else None
@@ -896,7 +801,6 @@ def train(args: Args) -> dict:
             "rank": rank, "update": update, "global_step": update * args.batch_size, "model": agent.state_dict(),
             "seconds": args.start_seconds + time.time() - progress.start_time,
             "optimizer": optimizer.state_dict(), "rng": rng_state(device), "args": asdict(args),
-            "gossip_weight": gossip.weight,
         })
 
     # Rollout storage on the device
@@ -937,7 +841,6 @@ def train(args: Args) -> dict:
         returns, valid = a2c_targets(*rollout, values, next_value, prev_done, args.gamma)
 
         slow()
-        gossip.before_local_step()
         means = a2c_update(
             agent, optimizer,
             obs.reshape(T * N, 4, 84, 84), actions.reshape(-1), returns.reshape(-1), valid.reshape(-1),
@@ -978,7 +881,7 @@ def train(args: Args) -> dict:
     if rank == 0:
         log_episodes(writer, arrived, progress.recent_returns)
         log_measurements(writer, final_measurements, args.batch_size)
-    average = average_parameters(comm, agent, gossip.weight)
+    average = average_parameters(comm, agent)
     total_steps = comm.allreduce(update, op=MPI.SUM) * args.num_steps * args.num_envs
     if args.save_model or stop:
         checkpoint(update)
@@ -1003,7 +906,7 @@ def train(args: Args) -> dict:
     ages = {str(age): n for age, n in sorted(gossip.age_counts.items())}
     summary = write_summary(comm, run_dir, summary, {
         "updates": update - start_update, "seconds": end_time - progress.start_time, "slept": slow.slept,
-        **gossip.counts(), "weight": gossip.weight, "ages": ages,
+        **gossip.counts(), "ages": ages,
     })
     if rank == 0:
         for r in summary["ranks"]:  # printed by one process, so that agents' lines never run together

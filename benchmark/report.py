@@ -443,7 +443,7 @@ def gossip_statistics(summary: dict) -> dict:
     of the mixed messages (my update count minus the sender's at its write; averaged over a ring the drift of the
     agents' counts cancels), the longest run without a mix, how much later the last agent finished than the first
     (seconds, and that in updates at the agents' mean rate: how far their counts drifted by the end), and the
-    range of push-sum's weights."""
+    range of push-sum's weights ("-" for runs without them)."""
     ranks = summary.get("ranks") or []
     if not ranks or "mixes" not in ranks[0]:
         return dict.fromkeys(GOSSIP, math.nan)
@@ -461,7 +461,9 @@ def gossip_statistics(summary: dict) -> dict:
         "longest_without_mix": max(r["longest_without_mix"] for r in ranks),
         "finish_spread_s": max(seconds) - min(seconds),
         "drift_updates": (max(seconds) - min(seconds)) * rate,
-        "weights": f"{min(r['weight'] for r in ranks):.2f}-{max(r['weight'] for r in ranks):.2f}",
+        # push-sum's weights: only the runs of results/mixing made with --mixing push-sum (removed since) have them
+        "weights": (f"{min(r['weight'] for r in ranks):.2f}-{max(r['weight'] for r in ranks):.2f}"
+                    if "weight" in ranks[0] else "-"),
     }
 
 

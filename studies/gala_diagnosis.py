@@ -47,7 +47,7 @@ from benchmark.common import ROOT, mpirun, script_module
 # 1. Staleness on the real Gossip class
 @dataclass
 class Consensus:
-    """Consensus speed of two agents on a linear objective, per --sync-freq and --mixing, with the real Gossip."""
+    """Consensus speed of two agents on a linear objective, per --sync-freq, with the real Gossip."""
 
     updates: int = 400
     """updates of each agent"""
@@ -55,15 +55,13 @@ class Consensus:
     """time an agent works (acts and learns) per update, while calling Gossip.progress()"""
     jitter: float = 0.2
     """each update's work time varies uniformly by +- this fraction (agents drift apart as real ones do)"""
-    mixing: tuple[str, ...] = ("average", "push-sum", "extrapolate", "aligned")
-    """the mixing rules measured asynchronously (never blocking), after synchronous and --sync-freq 1 averaging"""
     out: Path = Path("results/gala_diagnosis_consensus.txt")
 
 
-def consensus_worker(out: str, sync_freq: str, mixing: str, updates: int, work_ms: float, jitter: float) -> None:
+def consensus_worker(out: str, sync_freq: str, updates: int, work_ms: float, jitter: float) -> None:
     """Run under mpirun -np 2: x_i starts at 0 in 1,000 dimensions, every update adds a = 1 / sqrt(1000)
     along the diagonal (|a| = 1) as the agent's local step, works, gossips; rank 0 writes the advance per update
-    of the agents' average (and of push-sum's weighted average) and the distance between the two agents."""
+    of the agents' average and the distance between the two agents."""
     from mpi4py import MPI
 
     gala = script_module("gala_a2c_atari.py")
@@ -72,7 +70,7 @@ def consensus_worker(out: str, sync_freq: str, mixing: str, updates: int, work_m
     rng = np.random.default_rng(rank)
     flat = torch.zeros(1000)
     step = torch.full((1000,), 1 / np.sqrt(1000))
-    gossip = gala.Gossip(comm.Dup(), flat, "ring", 1, None if sync_freq == "none" else int(sync_freq), mixing)
+    gossip = gala.Gossip(comm.Dup(), flat, "ring", 1, None if sync_freq == "none" else int(sync_freq))
     comm.Barrier()
     start_time = time.time()
     for t in range(1, updates + 1):
@@ -80,13 +78,11 @@ def consensus_worker(out: str, sync_freq: str, mixing: str, updates: int, work_m
         while time.time() < until:
             gossip.progress()
             time.sleep(0.001)
-        gossip.before_local_step()
         flat += step
         gossip.exchange(t)
     elapsed = time.time() - start_time
     gossip.finish()
     positions = comm.gather(float(flat @ step), root=0)  # each agent's advance along the step direction
-    weights = comm.gather(gossip.weight, root=0)
     ages = comm.gather(gossip.age_counts, root=0)
     mixes = comm.gather(gossip.mixes, root=0)
     if rank == 0:
@@ -96,7 +92,6 @@ def consensus_worker(out: str, sync_freq: str, mixing: str, updates: int, work_m
                 merged[age] = merged.get(age, 0) + n
         Path(out).write_text(json.dumps({
             "advance_per_update": float(np.mean(positions)) / updates, "ages": merged,
-            "weighted_advance": float(np.average(positions, weights=weights)) / updates,
             "distance": abs(positions[0] - positions[1]),
             "mix_rate": float(np.mean(mixes)) / updates, "seconds": elapsed,
         }))
@@ -104,11 +99,10 @@ def consensus_worker(out: str, sync_freq: str, mixing: str, updates: int, work_m
 
 def run_consensus(cfg: Consensus) -> None:
     rows = []
-    cases = [("0", "average"), ("1", "average"), *(("none", mixing) for mixing in cfg.mixing)]
-    for sync_freq, mixing in cases:
+    for sync_freq in ("0", "1", "none"):
         out = Path(tempfile.mkdtemp()) / "consensus.json"
         cmd = [mpirun(), "-np", "2", sys.executable, "-m", "studies.gala_diagnosis", "consensus-worker", str(out),
-               sync_freq, mixing, str(cfg.updates), str(cfg.work_ms), str(cfg.jitter)]
+               sync_freq, str(cfg.updates), str(cfg.work_ms), str(cfg.jitter)]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             sys.exit(f"consensus run with --sync-freq {sync_freq} failed:\n{proc.stderr[-2000:]}")
@@ -116,18 +110,17 @@ def run_consensus(cfg: Consensus) -> None:
         total = sum(r["ages"].values())
         ages = ", ".join(f"{age}: {n / total:.0%}" for age, n in sorted(r["ages"].items(), key=lambda kv: int(kv[0])))
         mean_age = sum(int(age) * n for age, n in r["ages"].items()) / max(total, 1)
-        advance, weighted, mix_rate = r["advance_per_update"], r["weighted_advance"], r["mix_rate"]
-        rows.append(f"| {sync_freq:>4} | {mixing} | {advance:.3f} | {weighted:.3f} | {r['distance']:.2f} | "
-                    f"{mix_rate:.2f} | {mean_age:.2f} | {ages} |")
+        advance, mix_rate = r["advance_per_update"], r["mix_rate"]
+        rows.append(f"| {sync_freq:>4} | {advance:.3f} | {r['distance']:.2f} | {mix_rate:.2f} | {mean_age:.2f} | "
+                    f"{ages} |")
     table = "\n".join([
         f"# Consensus speed of 2 agents (real Gossip), linear objective, {cfg.updates} updates, "
         f"{cfg.work_ms:g} ms +- {cfg.jitter:.0%} of work per update",
         "# advance: the agents' average's advance per update / the local step (1 = fresh averaging; scalar model:",
-        "# 2/3 with messages 1 update old, 1/2 with 2); weighted: push-sum's sum w x / sum w (the same for the other",
-        "# rules); distance: between the two agents at the end, in local steps. age: my update count - the sender's",
-        "# at its write.",
-        "| sync-freq | mixing | advance | weighted | distance | mix rate | mean age | ages |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows,
+        "# 2/3 with messages 1 update old, 1/2 with 2); distance: between the two agents at the end, in local steps.",
+        "# age: my update count - the sender's at its write.",
+        "| sync-freq | advance | distance | mix rate | mean age | ages |",
+        "| --- | --- | --- | --- | --- | --- |", *rows,
     ])
     print(table)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
@@ -261,8 +254,8 @@ def run_step(cfg: Step) -> None:
 # ---------------------------------------------------------------------------------------------
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "consensus-worker":
-        out, sync_freq, mixing, updates, work_ms, jitter = sys.argv[2:8]
-        consensus_worker(out, sync_freq, mixing, int(updates), float(work_ms), float(jitter))
+        out, sync_freq, updates, work_ms, jitter = sys.argv[2:7]
+        consensus_worker(out, sync_freq, int(updates), float(work_ms), float(jitter))
         return
     cfg = tyro.extras.subcommand_cli_from_dict({"consensus": Consensus, "step": Step})
     {Consensus: run_consensus, Step: run_step}[type(cfg)](cfg)

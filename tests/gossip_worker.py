@@ -7,10 +7,9 @@ configuration to the path given. Usage:
     mpirun -np 4 python gossip_worker.py OUT CONFIG [CONFIG ...]
     CONFIG = GRAPH,NUM_PEERS,SYNC_FREQ,ROUNDS,SLEEP_SECONDS[,SLOW_RANK][,KEY=VALUE...], e.g. ring,1,0,40,lockstep
 SYNC_FREQ "none" never blocks; with SLOW_RANK only that rank sleeps; SLEEP_SECONDS "lockstep" puts a
-barrier before every round instead of sleeping (every message of a round read before the next), "random:S"
-sleeps uniformly between 0 and S seconds (each rank its own draws: random delays and skipped sends).
-KEY=VALUE: mixing=RULE (Gossip's mixing rule), lockstep=A (Gossip's lockstep mode, messages A updates old),
-step=S (every round each agent takes the same local step, S along every coordinate, as an agent's update).
+barrier before every round instead of sleeping (every message of a round read before the next).
+KEY=VALUE: lockstep=A (Gossip's lockstep mode, messages A updates old), step=S (every round each agent takes the
+same local step, S along every coordinate, as an agent's update).
 Beside the gossip, every round ends a game of each agent (return: its rank, length: the round) and every
 MAIL_EVERY rounds the script's EpisodeMail sends them to rank 0 with the round: rank 0's global step at each of its
 log points, every game's stamp and every rank's round end times are in the summary, to be checked against the
@@ -40,7 +39,7 @@ def run(config: str) -> dict | None:
     options = dict(field.split("=") for field in more if "=" in field)
     slow = [field for field in more if "=" not in field]
     slow_rank = int(slow[0]) if slow else None
-    mixing, step = options.get("mixing", "average"), float(options.get("step", 0))
+    step = float(options.get("step", 0))
     lockstep = int(options["lockstep"]) if "lockstep" in options else None
     rng = np.random.default_rng(rank)
     start = rng.normal(size=20_000).astype(np.float32)
@@ -53,18 +52,14 @@ def run(config: str) -> dict | None:
     metrics.start(0, holder)
     ((_, disagreement, relative, cosine),) = metrics.finish(comm, holder)
     gossip = gala.Gossip(comm.Dup(), flat, graph, int(num_peers), None if sync_freq == "none" else int(sync_freq),
-                         mixing, lockstep)
-    sleeps = np.random.default_rng(100 + rank)
+                         lockstep)
     mail, games, stamped, logged, done_at = gala.EpisodeMail(comm.Dup(), 0, MAIL_STEPS), [], [], [], []
     comm.Barrier()  # start together, as agents do after their collective set-up
     for t in range(1, int(rounds) + 1):
         if sleep == "lockstep":
             comm.Barrier()
-        elif sleep.startswith("random:"):
-            time.sleep(sleeps.uniform(0, float(sleep.split(":")[1])))
         elif slow_rank is None or rank == slow_rank:
             time.sleep(float(sleep))
-        gossip.before_local_step()
         flat += step
         gossip.exchange(t)
         done_at.append(time.time())
@@ -77,7 +72,6 @@ def run(config: str) -> dict | None:
     stamped += mail.finish(int(rounds), games)
     counts = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()), "mixes": gossip.mixes,
               "skipped": gossip.skipped, "longest_without_mix": gossip.longest_without_mix}
-    weights = comm.gather(gossip.weight, root=0)
     merged_ages: dict[int, int] = {}
     for ages in comm.gather(gossip.age_counts, root=0) or []:
         for age, n in ages.items():
@@ -96,11 +90,7 @@ def run(config: str) -> dict | None:
     return {
         "initial_spread": spread(starts), "final_spread": spread(finals),
         "average_error": float(np.abs(finals - starts.mean(0)).max()),
-        "weights": weights,
         "ages": {str(age): n for age, n in sorted(merged_ages.items())},
-        # push-sum's estimate of the average, sum w x / sum w, against the start's average moved by every step
-        "weighted_error": float(np.abs(np.average(finals, axis=0, weights=weights)
-                                       - (starts.mean(0) + int(rounds) * step)).max()),
         "advance": float((finals - starts).mean()) / int(rounds) / step if step else None,
         "counts": all_counts,
         "mail": {"logged": logged, "games": stamped, "done_at": done_at, "final": mail.global_step(int(rounds)),

@@ -413,7 +413,7 @@ def test_time_to_a_score_and_the_time_curve_take_the_games_in_time_order():
 
 def test_gossip_statistics_over_every_agent_by_hand():
     """Two agents' counters as summary.json holds them: agent 1 finished 10 s later, both at 5 updates/s."""
-    agent = {"updates": 100, "mixes": 90, "longest_without_mix": 2, "weight": 1.0}
+    agent = {"updates": 100, "mixes": 90, "longest_without_mix": 2}
     summary = {"ranks": [{**agent, "rank": 0, "seconds": 20.0, "ages": {"1": 60, "2": 30}},
                          {**agent, "rank": 1, "seconds": 30.0, "mixes": 80, "longest_without_mix": 5,
                           "ages": {"0": 40, "1": 40}}]}
@@ -422,5 +422,7 @@ def test_gossip_statistics_over_every_agent_by_hand():
     assert got["message_age"] == pytest.approx((60 + 60 + 40) / 170)
     assert (got["longest_without_mix"], got["finish_spread_s"]) == (5, 10.0)
     assert got["drift_updates"] == pytest.approx(10 * (100 / 20 + 100 / 30) / 2)
-    assert got["weights"] == "1.00-1.00"
+    assert got["weights"] == "-"  # push-sum's weights: only the runs made with the removed --mixing push-sum
+    weighted = {"ranks": [{**rank, "weight": w} for rank, w in zip(summary["ranks"], (0.5, 1.5))]}
+    assert report.gossip_statistics(weighted)["weights"] == "0.50-1.50"
     assert all(math.isnan(v) for v in report.gossip_statistics({"ranks": [{"rank": 0, "updates": 3}]}).values())
