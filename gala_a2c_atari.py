@@ -872,6 +872,8 @@ def train(args: Args) -> dict:
     # stopped (agents see a signal at different updates, some may have finished), the exact average of
     # all agents, the final checkpoint (every agent + the average), evaluation of the average.
     end_time = time.time()
+    if rank == 0 and world_size > 1 and update == args.num_updates:  # its logged steps lack the others' last ones
+        print(f"[agent 0] all {update} updates done; the others finish theirs", flush=True)
     envs.close()
     gossip.finish()
     out_of_time = signalled.finish()

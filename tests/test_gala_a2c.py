@@ -319,7 +319,7 @@ def test_sigterm_after_some_agents_finished_still_ends_together(workdir):
     proc = start(SCRIPT, "--total-timesteps", str(total), "--debug-slow-rank", "1", "--debug-slow-seconds", "0.5",
                  "--eval-episodes", "1", *FAST, cwd=workdir, np=2)
     for line in proc.stdout:
-        if line.startswith(f"global_step {total}/{total}"):
+        if line.startswith(f"[agent 0] all {updates} updates done"):
             break
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
