@@ -247,7 +247,8 @@ def run_step(cfg: Step) -> None:
         "| " + " | ".join(head) + " |", "|" + " --- |" * len(head), *rows,
     ])
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(f"python -m studies.gala_diagnosis step --total-timesteps {cfg.total_timesteps}\n{table}\n")
+    command = "python -m studies.gala_diagnosis step " + " ".join(sys.argv[2:])  # as it was run
+    cfg.out.write_text(f"{command.strip()}\n{table}\n")
     print(table)
 
 
