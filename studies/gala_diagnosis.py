@@ -124,7 +124,7 @@ def run_consensus(cfg: Consensus) -> None:
     ])
     print(table)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(f"python -m studies.gala_diagnosis consensus\n{table}\n")
+    cfg.out.write_text(f"{command_line()}\n{table}\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,12 +247,16 @@ def run_step(cfg: Step) -> None:
         "| " + " | ".join(head) + " |", "|" + " --- |" * len(head), *rows,
     ])
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python -m studies.gala_diagnosis step " + " ".join(sys.argv[2:])  # as it was run
-    cfg.out.write_text(f"{command.strip()}\n{table}\n")
+    cfg.out.write_text(f"{command_line()}\n{table}\n")
     print(table)
 
 
 # ---------------------------------------------------------------------------------------------
+def command_line() -> str:
+    """The command as it was run: the first line of a result file."""
+    return " ".join(["python -m studies.gala_diagnosis", *sys.argv[1:]])
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "consensus-worker":
         out, sync_freq, updates, work_ms, jitter = sys.argv[2:7]
