@@ -322,9 +322,6 @@ def gossip_peers(rank: int, world_size: int, step: int, graph: str, num_peers: i
 
 
 TAG_PARAMS, TAG_DONE = 1, 2
-HEADER = 1
-"""a message ends with the sender's update count (its age at the mix is a staleness measure; float32 counts
-exactly up to 2^24 updates)"""
 
 
 class Gossip:
@@ -367,7 +364,7 @@ class Gossip:
         numel = flat.numel()
         self.numel = numel
         self.host = flat.numpy() if flat.device.type == "cpu" else torch.empty(numel, pin_memory=True).numpy()
-        size = numel + HEADER
+        size = numel + 1  # a message ends with the sender's update count (float32: exact up to 2^24 updates)
         self.send_buf = {p: np.empty(size, dtype=np.float32) for p in outs}
         self.send_req = {p: MPI.REQUEST_NULL for p in outs}
         self.recv_buf = {p: np.empty(size, dtype=np.float32) for p in ins}
