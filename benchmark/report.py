@@ -827,21 +827,26 @@ def ranks_section(data: ReportData, cfg: "Config") -> list[str]:
         columns={"label": "algorithm", "rank_rates": "steps per second by rank"})) + [""]
 
     gala = ok[ok["algorithm"] == GALA].dropna(subset=["mix_rate"])
+    # push-sum's weights only where a run had them other than 1 (runs of the removed --mixing push-sum)
+    weighted = (~gala["weights"].isin(["-", "1.00-1.00"])).any()
     lines += ["## Gossip (GALA's runs, every agent, from summary.json)", "",
               ("Mix rate: share of updates that mixed a message; message age: my update count minus the sender's "
                "when it wrote, over every mixed message of every agent (the drift of the agents' counts cancels "
                "over a ring); finish spread: how much later the last agent finished its updates than the first, "
-               "and that in updates at the agents' mean rate (how far their counts drifted); push-sum weights: "
-               "their range at the end; disagreement: the mean relative disagreement (RMS |θ_i − θ̄| / |θ̄|) logged "
-               "over the last quarter of the steps."), ""]
-    lines += markdown(pd.DataFrame({
+               "and that in updates at the agents' mean rate (how far their counts drifted); "
+               + ("push-sum weights: their range at the end; " if weighted else "")
+               + "disagreement: the mean relative disagreement (RMS |θ_i − θ̄| / |θ̄|) logged over the last quarter "
+               "of the steps."), ""]
+    columns = {
         "algorithm": gala["label"], "game": gala["game"], "simulators": gala["simulators"], "seed": gala["seed"],
         "mix rate": gala["mix_rate"].map(fmt), "message age": gala["message_age"].map(fmt),
         "longest without a mix": gala["longest_without_mix"].map(lambda v: fmt(v, 0)),
         "finish spread (s)": gala["finish_spread_s"].map(lambda v: fmt(v, 0)),
-        "drift (updates)": gala["drift_updates"].map(lambda v: fmt(v, 0)), "push-sum weights": gala["weights"],
+        "drift (updates)": gala["drift_updates"].map(lambda v: fmt(v, 0)),
+        **({"push-sum weights": gala["weights"]} if weighted else {}),
         "disagreement (last quarter)": gala["disagreement"].map(lambda v: fmt(v, 4)),
-    })) + [""]
+    }
+    lines += markdown(pd.DataFrame(columns)) + [""]
     return lines
 
 

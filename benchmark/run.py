@@ -165,6 +165,9 @@ PRESETS = {
     # blocking) against A2C 4 workers x 16, both at the learning rate 7e-4 x sqrt(64 / 16) = 1.4e-3 (the scripts'
     # default at 64 simulators), Breakout, 2M steps (8M frames) per run, seeds 1-3; synchronous gossip seeds 1-2.
     # A checkpoint every 100k steps: a run cut short continues from it when the experiment is run again.
+    # results/paper-shape also holds two runs added from the command line and stopped (their networks never learned):
+    # --seeds 1 --variant "gala_sync_lr2.2e-3=gala_a2c:--sync-freq 0 --learning-rate 2.2e-3", and the same with
+    # "a2c_lr2.2e-3=a2c_allreduce:--learning-rate 2.2e-3".
     "paper-shape": Preset(
         algorithms=("a2c_allreduce", "gala_a2c"),
         env_ids=("Breakout-v5",),

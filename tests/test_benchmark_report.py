@@ -152,6 +152,8 @@ def test_report_on_two_real_runs(experiment, tmp_path):
            for a in ("a2c_allreduce", "gala_a2c")}
     assert row(md, "Throughput", "gala_a2c", "2")[4] == f"{sps['gala_a2c'] / sps['a2c_allreduce']:.2f}"
     assert "final score, paired over (game, simulators, seed): n/a (need >= 2 pairs)" in md
+    gossip = row(md, "Gossip", "algorithm")  # the header: no push-sum column, as no run had push-sum's weights
+    assert "push-sum weights" not in gossip and len(row(md, "Gossip", "gala_a2c", "Pong", "2", "1")) == len(gossip)
 
 
 def experiment_of(entries: list[dict], workdirs: list[str], experiment: Path, where: Path) -> Path:
