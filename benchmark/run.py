@@ -186,7 +186,8 @@ PRESETS = {
     # drift of real asynchrony), seeds 1-2. A checkpoint every 100k steps, as paper-shape. The three remedy arms of
     # results/mixing (gala_pushsum, gala_extrapolate, gala_aligned: --mixing push-sum, extrapolate, aligned) were
     # run at commits f9dd21c and c856349 (their manifest entries' git_commit), where --mixing existed; none helped,
-    # and the option is gone.
+    # and the option is gone. Seeds 4-5 of A2C, GALA and gala_extrapolate were added at c856349 (`--preset learning
+    # --name mixing --seeds 4 5 --extra="--save-model --checkpoint-every 100000"`, the variant on the command line).
     "mixing": Preset(
         algorithms=("a2c_allreduce", "gala_a2c"),
         env_ids=("Breakout-v5",),
