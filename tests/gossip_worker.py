@@ -70,8 +70,7 @@ def run(config: str) -> dict | None:
             logged.append((time.time(), mail.global_step(t)))
     gossip.finish()
     stamped += mail.finish(int(rounds), games)
-    counts = {"sent": sum(gossip.sent.values()), "received": sum(gossip.received.values()), "mixes": gossip.mixes,
-              "skipped": gossip.skipped, "longest_without_mix": gossip.longest_without_mix}
+    counts = gossip.counts()
     merged_ages: dict[int, int] = {}
     for ages in comm.gather(gossip.age_counts, root=0) or []:
         for age, n in ages.items():
