@@ -201,6 +201,21 @@ PRESETS = {
                   "gala_lockstep2=gala_a2c:--debug-lockstep-age 2"),
         seeds_of={"gala_lockstep1": (1, 2), "gala_lockstep2": (1, 2)},
     ),
+    # GALA against A2C on the paper's six games at its shape: paper-shape's launch (4 x 16, learning rate 1.4e-3, ring,
+    # 1 peer, never blocking, 2M steps, a checkpoint every 100k steps) on each game, seeds 1-2, plus the final policy
+    # played for 10 full games with the argmax and 10 with the sampled policy (the paper's Table 1 and Fig 1). Breakout
+    # comes last: its training curves also stand in paper-shape. Run it one arm at a time, A2C first
+    # (--algorithms a2c_allreduce), as a run takes ~25 minutes here.
+    "six-games": Preset(
+        algorithms=("a2c_allreduce", "gala_a2c"),
+        env_ids=tuple(g for g in GAMES if g != "Breakout-v5") + ("Breakout-v5",),
+        seeds=(1, 2),
+        simulators=(64,),
+        total_timesteps=2_000_000,
+        workers=4,
+        impala_batch_size=IMPALA_BATCH,
+        flags=("--save-model", "--checkpoint-every", "100000", "--eval-episodes", "10"),
+    ),
     # GALA's reason to exist: time to a score when one worker is slower (issue 23). A2C and GALA at 2 x 16 on Breakout,
     # a rank per core, each run for the same wall-clock budget (--max-seconds 880: what unslowed A2C takes for 1M
     # steps here, 1,139 steps/s in the mixing study), unslowed and with worker 1 a device 2 times slower, seeds 1-2.
@@ -225,13 +240,14 @@ class Config:
     """Runs the gala-rl scripts at matched total simulators, locally or on SLURM, and writes
     bench_runs/<experiment>/manifest.json for `python -m benchmark report`."""
 
-    preset: Literal["smoke", "paper", "sweep", "throughput", "learning", "paper-shape", "mixing", "stragglers"] = (
-        "smoke")
+    preset: Literal["smoke", "paper", "sweep", "throughput", "learning", "paper-shape", "six-games", "mixing",
+                    "stragglers"] = "smoke"
     """smoke: all four on Pong, 2 seeds, 2 workers x 4 simulators, 12k steps (minutes on 2 cores);
     paper: all four on six games, 4 x 16 simulators, 40M steps, 10 seeds; sweep: GALA and A2C at
     64..1024 simulators (Fig 1a); throughput: --updates x the batch steps of each on Pong at 2 x 8;
     learning: all four on Breakout at 2 x 16, 500k steps, seeds 1-3 (A2C, GALA) and 1-2 (A3C, IMPALA);
     paper-shape: A2C and GALA on Breakout at 4 x 16, 2M steps, seeds 1-3, synchronous GALA seeds 1-2;
+    six-games: paper-shape's A2C and GALA on the paper's six games, seeds 1-2, each final policy played 10 + 10 games;
     mixing: A2C, GALA and synchronous GALA at 2 x 16, 500k steps, seeds 1-3, and GALA in lockstep with messages 1
     and 2 updates old, seeds 1-2; stragglers: A2C and GALA at 2 x 16 for 880 s each, unslowed and with worker 1
     two times slower, seeds 1-2"""

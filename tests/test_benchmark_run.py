@@ -104,6 +104,10 @@ def test_a_refusal_on_the_command_line_is_one_message_and_exit_2(tmp_path):
                            "/a3c_gpu_atari.py --env-id Pong-v5 --seed 1 --total-timesteps 16000 --num-envs 8 ",
                            "/impala_atari.py --env-id Pong-v5 --seed 1 --total-timesteps 64000 --num-envs 8 ",
                            "--batch-size 16"]),
+        # paper-shape's launch on each of the six games, each final policy evaluated; Breakout last in each seed.
+        ("six-games", 24, ["cd {out}/six-games/gala_a2c/Breakout-v5/sims64/seed2 && ", "-np 4 ",
+                           "/gala_a2c_atari.py --env-id Breakout-v5 --seed 2 --total-timesteps 2000000 --num-envs 16 ",
+                           "--save-model --checkpoint-every 100000 --eval-episodes 10"]),
         # IMPALA: one actor's unroll of its 16 simulators per update, not annealed; the others take neither flag.
         ("learning", 10, ["cd {out}/learning/impala/Breakout-v5/sims32/seed2 && ", "-np 3 ",
                           "/impala_atari.py --env-id Breakout-v5 --seed 2 --total-timesteps 500000 --num-envs 16 ",
