@@ -321,18 +321,23 @@ def gossip_peers(rank: int, world_size: int, step: int, graph: str, num_peers: i
     return [(rank + o) % world_size for o in offsets], [(rank - o) % world_size for o in offsets]
 
 
-TAG_PARAMS, TAG_DONE = 1, 2
+TAG_PARAMS, TAG_DONE, TAG_READ = 1, 2, 3
 
 
 class Gossip:
     """Parameter gossip between agents over MPI point-to-point; a sender never waits, a receiver only
     after `sync_freq` updates in a row without a mix (never, if None).
 
-    One message slot per (sender, receiver) pair, as in the official code's buffers: the receiver
-    keeps one receive posted per possible in-peer and re-posts it only after mixing the message, and
-    the sender uses a synchronous-mode send (Issend), which completes only once that receive has
-    taken it. So "the previous send to this peer has completed" means "the peer has read it", a send
-    buffer is never written while in flight, and no message is ever dropped or overwritten.
+    One message slot per (sender, receiver) pair, as in the official code's buffers: a sender writes
+    a new message for a peer only once the peer has read (mixed) the previous one, else it skips that
+    peer this update. The receiver keeps one receive posted per possible in-peer; after mixing a
+    message it posts the receive again and sends the sender a one-integer "read" note (TAG_READ). The
+    sender writes and sends (Issend) only after that note, so a message always holds the sender's
+    parameters of after the receiver's previous read, as the official code's write-after-read does.
+    (Without the note, a completed Issend only says the message reached the receive buffer: the sender
+    would queue its next message, taken then, before the peer mixed the previous, and the peer would
+    mix parameters an update older for as long as it stays that far behind.) A send buffer is never
+    written while in flight, and no message is ever dropped or overwritten.
     `flat` is the parameter vector itself (the model's parameters are views into it): mixing is in
     place. On a GPU the parameters pass through host buffers (no CUDA-aware MPI assumed).
 
@@ -346,8 +351,8 @@ class Gossip:
     exactly a, without the timing jitter and the drift of update counts of real asynchrony.
 
     finish() ends cleanly: it tells every out-peer how many messages it sent (TAG_DONE), reads until
-    every in-peer's count is reached (discarding the messages), cancels the receives left posted and
-    completes its own sends.
+    every in-peer's count is reached (discarding the messages, each with its read note), cancels the
+    receives left posted and completes its own sends once each has its read note.
     """
 
     def __init__(self, comm, flat: torch.Tensor, graph: str, num_peers: int, sync_freq: Optional[int],
@@ -367,6 +372,9 @@ class Gossip:
         size = numel + 1  # a message ends with the sender's update count (float32: exact up to 2^24 updates)
         self.send_buf = {p: np.empty(size, dtype=np.float32) for p in outs}
         self.send_req = {p: MPI.REQUEST_NULL for p in outs}
+        self.note_in, self.note_out = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)  # contents unused
+        self.read_req = {p: MPI.REQUEST_NULL for p in outs}  # the peer's note that it read my last message
+        self.note_req = {p: MPI.REQUEST_NULL for p in ins}  # my note to an in-peer that I read its message
         self.recv_buf = {p: np.empty(size, dtype=np.float32) for p in ins}
         self.recv_req = {p: comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS) for p in ins}
         self.arrived = dict.fromkeys(ins, False)
@@ -394,7 +402,7 @@ class Gossip:
         for p, req in self.recv_req.items():
             if not self.arrived[p] and req.Test():
                 self.arrived[p] = True
-        for req in self.send_req.values():
+        for req in [*self.send_req.values(), *self.read_req.values()]:
             req.Test()
 
     def _poll_done(self) -> None:
@@ -423,16 +431,19 @@ class Gossip:
         out_peers, in_peers = gossip_peers(self.rank, self.world, update, self.graph, self.k)
         self.updates += 1
         params = self._params_to_host()
+        self.progress()  # the peers' read notes that MPI has not matched yet
         for p in out_peers:
             if self.lockstep_age is not None:
-                self.send_req[p].Wait()  # in lockstep a send is never skipped (the peer reads it this update)
-            elif not self.send_req[p].Test():  # the peer has not read our previous message: skip, never wait
+                self.read_req[p].Wait()  # in lockstep a send is never skipped (the peer reads it this update)
+            elif not self.read_req[p].Test():  # the peer has not read our previous message: skip, never wait
                 self.skipped += 1
                 continue
+            self.send_req[p].Wait()  # complete already: the peer has read it
             buf = self.send_buf[p]
             buf[: self.numel] = params
             buf[-1] = self.updates
             self.send_req[p] = self.comm.Issend(buf, dest=p, tag=TAG_PARAMS)
+            self.read_req[p] = self.comm.Irecv(self.note_in, source=p, tag=TAG_READ)
             self.sent[p] += 1
 
         self.progress()
@@ -452,8 +463,9 @@ class Gossip:
                 arrived = [p for p in in_peers if self.arrived[p]] if ready else []
             messages = [self._take(p, copy=False) for p in arrived]
         self._mix(messages)
-        for p in self.taken:  # their messages are mixed (or copied): post the next receives
+        for p in self.taken:  # their messages are mixed (or copied): post the next receives, say they were read
             self.recv_req[p] = self.comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS)
+            self._note_read(p)
         self.taken.clear()
         if not messages:
             self.since_mix += 1
@@ -471,6 +483,11 @@ class Gossip:
         self.recv_req[p] = MPI.REQUEST_NULL
         self.taken.append(p)
         return self.recv_buf[p].copy() if copy else self.recv_buf[p]
+
+    def _note_read(self, p: int) -> None:
+        """Tell in-peer p that its message is read: it may write the next one."""
+        self.note_req[p].Wait()  # my previous note to p, long delivered (p wrote again only after it)
+        self.note_req[p] = self.comm.Isend(self.note_out, dest=p, tag=TAG_READ)
 
     def _mix(self, messages: list[np.ndarray]) -> None:
         """The paper's rule (class docstring): uniform over the agent and the messages; records their ages."""
@@ -509,17 +526,18 @@ class Gossip:
                 if self.arrived[p] or (req != MPI.REQUEST_NULL and req.Test()):  # read; training is over
                     self._take(p, copy=False)
                     self.taken.clear()  # posted again below while the peer may still send
+                    self._note_read(p)  # the peer waits for the note of every message it sent
                 if self.recv_req[p] == MPI.REQUEST_NULL and not self._finished(p):
                     self.recv_req[p] = self.comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS)
                 elif self.recv_req[p] != MPI.REQUEST_NULL and self._finished(p):
                     self.recv_req[p].Cancel()
                     self.recv_req[p].Wait()
                     self.recv_req[p] = MPI.REQUEST_NULL
-            sends_done = all(req.Test() for req in self.send_req.values())
+            sends_done = all(req.Test() for req in [*self.send_req.values(), *self.read_req.values()])
             if sends_done and all(self._finished(p) for p in self.recv_req):
                 break
             time.sleep(poll_seconds)
-        MPI.Request.Waitall(done_sends)
+        MPI.Request.Waitall(done_sends + list(self.note_req.values()))
         self.comm.Free()
 
 

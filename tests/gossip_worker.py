@@ -7,7 +7,8 @@ configuration to the path given. Usage:
     mpirun -np 4 python gossip_worker.py OUT CONFIG [CONFIG ...]
     CONFIG = GRAPH,NUM_PEERS,SYNC_FREQ,ROUNDS,SLEEP_SECONDS[,SLOW_RANK][,KEY=VALUE...], e.g. ring,1,0,40,lockstep
 SYNC_FREQ "none" never blocks; with SLOW_RANK only that rank sleeps; SLEEP_SECONDS "lockstep" puts a
-barrier before every round instead of sleeping (every message of a round read before the next).
+barrier before every round instead of sleeping (every message of a round read before the next); "alternate" (two
+ranks) takes turns instead: in each round rank 0 makes two updates, then rank 1 one, a barrier before each.
 KEY=VALUE: lockstep=A (Gossip's lockstep mode, messages A updates old), step=S (every round each agent takes the
 same local step, S along every coordinate, as an agent's update).
 Beside the gossip, every round ends a game of each agent (return: its rank, length: the round) and every
@@ -54,12 +55,16 @@ def run(config: str) -> dict | None:
     gossip = gala.Gossip(comm.Dup(), flat, graph, int(num_peers), None if sync_freq == "none" else int(sync_freq),
                          lockstep)
     mail, games, stamped, logged, done_at = gala.EpisodeMail(comm.Dup(), 0, MAIL_STEPS), [], [], [], []
+    mixed, mix = [], gossip._mix  # the sender's update count of every message this rank mixed, in order
+    gossip._mix = lambda messages: (mixed.extend(int(m[-1]) for m in messages), mix(messages))
     comm.Barrier()  # start together, as agents do after their collective set-up
+    if sleep == "alternate":
+        rounds = alternate(gossip, int(rounds))
     for t in range(1, int(rounds) + 1):
         if sleep == "lockstep":
             comm.Barrier()
         elif slow_rank is None or rank == slow_rank:
-            time.sleep(float(sleep))
+            work(gossip, float(sleep))
         flat += step
         gossip.exchange(t)
         done_at.append(time.time())
@@ -79,6 +84,7 @@ def run(config: str) -> dict | None:
     all_counts = comm.gather(counts, root=0)
     grads = comm.gather(grad, root=0)
     done_at = comm.gather(done_at, root=0)
+    mixed = comm.gather(mixed, root=0)
     if rank != 0:
         return None
     starts, finals = np.array(starts, dtype=np.float64), np.array(finals, dtype=np.float64)
@@ -91,7 +97,7 @@ def run(config: str) -> dict | None:
         "average_error": float(np.abs(finals - starts.mean(0)).max()),
         "ages": {str(age): n for age, n in sorted(merged_ages.items())},
         "advance": float((finals - starts).mean()) / int(rounds) / step if step else None,
-        "counts": all_counts,
+        "counts": all_counts, "mixed": mixed,
         "mail": {"logged": logged, "games": stamped, "done_at": done_at, "final": mail.global_step(int(rounds)),
                  "every": MAIL_EVERY, "steps": MAIL_STEPS},
         "metrics": {"disagreement": disagreement, "relative": relative, "cosine": cosine},
@@ -104,6 +110,27 @@ def run(config: str) -> dict | None:
                                      for j, b in enumerate(np.array(grads, dtype=np.float64)) if i != j])),
         },
     }
+
+
+def work(gossip, seconds: float) -> None:
+    """An agent's work of SECONDS, calling Gossip.progress() every millisecond as the script does every env step."""
+    until = time.time() + seconds
+    while time.time() < until:
+        gossip.progress()
+        time.sleep(0.001)
+
+
+def alternate(gossip, rounds: int) -> int:
+    """Two agents in turns, ROUNDS times: rank 0 makes two updates, then rank 1 one (a barrier before each update,
+    in which MPI delivers what was sent). Returns 0: the rounds of the ordinary loop still to run."""
+    updates = 0
+    for _ in range(rounds):
+        for turn in (0, 0, 1):
+            comm.Barrier()
+            if rank == turn:
+                updates += 1
+                gossip.exchange(updates)
+    return 0
 
 
 out, configs = sys.argv[1], sys.argv[2:]

@@ -68,6 +68,9 @@ GRAPHS = [("ring", 1), ("ring", 2), ("exponential", 1), ("exponential", 2)]
 LOCKSTEP = {(g, k): config(g, k, 0, 40, "lockstep") for g, k in GRAPHS}
 FREE = {g: config(g, 1, None, 60, 0.002) for g in ("ring", "exponential")}
 SLOW_PEER = {k: config("ring", 1, k, 24, 0.05, slow_rank=1) for k in (0, 1, 2, None)}
+ROUNDS_OF_1 = 12
+ALTERNATE = config("ring", 1, None, ROUNDS_OF_1, "alternate")
+"""two agents in turns: agent 0 makes two updates, then agent 1 one, 12 times"""
 STEP = 0.01
 """the local step every agent takes per round in the configurations that step (every coordinate)"""
 # The controlled-staleness mode: lockstep, messages exactly `a` updates old.
@@ -85,8 +88,8 @@ def four_agents(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def two_agents(tmp_path_factory) -> dict:
-    """Two agents on a ring, agent 1 slow, for each --sync-freq (one launch)."""
-    return gossip(tmp_path_factory.mktemp("gossip2"), list(SLOW_PEER.values()), np=2)
+    """Two agents on a ring, agent 1 slow, for each --sync-freq, and in turns (one launch)."""
+    return gossip(tmp_path_factory.mktemp("gossip2"), [*SLOW_PEER.values(), ALTERNATE], np=2)
 
 
 @pytest.mark.parametrize("graph, num_peers", GRAPHS)
@@ -126,6 +129,23 @@ def test_sync_freq_blocks_after_k_updates_without_a_mix_and_senders_never_wait(t
         assert fast["mixes"] >= rounds // (sync_freq + 1) - 1
     if sync_freq != 0:  # K = 0 paces agent 0 to agent 1, so it has nothing to skip
         assert fast["skipped"] > 0 and fast["sent"] + fast["skipped"] == rounds
+
+
+def test_a_sender_writes_only_after_its_peer_read_the_previous_message(two_agents):
+    """The official code's write-after-read, under controlled timing: agent 0 makes two updates to each of agent
+    1's, in turns. Agent 0 writes at its update 1; at 2 agent 1 has not read it: skipped; agent 1 reads it (its
+    update 1) and says so; agent 0 writes again at 3, skips 4, ... So agent 1 mixes the messages of agent 0's
+    updates 1, 3, 5, ...: each written after agent 1's previous read, the newest one agent 0 could write. (Had
+    agent 0 queued its next message as soon as the previous one was delivered, not read, agent 1 would mix those
+    of updates 1, 2, 4, 6, ...: a message taken before its previous read, one update older.) Agent 1 writes at
+    each of its updates; agent 0 mixes message v at its update 2v + 1, the last one only read at the end."""
+    result = accounted(two_agents[ALTERNATE])
+    fast, slow = result["counts"]
+    to_fast, to_slow = result["mixed"]
+    assert to_slow == [2 * v - 1 for v in range(1, ROUNDS_OF_1 + 1)]
+    assert to_fast == list(range(1, ROUNDS_OF_1))
+    assert (fast["sent"], fast["skipped"]) == (ROUNDS_OF_1, ROUNDS_OF_1)
+    assert (slow["sent"], slow["skipped"]) == (ROUNDS_OF_1, 0)
 
 
 @pytest.mark.parametrize("agents, config", [("two_agents", SLOW_PEER[None]), ("four_agents", FREE["ring"])])
