@@ -110,7 +110,7 @@ class Run:
 def read_ours(where: Path) -> Run:
     from benchmark.report import read_events
 
-    (run_dir,) = sorted((where / "runs").iterdir())
+    run_dir = max((where / "runs").iterdir(), key=lambda d: d.stat().st_mtime)  # the last launch (joins earlier)
     learners = [read_trace(p) for p in sorted((where / "gossip_trace").glob("rank*.trace.json"), key=rank_of)]
     returns = read_events(run_dir)["charts/episodic_return"]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -167,20 +167,26 @@ def quarters(run: Run) -> list[float]:
     return [float(scores[quarter == q].mean()) if (quarter == q).any() else float("nan") for q in range(4)]
 
 
-def row(label: str, run: Run) -> list[str]:
-    updates = sum(len(learner.writes) for learner in run.learners)
-    mixed = sum(len({t for t, _, _ in learner.mixes}) for learner in run.learners)
-    age = ages(run.learners)
+def gossip_cells(learners: list[Learner]) -> list[str]:
+    """Mix rate, skipped writes, mean age, age shares, drift and end spread ("-" each for a run without a trace)."""
+    if not learners:
+        return ["-"] * 6
+    updates = sum(len(learner.writes) for learner in learners)
+    mixed = sum(len({t for t, _, _ in learner.mixes}) for learner in learners)
+    age = ages(learners)
     share = [np.mean(age == a) for a in (0, 1, 2)] + [np.mean(age >= 3)]
-    behind, spread = drift(run.learners)
+    behind, spread = drift(learners)
+    return [f"{mixed / updates:.3f}", f"{sum(learner.skipped for learner in learners) / updates:.3f}",
+            f"{age.mean():.2f}", " / ".join(f"{s:.2f}" for s in share), f"{behind}", f"{spread:.0f}"]
+
+
+def row(label: str, run: Run) -> list[str]:
     q = quarters(run)
-    return [label, run.code, str(len(run.learners)), " / ".join(f"{x:.2f}" for x in q), f"{q[3]:.2f}",
-            f"{mixed / updates:.3f}", f"{sum(learner.skipped for learner in run.learners) / updates:.3f}",
-            f"{age.mean():.2f}", " / ".join(f"{s:.2f}" for s in share), f"{behind}", f"{spread:.0f}",
+    return [label, run.code, " / ".join(f"{x:.2f}" for x in q), f"{q[3]:.2f}", *gossip_cells(run.learners),
             f"{run.sps:.0f}"]
 
 
-HEADER = ["run", "code", "learners", "score per quarter", "final", "mix rate", "skipped writes",
+HEADER = ["run", "code", "score per quarter", "final", "mix rate", "skipped writes",
           "mean age", "age 0 / 1 / 2 / 3+", "drift (updates)", "end spread (s)", "steps/s"]
 
 
@@ -189,7 +195,8 @@ class Compare:
     """Tabulates runs of both codes (see the module's docstring)."""
 
     run: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
-    """LABEL=DIR: our `trace` DIR, or the authors' code's --out directory (it has logs/)"""
+    """LABEL=DIR: a directory of ours with runs/ (a `trace` DIR, or a benchmark run's workdir: without a trace, its
+    gossip columns are "-"), or the authors' code's --out directory (it has logs/)"""
     out: Optional[Path] = None
     """where to write the table (markdown) as well"""
 
