@@ -11,8 +11,7 @@ import time
 from dataclasses import asdict, replace
 
 import pytest
-import torch
-from conftest import ENV, runner, runner_in_process, tiny_run
+from conftest import ENV, read_ckpt, runner, runner_in_process, tiny_run
 
 import benchmark.run
 from benchmark.__main__ import main as benchmark_main
@@ -326,7 +325,7 @@ def test_a_run_cut_short_continues_from_its_checkpoint_and_its_curve_joins(tmp_p
     into one curve: the first up to the checkpoint's step, then the second."""
     args = ("--name", "cut", "--out", str(tmp_path), "--algorithms", "gala_a2c", "--env-ids", "Pong-v5", "--seeds",
             "1", "--simulators", "2", "--workers", "2", "--total-timesteps", "4000",
-            "--extra=--save-model --checkpoint-every 1000 --log-every 5")
+            "--extra=--no-cuda --save-model --checkpoint-every 1000 --log-every 5")
     workdir = tmp_path / "cut/gala_a2c/Pong-v5/sims2/seed1"
     first = subprocess.Popen([sys.executable, "-m", "benchmark", "run", *args], cwd=tmp_path, start_new_session=True,
                              env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -346,7 +345,7 @@ def test_a_run_cut_short_continues_from_its_checkpoint_and_its_curve_joins(tmp_p
     assert entry.status == "ok" and entry.command[-2:] == ["--resume", f"runs/{killed.name}/checkpoint"]
     continued = tmp_path / "cut" / entry.run_dir
     config = json.loads((continued / "config.json").read_text())
-    saved = torch.load(killed / "checkpoint/agent0.pt", weights_only=False)
+    saved = read_ckpt(killed / "checkpoint/agent0.pt")
     assert config["start_step"] == saved["global_step"] > 0
     own = [e.step for e in scalar_events(continued)[1]["charts/SPS"]]  # the continuation's own logs
     kept = [step for step in read_events(killed)["charts/SPS"].step if step <= config["start_step"]]
