@@ -40,14 +40,20 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import envpool
 import numpy as np
 import torch
 import torch.nn as nn
+import tyro
 from mpi4py import MPI
 from torch.distributions.categorical import Categorical
+
+
+def default_is(text: str):
+    """What --help says a flag's default is, for an Optional one whose None means TEXT (not "None")."""
+    return tyro.conf.arg(help_behavior_hint=f"(default: {text})")
 
 
 @dataclass
@@ -57,11 +63,11 @@ class Args:
     seed: int = 1
     """seed of the experiment (ranks derive their own simulator and sampling seeds from it)"""
     torch_deterministic: bool = True
-    """`torch.backends.cudnn.deterministic`: on a GPU, the same numbers from the same seed (default on only for
+    """`torch.backends.cudnn.deterministic`: on a GPU, the same numbers from the same seed (on by default only in
     the synchronous A2C: the asynchronous scripts' runs vary with the timing of their ranks anyway)"""
     cuda: bool = True
     """use CUDA when it is present: every rank that learns on its own GPU while there are enough, cuda:{i %
-    device_count} for the i-th such rank of a node (A3C's store rank and IMPALA's actors stay on the CPU)"""
+    device_count} for the i-th such rank of a node (A3C's store rank on the CPU, IMPALA's actors by default)"""
     track: bool = False
     """send the run to Weights & Biases (WANDB_MODE=offline writes it locally for `wandb sync`)"""
     wandb_project_name: str = "gala-rl"
@@ -81,12 +87,12 @@ class Args:
     wall-clock budget"""
     num_envs: int = 16
     """simulators per rank"""
-    env_threads: Optional[int] = None
-    """envpool threads per rank (default: this node's cores divided among its ranks)"""
-    torch_threads: Optional[int] = None
-    """torch threads per rank (default: this node's cores divided among its ranks)"""
-    learning_rate: Optional[float] = None
-    """RMSprop learning rate (default: 7e-4 x sqrt(total simulators / 16))"""
+    env_threads: Annotated[Optional[int], default_is("this rank's share of its node's cores")] = None
+    """envpool threads per rank"""
+    torch_threads: Annotated[Optional[int], default_is("this rank's share of its node's cores")] = None
+    """torch threads per rank"""
+    learning_rate: Annotated[Optional[float], default_is("7e-4 x sqrt(total simulators / 16)")] = None
+    """RMSprop learning rate"""
     anneal_lr: bool = False
     """anneal the learning rate linearly to 0 over total_timesteps"""
     num_steps: int = 5
@@ -116,30 +122,31 @@ class Args:
     eval_episodes: int = 0
     """after training, play this many full games with the argmax and with the sampled policy"""
     eval_checkpoint: Optional[str] = None
-    """evaluate this checkpoint for --eval-episodes games (default 10) and exit, without training"""
+    """evaluate this checkpoint for --eval-episodes games (10 if it is 0) and exit, without training"""
 
     # Algorithm specific arguments
     check_sync_every: int = 1000
-    """updates between checks that all ranks hold identical parameters (0: never)"""
+    """diagnosis: updates between checks that all ranks hold identical parameters (0: never)"""
     debug_slow_rank: Optional[int] = None
-    """for tests: this rank sleeps --debug-slow-seconds before every update (the others wait for it)"""
+    """a straggler (studies/stragglers.py): this rank pauses once per update (an IMPALA actor: per unroll) for
+    --debug-slow-seconds plus (--debug-slow-factor - 1) x the time since its previous pause; no other rank pauses"""
     debug_slow_seconds: float = 0.0
-    """how long the slow rank sleeps per update"""
+    """the slow rank's fixed pause, seconds per update (an IMPALA actor: per unroll)"""
     debug_slow_factor: float = 1.0
-    """the slow rank also sleeps (F - 1) x the time each of its updates took, as a device F times slower"""
+    """F: the slow rank runs as a device F times slower (its pause adds F - 1 times the time its work took)"""
 
-    # filled in at runtime
-    world_size: int = 0
+    # filled in at runtime (not flags: --help lists none of them, and the parser refuses them)
+    world_size: tyro.conf.Suppress[int] = 0
     """number of MPI ranks"""
-    total_envs: int = 0
+    total_envs: tyro.conf.Suppress[int] = 0
     """simulators over all ranks"""
-    batch_size: int = 0
+    batch_size: tyro.conf.Suppress[int] = 0
     """samples per update over all ranks (num_steps x total_envs)"""
-    num_updates: int = 0
+    num_updates: tyro.conf.Suppress[int] = 0
     """updates in the whole run"""
-    start_step: int = 0
-    """global step this run starts from: its --resume checkpoint's (a GALA agent's own), else 0"""
-    start_seconds: float = 0.0
+    start_step: tyro.conf.Suppress[int] = 0
+    """global step this run starts from: its --resume checkpoint's, else 0"""
+    start_seconds: tyro.conf.Suppress[float] = 0.0
     """seconds of training before this run: its --resume checkpoint's (what --max-seconds counts on from)"""
 
 
@@ -897,6 +904,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    import tyro
-
     main(tyro.cli(Args))

@@ -48,14 +48,20 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import envpool
 import numpy as np
 import torch
 import torch.nn as nn
+import tyro
 from mpi4py import MPI
 from torch.distributions.categorical import Categorical
+
+
+def default_is(text: str):
+    """What --help says a flag's default is, for an Optional one whose None means TEXT (not "None")."""
+    return tyro.conf.arg(help_behavior_hint=f"(default: {text})")
 
 
 @dataclass
@@ -65,11 +71,11 @@ class Args:
     seed: int = 1
     """seed of the experiment (ranks derive their own simulator and sampling seeds from it)"""
     torch_deterministic: bool = False
-    """`torch.backends.cudnn.deterministic`: on a GPU, the same numbers from the same seed (default on only for
+    """`torch.backends.cudnn.deterministic`: on a GPU, the same numbers from the same seed (on by default only in
     the synchronous A2C: the asynchronous scripts' runs vary with the timing of their ranks anyway)"""
     cuda: bool = True
     """use CUDA when it is present: every rank that learns on its own GPU while there are enough, cuda:{i %
-    device_count} for the i-th such rank of a node (A3C's store rank and IMPALA's actors stay on the CPU)"""
+    device_count} for the i-th such rank of a node (A3C's store rank on the CPU, IMPALA's actors by default)"""
     track: bool = False
     """send the run to Weights & Biases (WANDB_MODE=offline writes it locally for `wandb sync`)"""
     wandb_project_name: str = "gala-rl"
@@ -89,12 +95,12 @@ class Args:
     wall-clock budget"""
     num_envs: int = 16
     """simulators per actor"""
-    env_threads: Optional[int] = None
-    """envpool threads per rank (default: this node's cores divided among its ranks)"""
-    torch_threads: Optional[int] = None
-    """torch threads per rank (default: this node's cores divided among its ranks)"""
-    learning_rate: Optional[float] = None
-    """RMSprop learning rate (default 6e-4, Table G.1; not scaled with the number of actors)"""
+    env_threads: Annotated[Optional[int], default_is("this rank's share of its node's cores")] = None
+    """envpool threads per rank"""
+    torch_threads: Annotated[Optional[int], default_is("this rank's share of its node's cores")] = None
+    """torch threads per rank"""
+    learning_rate: Annotated[Optional[float], default_is("6e-4, Table G.1")] = None
+    """RMSprop learning rate (not scaled with the number of actors)"""
     anneal_lr: bool = True
     """anneal the learning rate linearly to 0 over total_timesteps (Table G.1)"""
     gamma: float = 0.99
@@ -123,7 +129,7 @@ class Args:
     eval_episodes: int = 0
     """after training, play this many full games with the argmax and with the sampled policy"""
     eval_checkpoint: Optional[str] = None
-    """evaluate this checkpoint for --eval-episodes games (default 10) and exit, without training"""
+    """evaluate this checkpoint for --eval-episodes games (10 if it is 0) and exit, without training"""
 
     # Algorithm specific arguments
     unroll_length: int = 20
@@ -142,24 +148,25 @@ class Args:
     single_process: bool = False
     """run without MPI: one process alternates acting and learning (on-policy; for debugging)"""
     debug_slow_rank: Optional[int] = None
-    """for tests: this rank sleeps --debug-slow-seconds before every unroll (actor) or update (learner)"""
+    """a straggler (studies/stragglers.py): this rank pauses once per update (an IMPALA actor: per unroll) for
+    --debug-slow-seconds plus (--debug-slow-factor - 1) x the time since its previous pause; no other rank pauses"""
     debug_slow_seconds: float = 0.0
-    """how long the slow actor sleeps per unroll"""
+    """the slow rank's fixed pause, seconds per update (an IMPALA actor: per unroll)"""
     debug_slow_factor: float = 1.0
-    """the slow rank also sleeps (F - 1) x the time each of its updates took, as a device F times slower"""
+    """F: the slow rank runs as a device F times slower (its pause adds F - 1 times the time its work took)"""
 
-    # filled in at runtime
-    world_size: int = 0
+    # filled in at runtime (not flags: --help lists none of them, and the parser refuses them)
+    world_size: tyro.conf.Suppress[int] = 0
     """number of MPI ranks"""
-    num_actors: int = 0
+    num_actors: tyro.conf.Suppress[int] = 0
     """actor ranks (world_size - 1; 1 in a world of one)"""
-    total_envs: int = 0
+    total_envs: tyro.conf.Suppress[int] = 0
     """simulators over all actors"""
-    num_updates: int = 0
+    num_updates: tyro.conf.Suppress[int] = 0
     """learner updates in the whole run"""
-    start_step: int = 0
-    """global step this run starts from: its --resume checkpoint's (a GALA agent's own), else 0"""
-    start_seconds: float = 0.0
+    start_step: tyro.conf.Suppress[int] = 0
+    """global step this run starts from: its --resume checkpoint's, else 0"""
+    start_seconds: tyro.conf.Suppress[float] = 0.0
     """seconds of training before this run: its --resume checkpoint's (what --max-seconds counts on from)"""
 
 
@@ -1161,6 +1168,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    import tyro
-
     main(tyro.cli(Args))

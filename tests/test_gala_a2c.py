@@ -378,7 +378,6 @@ def test_eval_uses_the_average_checkpoint(resumed, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--gossip-graph", "star"], "unknown --gossip-graph 'star'"),
         (["--num-peers", "0"], "--num-peers must be between 1 and 1"),
         (["--num-peers", "2"], "--num-peers must be between 1 and 1"),
         (["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'"),

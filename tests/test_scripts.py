@@ -141,3 +141,64 @@ def test_a_cpu_checkpoint_resumed_on_a_gpu_draws_new_cuda_numbers(script):
     expected = torch.rand(8, device=cuda)
     module.set_rng_state(state, cuda)
     assert torch.equal(torch.rand(8, device=cuda), expected)
+
+
+# --- the command line: runtime fields are no flags, the help lines the scripts share say the same ---------------
+RUNTIME = ["world_size", "total_envs", "batch_size", "num_updates", "start_step", "start_seconds", "num_workers",
+           "num_actors"]
+"""Args fields filled in at runtime (IMPALA's --batch-size is a flag of its own: trajectories per update)"""
+SHARED_HELP = ["seed", "torch_deterministic", "cuda", "track", "wandb_project_name", "wandb_entity", "wandb_group",
+               "wandb_tags", "env_id", "total_timesteps", "max_seconds", "env_threads", "torch_threads", "print_every",
+               "checkpoint_every", "eval_episodes", "debug_slow_rank", "debug_slow_seconds", "debug_slow_factor"]
+"""Args fields whose --help line is the same in every script"""
+
+
+def field_help(script: str) -> dict[str, str]:
+    """Args' fields of a script: name -> the docstring under it (tyro's help line)."""
+    (args,) = [n for n in ast.parse(text(script)).body if isinstance(n, ast.ClassDef) and n.name == "Args"]
+    found = {}
+    for field, doc in zip(args.body, args.body[1:]):
+        if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant):
+            found[field.target.id] = " ".join(doc.value.value.split())
+    return found
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_runtime_fields_are_not_flags(script, capsys):
+    """--help lists none of the fields filled in at runtime, and the parser refuses them."""
+    import tyro
+
+    module = importlib.import_module(script[: -len(".py")])
+    with pytest.raises(SystemExit) as exit_:
+        tyro.cli(module.Args, args=["--help"])
+    assert exit_.value.code == 0
+    help_ = capsys.readouterr().out
+    runtime = [name for name in RUNTIME if not (script == "impala_atari.py" and name == "batch_size")]
+    present = [name for name in runtime if hasattr(module.Args, name)]
+    assert {"world_size", "total_envs", "num_updates", "start_step", "start_seconds"} <= set(present)
+    for name in present:
+        flag = "--" + name.replace("_", "-")
+        assert flag not in help_, flag
+        with pytest.raises(SystemExit) as exit_:
+            tyro.cli(module.Args, args=[flag, "3"])
+        assert exit_.value.code == 2, flag
+    assert ("--batch-size" in help_) == (script == "impala_atari.py")
+
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_no_help_line_states_a_default_of_its_own(script):
+    """tyro adds "(default: X)" to every line: a default written in the help too would show twice (an Optional
+    whose None means something says it with default_is)."""
+    assert [name for name, line in field_help(script).items() if "(default" in line] == []
+
+
+@pytest.mark.parametrize("name", SHARED_HELP)
+def test_the_help_lines_the_scripts_share_are_identical(name):
+    assert_same({script: field_help(script)[name] for script in SCRIPTS}, f"the --help line of {name}")
+
+
+def test_diagnosis_flags_say_so():
+    assert field_help("gala_a2c_atari.py")["debug_lockstep_age"].startswith("diagnosis: ")
+    assert field_help("a2c_allreduce_atari.py")["check_sync_every"].startswith("diagnosis: ")
+    assert all("for tests" not in line for script in SCRIPTS for line in field_help(script).values())
