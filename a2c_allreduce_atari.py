@@ -40,14 +40,20 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import envpool
 import numpy as np
 import torch
 import torch.nn as nn
+import tyro
 from mpi4py import MPI
 from torch.distributions.categorical import Categorical
+
+
+def default_is(text: str):
+    """What --help says a flag's default is, for an Optional one whose None means TEXT (not "None")."""
+    return tyro.conf.arg(help_behavior_hint=f"(default: {text})")
 
 
 @dataclass
@@ -57,9 +63,11 @@ class Args:
     seed: int = 1
     """seed of the experiment (ranks derive their own simulator and sampling seeds from it)"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    """`torch.backends.cudnn.deterministic`: on a GPU, the same numbers from the same seed (on by default only in
+    the synchronous A2C: the asynchronous scripts' runs vary with the timing of their ranks anyway)"""
     cuda: bool = True
-    """use CUDA when it is present (device cuda:{local_rank % device_count})"""
+    """use CUDA when it is present: every rank that learns on its own GPU while there are enough, cuda:{i %
+    device_count} for the i-th such rank of a node (A3C's store rank on the CPU, IMPALA's actors by default)"""
     track: bool = False
     """send the run to Weights & Biases (WANDB_MODE=offline writes it locally for `wandb sync`)"""
     wandb_project_name: str = "gala-rl"
@@ -79,12 +87,12 @@ class Args:
     wall-clock budget"""
     num_envs: int = 16
     """simulators per rank"""
-    env_threads: Optional[int] = None
-    """envpool threads per rank (default: this node's cores divided among its ranks)"""
-    torch_threads: Optional[int] = None
-    """torch threads per rank (default: this node's cores divided among its ranks)"""
-    learning_rate: Optional[float] = None
-    """RMSprop learning rate (default: 7e-4 x sqrt(total simulators / 16))"""
+    env_threads: Annotated[Optional[int], default_is("this rank's share of its node's cores")] = None
+    """envpool threads per rank"""
+    torch_threads: Annotated[Optional[int], default_is("this rank's share of its node's cores")] = None
+    """torch threads per rank"""
+    learning_rate: Annotated[Optional[float], default_is("7e-4 x sqrt(total simulators / 16)")] = None
+    """RMSprop learning rate"""
     anneal_lr: bool = False
     """anneal the learning rate linearly to 0 over total_timesteps"""
     num_steps: int = 5
@@ -114,30 +122,31 @@ class Args:
     eval_episodes: int = 0
     """after training, play this many full games with the argmax and with the sampled policy"""
     eval_checkpoint: Optional[str] = None
-    """evaluate this checkpoint for --eval-episodes games (default 10) and exit, without training"""
+    """evaluate this checkpoint for --eval-episodes games (10 if it is 0) and exit, without training"""
 
     # Algorithm specific arguments
     check_sync_every: int = 1000
-    """updates between checks that all ranks hold identical parameters (0: never)"""
+    """diagnosis: updates between checks that all ranks hold identical parameters (0: never)"""
     debug_slow_rank: Optional[int] = None
-    """for tests: this rank sleeps --debug-slow-seconds before every update (the others wait for it)"""
+    """a straggler (studies/stragglers.py): this rank pauses once per update (an IMPALA actor: per unroll) for
+    --debug-slow-seconds plus (--debug-slow-factor - 1) x the time since its previous pause; no other rank pauses"""
     debug_slow_seconds: float = 0.0
-    """how long the slow rank sleeps per update"""
+    """the slow rank's fixed pause, seconds per update (an IMPALA actor: per unroll)"""
     debug_slow_factor: float = 1.0
-    """the slow rank also sleeps (F - 1) x the time each of its updates took, as a device F times slower"""
+    """F: the slow rank runs as a device F times slower (its pause adds F - 1 times the time its work took)"""
 
-    # filled in at runtime
-    world_size: int = 0
+    # filled in at runtime (not flags: --help lists none of them, and the parser refuses them)
+    world_size: tyro.conf.Suppress[int] = 0
     """number of MPI ranks"""
-    total_envs: int = 0
+    total_envs: tyro.conf.Suppress[int] = 0
     """simulators over all ranks"""
-    batch_size: int = 0
+    batch_size: tyro.conf.Suppress[int] = 0
     """samples per update over all ranks (num_steps x total_envs)"""
-    num_updates: int = 0
+    num_updates: tyro.conf.Suppress[int] = 0
     """updates in the whole run"""
-    start_step: int = 0
-    """global step this run starts from: its --resume checkpoint's (a GALA agent's own), else 0"""
-    start_seconds: float = 0.0
+    start_step: tyro.conf.Suppress[int] = 0
+    """global step this run starts from: its --resume checkpoint's, else 0"""
+    start_seconds: tyro.conf.Suppress[float] = 0.0
     """seconds of training before this run: its --resume checkpoint's (what --max-seconds counts on from)"""
 
 
@@ -218,7 +227,8 @@ class Agent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Channels-last input (the weights stay contiguous): the convolutions' train step runs 1.2-1.5x
-        # faster on a CPU (results/throughput_levers.txt, section 1), the same values to float rounding.
+        # faster on a CPU (results/throughput_levers.txt, section 1), the same values to float rounding
+        # (float32 on a GPU too: set_up turns TF32 off).
         hidden = self.network((x.float() / 255.0).contiguous(memory_format=torch.channels_last))
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 
@@ -268,7 +278,9 @@ class AllreduceGradients:
     The parameters' `.grad` are views into that buffer (on the CPU; on a GPU they are views into a
     device buffer copied through a pinned host one), so backward writes straight into it. After
     `__call__` every rank holds the gradient of the mean loss over all ranks' valid samples: one
-    process with B samples and R processes with B / R each take the same step.
+    process with B samples and R processes with B / R each take the same step. The count and the loss
+    sums travel in the same buffer, written on the device: an update copies to the host once, the
+    gradient, and back once.
     """
 
     EXTRA = 5  # valid count, stop flag, policy / value / entropy sums (for logging)
@@ -277,27 +289,31 @@ class AllreduceGradients:
         self.comm, self.numel = comm, sum(p.numel() for p in params)
         self.host = torch.zeros(self.numel + self.EXTRA, pin_memory=device.type == "cuda")
         self.buf = self.host.numpy()
-        on_cpu = device.type == "cpu"
-        self.flat = self.host[: self.numel] if on_cpu else torch.zeros(self.numel, device=device)
+        self.flat = self.host if device.type == "cpu" else torch.zeros(self.numel + self.EXTRA, device=device)
         offset = 0
         for p in params:  # zero_grad(set_to_none=False) keeps these views; backward adds into them
             p.grad = self.flat[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
 
-    def __call__(self, count: float, stop: bool, loss_sums) -> tuple[float, bool, np.ndarray]:
+    def __call__(self, count: torch.Tensor, stop: bool, loss_sums: torch.Tensor) -> tuple[float, bool, torch.Tensor]:
+        """COUNT and LOSS_SUMS (policy, value, entropy) are this rank's, on its device; returns (the global
+        count, whether any rank asked to stop, the mean losses over all ranks' valid samples, on the device)."""
+        n = self.numel
+        self.flat[n], self.flat[n + 2 :] = count, loss_sums
         if self.flat.device.type != "cpu":
-            self.host[: self.numel].copy_(self.flat)
-        self.buf[self.numel :] = [count, float(stop), *loss_sums]
+            self.host.copy_(self.flat)
+        self.buf[n + 1] = float(stop)
         self.comm.Allreduce(MPI.IN_PLACE, self.buf, op=MPI.SUM)
-        total = max(float(self.buf[self.numel]), 1.0)
+        total = max(float(self.buf[n]), 1.0)
         if self.flat.device.type != "cpu":
-            self.flat.copy_(self.host[: self.numel])
+            self.flat.copy_(self.host)
         self.flat.div_(total)
-        return total, self.buf[self.numel + 1] > 0, self.buf[self.numel + 2 :] / total
+        return total, self.buf[n + 1] > 0, self.flat[n + 2 :]
 
 
 LOSSES = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/grad_norm")
-"""what a2c_update returns: the mean losses over the valid samples and the gradient norm before clipping"""
+"""what a2c_update returns, on the device (copied to the host at log points): the mean losses over the valid
+samples and the gradient norm before clipping"""
 
 
 def a2c_update(agent, optimizer, reduce_grads, obs, actions, returns, valid, args, stop=False):
@@ -305,11 +321,10 @@ def a2c_update(agent, optimizer, reduce_grads, obs, actions, returns, valid, arg
     optimizer.zero_grad(set_to_none=False)
     policy, value, entropy = a2c_loss_sums(agent, obs, actions, returns, valid)
     (policy + args.vf_coef * value - args.ent_coef * entropy).backward()
-    sums = (policy.item(), value.item(), entropy.item())
-    _, stop_any, means = reduce_grads(valid.sum().item(), stop, sums)
-    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm).item()
+    _, stop_any, means = reduce_grads(valid.sum(), stop, torch.stack([policy, value, entropy]).detach())
+    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
     optimizer.step()
-    return np.append(means, grad_norm), stop_any
+    return torch.cat([means, grad_norm[None]]), stop_any
 
 
 def broadcast_parameters(comm, agent) -> None:
@@ -386,9 +401,13 @@ def rng_state(device: torch.device) -> dict:
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:
+    """The torch RNG, and on a GPU the CUDA one: as saved by a GPU run, else seeded from the restored torch RNG
+    (a CPU checkpoint resumed on a GPU draws new numbers, not again those of the run's start)."""
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
+    elif device.type == "cuda":
+        torch.cuda.manual_seed(int(torch.randint(2**62, (1,))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,7 +507,7 @@ def train(args: Args) -> dict:
                 log_episodes(writer, [e for part in all_episodes for e in part], progress.recent_returns)
                 log_scalars(writer, global_step, {
                     "charts/SPS": progress.sps(global_step), "charts/learning_rate": optimizer.param_groups[0]["lr"],
-                    **dict(zip(LOSSES, means)),
+                    **dict(zip(LOSSES, means.tolist())),
                 })
         if checkpoint_due(args, global_step, args.batch_size):
             checkpoint(update)
@@ -510,7 +529,7 @@ def train(args: Args) -> dict:
         if rank == 0:
             report_eval(summary["eval"], args, run_dir, writer, global_step)
     mine = {"updates": update - start_update, "seconds": end_time - progress.start_time, "slept": slow.slept}
-    summary = write_summary(comm, run_dir, summary, mine)
+    summary = write_summary(comm, run_dir, summary, mine, device)
     if rank == 0:
         close_writer(writer, args)
     return summary
@@ -557,20 +576,35 @@ def check_env_id(env_id: str) -> None:
         raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
 
 
-def node_threads(comm) -> tuple[int, int]:
-    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
+def threads_per_rank(mine: set, node: list[set]) -> int:
+    """A rank's share of its CPU affinity MINE among the affinities NODE of its node's ranks: divided by
+    the ranks that share any of its cores (mpirun without binding: all of them), kept whole where the
+    launcher bound each rank to its own cores (srun --cpus-per-task); at least 1."""
+    return max(1, len(mine) // sum(1 for other in node if other & mine))
+
+
+def node_threads(comm, uses_gpu: bool = False) -> tuple[int, int]:
+    """Collective: this rank's default threads (threads_per_rank), and its index among the ranks of this
+    node that use a GPU (USES_GPU), which picks its device."""
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_size, local_rank = local.Get_size(), local.Get_rank()
+    mine = set(os.sched_getaffinity(0))
+    threads = threads_per_rank(mine, local.allgather(mine))
+    gpu_ranks = local.Split(int(uses_gpu), local.Get_rank())
+    gpu_index = gpu_ranks.Get_rank()
+    gpu_ranks.Free()
     local.Free()
-    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
+    return threads, gpu_index
 
 
-def set_up(comm, args: Args) -> tuple[torch.device, int, int, str, Path]:
-    """Threads (by default this node's cores divided among its ranks), seeds, the device (CUDA when
-    present), and the run's name and directory (made by rank 0). Returns (device, torch threads, env
+def set_up(comm, args: Args, uses_gpu: bool = True) -> tuple[torch.device, int, int, str, Path]:
+    """Threads (by default this rank's share of its node's cores), seeds, the device, and the run's name and
+    directory (made by rank 0). A rank that USES_GPU takes, with --cuda and CUDA present, the GPU
+    cuda:{i % device_count} where i is its index among the GPU-using ranks of its node (one GPU each while
+    there are enough; a rank that only serves or only acts stays on the CPU). Float32 everywhere: TF32 is
+    off, so a GPU computes what the CPU does, to float rounding. Returns (device, torch threads, env
     threads, run name, run directory)."""
     rank = comm.Get_rank()
-    default_threads, local_rank = node_threads(comm)
+    default_threads, gpu_index = node_threads(comm, uses_gpu and args.cuda and torch.cuda.is_available())
     torch_threads = args.torch_threads or default_threads
     env_threads = args.env_threads or default_threads
     torch.set_num_threads(torch_threads)
@@ -578,9 +612,12 @@ def set_up(comm, args: Args) -> tuple[torch.device, int, int, str, Path]:
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
-    use_cuda = args.cuda and torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
+    device = torch.device("cpu")
+    if uses_gpu and args.cuda and torch.cuda.is_available():
+        device = torch.device(f"cuda:{gpu_index % torch.cuda.device_count()}")
+        torch.cuda.set_device(device)
     run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
     run_dir = Path("runs") / run_name
     if rank == 0:
@@ -746,11 +783,11 @@ class SlowDown:
         self.since = time.perf_counter()
 
 
-def write_summary(comm, run_dir: Path, summary: dict, mine: dict) -> dict:
-    """Collective: the run's result, SUMMARY with every rank's own counters (MINE, in rank order under "ranks"),
-    which rank 0 writes to runs/<run_name>/summary.json (what the benchmark tools and the tests read); returns it
-    on rank 0 (None elsewhere)."""
-    ranks = comm.gather({"rank": comm.Get_rank(), **mine}, root=0)
+def write_summary(comm, run_dir: Path, summary: dict, mine: dict, device: torch.device) -> dict:
+    """Collective: the run's result, SUMMARY with every rank's own counters (MINE, with its DEVICE, in rank order
+    under "ranks"), which rank 0 writes to runs/<run_name>/summary.json (what the benchmark tools and the tests
+    read); returns it on rank 0 (None elsewhere)."""
+    ranks = comm.gather({"rank": comm.Get_rank(), "device": str(device), **mine}, root=0)
     if comm.Get_rank() != 0:
         return None
     summary = {"algorithm": ALGO, **summary, "ranks": ranks}
@@ -758,15 +795,27 @@ def write_summary(comm, run_dir: Path, summary: dict, mine: dict) -> dict:
     return summary
 
 
+def on_cpu(state):
+    """STATE (nested dicts, lists, tuples) with every tensor copied to the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {key: on_cpu(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(on_cpu(value) for value in state)
+    return state
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic: write a temporary file beside the target, flush it to disk, then rename it over the
     target. A kill at any point leaves either the previous checkpoint or the new one, never a mix;
-    the next save removes a temporary file left by a killed writer."""
+    the next save removes a temporary file left by a killed writer. Every tensor is saved on the CPU,
+    so that any torch.load reads it, with or without a GPU."""
     for stale in path.parent.glob(path.name + ".tmp*"):
         stale.unlink(missing_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        torch.save(on_cpu(state), f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -855,6 +904,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    import tyro
-
     main(tyro.cli(Args))

@@ -55,14 +55,20 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Literal, Optional
 
 import envpool
 import numpy as np
 import torch
 import torch.nn as nn
+import tyro
 from mpi4py import MPI
 from torch.distributions.categorical import Categorical
+
+
+def default_is(text: str):
+    """What --help says a flag's default is, for an Optional one whose None means TEXT (not "None")."""
+    return tyro.conf.arg(help_behavior_hint=f"(default: {text})")
 
 
 @dataclass
@@ -71,10 +77,12 @@ class Args:
     """the name of this experiment"""
     seed: int = 1
     """seed of the experiment (ranks derive their own simulator and sampling seeds from it)"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    torch_deterministic: bool = False
+    """`torch.backends.cudnn.deterministic`: on a GPU, the same numbers from the same seed (on by default only in
+    the synchronous A2C: the asynchronous scripts' runs vary with the timing of their ranks anyway)"""
     cuda: bool = True
-    """use CUDA when it is present (device cuda:{local_rank % device_count})"""
+    """use CUDA when it is present: every rank that learns on its own GPU while there are enough, cuda:{i %
+    device_count} for the i-th such rank of a node (A3C's store rank on the CPU, IMPALA's actors by default)"""
     track: bool = False
     """send the run to Weights & Biases (WANDB_MODE=offline writes it locally for `wandb sync`)"""
     wandb_project_name: str = "gala-rl"
@@ -94,12 +102,12 @@ class Args:
     wall-clock budget"""
     num_envs: int = 16
     """simulators per rank"""
-    env_threads: Optional[int] = None
-    """envpool threads per rank (default: this node's cores divided among its ranks)"""
-    torch_threads: Optional[int] = None
-    """torch threads per rank (default: this node's cores divided among its ranks)"""
-    learning_rate: Optional[float] = None
-    """RMSprop learning rate (default: 7e-4 x sqrt(total simulators / 16))"""
+    env_threads: Annotated[Optional[int], default_is("this rank's share of its node's cores")] = None
+    """envpool threads per rank"""
+    torch_threads: Annotated[Optional[int], default_is("this rank's share of its node's cores")] = None
+    """torch threads per rank"""
+    learning_rate: Annotated[Optional[float], default_is("7e-4 x sqrt(total simulators / 16)")] = None
+    """RMSprop learning rate"""
     anneal_lr: bool = False
     """anneal the learning rate linearly to 0 over total_timesteps"""
     num_steps: int = 5
@@ -129,41 +137,42 @@ class Args:
     eval_episodes: int = 0
     """after training, play this many full games with the argmax and with the sampled policy"""
     eval_checkpoint: Optional[str] = None
-    """evaluate this checkpoint directory's average model for --eval-episodes games (default 10) and exit"""
+    """evaluate this checkpoint directory's average model for --eval-episodes games (10 if it is 0) and exit"""
 
     # Algorithm specific arguments
-    gossip_graph: str = "ring"
+    gossip_graph: Literal["ring", "exponential"] = "ring"
     """ring: agent i sends to i+1, ..., i+k (the paper's experiments); exponential: at update t to
     i + 2^j for k consecutive j starting at t mod log2(world_size) (time-varying)"""
     num_peers: int = 1
     """k, the number of out-peers (and in-peers) per update"""
     sync_freq: Optional[int] = None
     """tolerate this many updates in a row without a mix, then block for the in-peers' messages
-    (0: block at every update, synchronous gossip; default: never block)"""
+    (0: block at every update, synchronous gossip; None: never block)"""
     disagreement_every: int = 100
     """updates between measurements of the agents' disagreement and gradient cosine (0: never)"""
     debug_slow_rank: Optional[int] = None
-    """for tests: this rank sleeps --debug-slow-seconds before every update (the others do not wait)"""
+    """a straggler (studies/stragglers.py): this rank pauses once per update (an IMPALA actor: per unroll) for
+    --debug-slow-seconds plus (--debug-slow-factor - 1) x the time since its previous pause; no other rank pauses"""
     debug_slow_seconds: float = 0.0
-    """how long the slow rank sleeps per update"""
+    """the slow rank's fixed pause, seconds per update (an IMPALA actor: per unroll)"""
     debug_slow_factor: float = 1.0
-    """the slow rank also sleeps (F - 1) x the time each of its updates took, as a device F times slower"""
+    """F: the slow rank runs as a device F times slower (its pause adds F - 1 times the time its work took)"""
     debug_lockstep_age: Optional[int] = None
-    """for diagnosis: the agents step in lockstep (each blocks for its peers' messages of every update) and
+    """diagnosis: the agents step in lockstep (each blocks for its peers' messages of every update) and
     mix the messages of exactly this many updates earlier (0: synchronous gossip)"""
 
-    # filled in at runtime
-    world_size: int = 0
+    # filled in at runtime (not flags: --help lists none of them, and the parser refuses them)
+    world_size: tyro.conf.Suppress[int] = 0
     """number of MPI ranks"""
-    total_envs: int = 0
+    total_envs: tyro.conf.Suppress[int] = 0
     """simulators over all ranks"""
-    batch_size: int = 0
+    batch_size: tyro.conf.Suppress[int] = 0
     """samples per update over all ranks (num_steps x total_envs); each agent learns from its share"""
-    num_updates: int = 0
+    num_updates: tyro.conf.Suppress[int] = 0
     """updates of each agent"""
-    start_step: int = 0
-    """global step this run starts from: its --resume checkpoint's (a GALA agent's own), else 0"""
-    start_seconds: float = 0.0
+    start_step: tyro.conf.Suppress[int] = 0
+    """global step this run starts from: its --resume checkpoint's (this agent's own steps), else 0"""
+    start_seconds: tyro.conf.Suppress[float] = 0.0
     """seconds of training before this run: its --resume checkpoint's (what --max-seconds counts on from)"""
 
 
@@ -244,7 +253,8 @@ class Agent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Channels-last input (the weights stay contiguous): the convolutions' train step runs 1.2-1.5x
-        # faster on a CPU (results/throughput_levers.txt, section 1), the same values to float rounding.
+        # faster on a CPU (results/throughput_levers.txt, section 1), the same values to float rounding
+        # (float32 on a GPU too: set_up turns TF32 off).
         hidden = self.network((x.float() / 255.0).contiguous(memory_format=torch.channels_last))
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 
@@ -288,18 +298,19 @@ def a2c_loss_sums(agent, obs, actions, returns, valid):
 # The distinctive part: asynchronous gossip of parameters (Algorithm 1 of the GALA paper)
 # ---------------------------------------------------------------------------------------------
 LOSSES = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/grad_norm")
-"""what a2c_update returns: the mean losses over the valid samples and the gradient norm before clipping"""
+"""what a2c_update returns, on the device (copied to the host at log points): the mean losses over the valid
+samples and the gradient norm before clipping"""
 
 
 def a2c_update(agent, optimizer, obs, actions, returns, valid, args):
-    """One local A2C step: the mean loss over this agent's valid samples, no communication."""
+    """One local A2C step: the mean loss over this agent's valid samples, no communication (and no host sync)."""
     optimizer.zero_grad()
     policy, value, entropy = a2c_loss_sums(agent, obs, actions, returns, valid)
-    count = max(valid.sum().item(), 1.0)
+    count = valid.sum().clamp(min=1.0)
     ((policy + args.vf_coef * value - args.ent_coef * entropy) / count).backward()
-    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm).item()
+    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
     optimizer.step()
-    return np.array([policy.item() / count, value.item() / count, entropy.item() / count, grad_norm])
+    return torch.cat([torch.stack([policy, value, entropy]).detach() / count, grad_norm[None]])
 
 
 def exponential_offsets(world_size: int) -> list[int]:
@@ -339,7 +350,8 @@ class Gossip:
     mix parameters an update older for as long as it stays that far behind.) A send buffer is never
     written while in flight, and no message is ever dropped or overwritten.
     `flat` is the parameter vector itself (the model's parameters are views into it): mixing is in
-    place. On a GPU the parameters pass through host buffers (no CUDA-aware MPI assumed).
+    place. On a GPU the parameters pass through pinned host buffers (no CUDA-aware MPI assumed): an
+    update copies them from the device once if it sends, not at all if it skips every send.
 
     A message is the sender's parameters x_j after its local step. With u the agent's own parameters
     after its local step and m messages arrived (k when all came), the mix is the paper's rule (the
@@ -368,9 +380,9 @@ class Gossip:
             ins.update(i)
         numel = flat.numel()
         self.numel = numel
-        self.host = flat.numpy() if flat.device.type == "cpu" else torch.empty(numel, pin_memory=True).numpy()
         size = numel + 1  # a message ends with the sender's update count (float32: exact up to 2^24 updates)
-        self.send_buf = {p: np.empty(size, dtype=np.float32) for p in outs}
+        self.send_t = {p: torch.empty(size, pin_memory=flat.device.type == "cuda") for p in outs}  # pinned on a GPU
+        self.send_buf = {p: t.numpy() for p, t in self.send_t.items()}
         self.send_req = {p: MPI.REQUEST_NULL for p in outs}
         self.note_in, self.note_out = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)  # contents unused
         self.read_req = {p: MPI.REQUEST_NULL for p in outs}  # the peer's note that it read my last message
@@ -389,11 +401,6 @@ class Gossip:
         # during my previous update's time). The recent ones for logging, and a histogram of all.
         self.recent_ages: deque = deque(maxlen=1000)
         self.age_counts: dict[int, int] = {}
-
-    def _params_to_host(self) -> np.ndarray:
-        if self.flat.device.type != "cpu":
-            self.host[:] = self.flat.cpu().numpy()
-        return self.host
 
     def progress(self) -> None:
         """Let MPI move messages while the agent acts: a 3.5 MB message goes by rendezvous, which only
@@ -430,7 +437,7 @@ class Gossip:
         """Send to this update's out-peers, mix what has arrived; returns the number of messages mixed."""
         out_peers, in_peers = gossip_peers(self.rank, self.world, update, self.graph, self.k)
         self.updates += 1
-        params = self._params_to_host()
+        written = None  # the parameters as this update's first message holds them (copied from the device once)
         self.progress()  # the peers' read notes that MPI has not matched yet
         for p in out_peers:
             if self.lockstep_age is not None:
@@ -439,10 +446,10 @@ class Gossip:
                 self.skipped += 1
                 continue
             self.send_req[p].Wait()  # complete already: the peer has read it
-            buf = self.send_buf[p]
-            buf[: self.numel] = params
-            buf[-1] = self.updates
-            self.send_req[p] = self.comm.Issend(buf, dest=p, tag=TAG_PARAMS)
+            self.send_t[p][: self.numel].copy_(self.flat if written is None else written)
+            written = self.send_t[p][: self.numel]
+            self.send_buf[p][-1] = self.updates
+            self.send_req[p] = self.comm.Issend(self.send_buf[p], dest=p, tag=TAG_PARAMS)
             self.read_req[p] = self.comm.Irecv(self.note_in, source=p, tag=TAG_READ)
             self.sent[p] += 1
 
@@ -700,8 +707,6 @@ def finalize_args(args: Args, world_size: int) -> None:
         raise ConfigError(f"--log-every must be at least 1, got {args.log_every}")
     if args.num_steps < 1:
         raise ConfigError(f"--num-steps must be at least 1, got {args.num_steps}")
-    if args.gossip_graph not in ("ring", "exponential"):
-        raise ConfigError(f"unknown --gossip-graph {args.gossip_graph!r}: ring or exponential")
     if world_size > 1:
         most = world_size - 1 if args.gossip_graph == "ring" else len(exponential_offsets(world_size))
         if not 1 <= args.num_peers <= most:
@@ -767,9 +772,13 @@ def rng_state(device: torch.device) -> dict:
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:
+    """The torch RNG, and on a GPU the CUDA one: as saved by a GPU run, else seeded from the restored torch RNG
+    (a CPU checkpoint resumed on a GPU draws new numbers, not again those of the run's start)."""
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
+    elif device.type == "cuda":
+        torch.cuda.manual_seed(int(torch.randint(2**62, (1,))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -875,7 +884,7 @@ def train(args: Args) -> dict:
                 log_episodes(writer, arrived, progress.recent_returns)
                 log_scalars(writer, global_step, {
                     "charts/SPS": progress.sps(global_step), "charts/learning_rate": optimizer.param_groups[0]["lr"],
-                    **dict(zip(LOSSES, means)), **gossip.scalars(),
+                    **dict(zip(LOSSES, means.tolist())), **gossip.scalars(),
                 })
         if rank == 0:
             log_measurements(writer, measured, args.batch_size)
@@ -924,7 +933,7 @@ def train(args: Args) -> dict:
     summary = write_summary(comm, run_dir, summary, {
         "updates": update - start_update, "seconds": end_time - progress.start_time, "slept": slow.slept,
         **gossip.counts(), "ages": ages,
-    })
+    }, device)
     if rank == 0:
         for r in summary["ranks"]:  # printed by one process, so that agents' lines never run together
             print(f"[agent {r['rank']}] {r['updates']} updates in {r['seconds']:.1f} s; gossip: "
@@ -974,20 +983,35 @@ def check_env_id(env_id: str) -> None:
         raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
 
 
-def node_threads(comm) -> tuple[int, int]:
-    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
+def threads_per_rank(mine: set, node: list[set]) -> int:
+    """A rank's share of its CPU affinity MINE among the affinities NODE of its node's ranks: divided by
+    the ranks that share any of its cores (mpirun without binding: all of them), kept whole where the
+    launcher bound each rank to its own cores (srun --cpus-per-task); at least 1."""
+    return max(1, len(mine) // sum(1 for other in node if other & mine))
+
+
+def node_threads(comm, uses_gpu: bool = False) -> tuple[int, int]:
+    """Collective: this rank's default threads (threads_per_rank), and its index among the ranks of this
+    node that use a GPU (USES_GPU), which picks its device."""
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_size, local_rank = local.Get_size(), local.Get_rank()
+    mine = set(os.sched_getaffinity(0))
+    threads = threads_per_rank(mine, local.allgather(mine))
+    gpu_ranks = local.Split(int(uses_gpu), local.Get_rank())
+    gpu_index = gpu_ranks.Get_rank()
+    gpu_ranks.Free()
     local.Free()
-    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
+    return threads, gpu_index
 
 
-def set_up(comm, args: Args) -> tuple[torch.device, int, int, str, Path]:
-    """Threads (by default this node's cores divided among its ranks), seeds, the device (CUDA when
-    present), and the run's name and directory (made by rank 0). Returns (device, torch threads, env
+def set_up(comm, args: Args, uses_gpu: bool = True) -> tuple[torch.device, int, int, str, Path]:
+    """Threads (by default this rank's share of its node's cores), seeds, the device, and the run's name and
+    directory (made by rank 0). A rank that USES_GPU takes, with --cuda and CUDA present, the GPU
+    cuda:{i % device_count} where i is its index among the GPU-using ranks of its node (one GPU each while
+    there are enough; a rank that only serves or only acts stays on the CPU). Float32 everywhere: TF32 is
+    off, so a GPU computes what the CPU does, to float rounding. Returns (device, torch threads, env
     threads, run name, run directory)."""
     rank = comm.Get_rank()
-    default_threads, local_rank = node_threads(comm)
+    default_threads, gpu_index = node_threads(comm, uses_gpu and args.cuda and torch.cuda.is_available())
     torch_threads = args.torch_threads or default_threads
     env_threads = args.env_threads or default_threads
     torch.set_num_threads(torch_threads)
@@ -995,9 +1019,12 @@ def set_up(comm, args: Args) -> tuple[torch.device, int, int, str, Path]:
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
-    use_cuda = args.cuda and torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
+    device = torch.device("cpu")
+    if uses_gpu and args.cuda and torch.cuda.is_available():
+        device = torch.device(f"cuda:{gpu_index % torch.cuda.device_count()}")
+        torch.cuda.set_device(device)
     run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
     run_dir = Path("runs") / run_name
     if rank == 0:
@@ -1163,11 +1190,11 @@ class SlowDown:
         self.since = time.perf_counter()
 
 
-def write_summary(comm, run_dir: Path, summary: dict, mine: dict) -> dict:
-    """Collective: the run's result, SUMMARY with every rank's own counters (MINE, in rank order under "ranks"),
-    which rank 0 writes to runs/<run_name>/summary.json (what the benchmark tools and the tests read); returns it
-    on rank 0 (None elsewhere)."""
-    ranks = comm.gather({"rank": comm.Get_rank(), **mine}, root=0)
+def write_summary(comm, run_dir: Path, summary: dict, mine: dict, device: torch.device) -> dict:
+    """Collective: the run's result, SUMMARY with every rank's own counters (MINE, with its DEVICE, in rank order
+    under "ranks"), which rank 0 writes to runs/<run_name>/summary.json (what the benchmark tools and the tests
+    read); returns it on rank 0 (None elsewhere)."""
+    ranks = comm.gather({"rank": comm.Get_rank(), "device": str(device), **mine}, root=0)
     if comm.Get_rank() != 0:
         return None
     summary = {"algorithm": ALGO, **summary, "ranks": ranks}
@@ -1175,15 +1202,27 @@ def write_summary(comm, run_dir: Path, summary: dict, mine: dict) -> dict:
     return summary
 
 
+def on_cpu(state):
+    """STATE (nested dicts, lists, tuples) with every tensor copied to the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {key: on_cpu(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(on_cpu(value) for value in state)
+    return state
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic: write a temporary file beside the target, flush it to disk, then rename it over the
     target. A kill at any point leaves either the previous checkpoint or the new one, never a mix;
-    the next save removes a temporary file left by a killed writer."""
+    the next save removes a temporary file left by a killed writer. Every tensor is saved on the CPU,
+    so that any torch.load reads it, with or without a GPU."""
     for stale in path.parent.glob(path.name + ".tmp*"):
         stale.unlink(missing_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        torch.save(on_cpu(state), f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -1272,6 +1311,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    import tyro
-
     main(tyro.cli(Args))

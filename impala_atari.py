@@ -48,14 +48,20 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Literal, Optional
 
 import envpool
 import numpy as np
 import torch
 import torch.nn as nn
+import tyro
 from mpi4py import MPI
 from torch.distributions.categorical import Categorical
+
+
+def default_is(text: str):
+    """What --help says a flag's default is, for an Optional one whose None means TEXT (not "None")."""
+    return tyro.conf.arg(help_behavior_hint=f"(default: {text})")
 
 
 @dataclass
@@ -64,10 +70,12 @@ class Args:
     """the name of this experiment"""
     seed: int = 1
     """seed of the experiment (ranks derive their own simulator and sampling seeds from it)"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    torch_deterministic: bool = False
+    """`torch.backends.cudnn.deterministic`: on a GPU, the same numbers from the same seed (on by default only in
+    the synchronous A2C: the asynchronous scripts' runs vary with the timing of their ranks anyway)"""
     cuda: bool = True
-    """use CUDA when it is present (device cuda:{local_rank % device_count})"""
+    """use CUDA when it is present: every rank that learns on its own GPU while there are enough, cuda:{i %
+    device_count} for the i-th such rank of a node (A3C's store rank on the CPU, IMPALA's actors by default)"""
     track: bool = False
     """send the run to Weights & Biases (WANDB_MODE=offline writes it locally for `wandb sync`)"""
     wandb_project_name: str = "gala-rl"
@@ -87,12 +95,12 @@ class Args:
     wall-clock budget"""
     num_envs: int = 16
     """simulators per actor"""
-    env_threads: Optional[int] = None
-    """envpool threads per rank (default: this node's cores divided among its ranks)"""
-    torch_threads: Optional[int] = None
-    """torch threads per rank (default: this node's cores divided among its ranks)"""
-    learning_rate: Optional[float] = None
-    """RMSprop learning rate (default 6e-4, Table G.1; not scaled with the number of actors)"""
+    env_threads: Annotated[Optional[int], default_is("this rank's share of its node's cores")] = None
+    """envpool threads per rank"""
+    torch_threads: Annotated[Optional[int], default_is("this rank's share of its node's cores")] = None
+    """torch threads per rank"""
+    learning_rate: Annotated[Optional[float], default_is("6e-4, Table G.1")] = None
+    """RMSprop learning rate (not scaled with the number of actors)"""
     anneal_lr: bool = True
     """anneal the learning rate linearly to 0 over total_timesteps (Table G.1)"""
     gamma: float = 0.99
@@ -121,7 +129,7 @@ class Args:
     eval_episodes: int = 0
     """after training, play this many full games with the argmax and with the sampled policy"""
     eval_checkpoint: Optional[str] = None
-    """evaluate this checkpoint for --eval-episodes games (default 10) and exit, without training"""
+    """evaluate this checkpoint for --eval-episodes games (10 if it is 0) and exit, without training"""
 
     # Algorithm specific arguments
     unroll_length: int = 20
@@ -134,27 +142,31 @@ class Args:
     """V-trace clip of the trace-cutting coefficients"""
     max_inflight: int = 2
     """unrolls an actor may have in flight before it waits for the learner"""
+    actor_device: Literal["cpu", "cuda"] = "cpu"
+    """where the actors run their policy (cuda: on GPUs of their own after the learner's, with --cuda); the CPU, as
+    the IMPALA paper's actors, leaves the GPU to the learner"""
     single_process: bool = False
     """run without MPI: one process alternates acting and learning (on-policy; for debugging)"""
     debug_slow_rank: Optional[int] = None
-    """for tests: this rank sleeps --debug-slow-seconds before every unroll (actor) or update (learner)"""
+    """a straggler (studies/stragglers.py): this rank pauses once per update (an IMPALA actor: per unroll) for
+    --debug-slow-seconds plus (--debug-slow-factor - 1) x the time since its previous pause; no other rank pauses"""
     debug_slow_seconds: float = 0.0
-    """how long the slow actor sleeps per unroll"""
+    """the slow rank's fixed pause, seconds per update (an IMPALA actor: per unroll)"""
     debug_slow_factor: float = 1.0
-    """the slow rank also sleeps (F - 1) x the time each of its updates took, as a device F times slower"""
+    """F: the slow rank runs as a device F times slower (its pause adds F - 1 times the time its work took)"""
 
-    # filled in at runtime
-    world_size: int = 0
+    # filled in at runtime (not flags: --help lists none of them, and the parser refuses them)
+    world_size: tyro.conf.Suppress[int] = 0
     """number of MPI ranks"""
-    num_actors: int = 0
+    num_actors: tyro.conf.Suppress[int] = 0
     """actor ranks (world_size - 1; 1 in a world of one)"""
-    total_envs: int = 0
+    total_envs: tyro.conf.Suppress[int] = 0
     """simulators over all actors"""
-    num_updates: int = 0
+    num_updates: tyro.conf.Suppress[int] = 0
     """learner updates in the whole run"""
-    start_step: int = 0
-    """global step this run starts from: its --resume checkpoint's (a GALA agent's own), else 0"""
-    start_seconds: float = 0.0
+    start_step: tyro.conf.Suppress[int] = 0
+    """global step this run starts from: its --resume checkpoint's, else 0"""
+    start_seconds: tyro.conf.Suppress[float] = 0.0
     """seconds of training before this run: its --resume checkpoint's (what --max-seconds counts on from)"""
 
 
@@ -235,7 +247,8 @@ class Agent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Channels-last input (the weights stay contiguous): the convolutions' train step runs 1.2-1.5x
-        # faster on a CPU (results/throughput_levers.txt, section 1), the same values to float rounding.
+        # faster on a CPU (results/throughput_levers.txt, section 1), the same values to float rounding
+        # (float32 on a GPU too: set_up turns TF32 off).
         hidden = self.network((x.float() / 255.0).contiguous(memory_format=torch.channels_last))
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 
@@ -304,10 +317,11 @@ class Actor:
             u.obs[t] = self.next_obs
             with torch.no_grad():
                 logits, _ = self.agent(torch.from_numpy(self.next_obs).to(self.device))
-            action = Categorical(logits=logits).sample().cpu().numpy()
-            u.actions[t], u.logits[t] = action, logits.cpu().numpy()
+            action = Categorical(logits=logits).sample()
+            host = torch.cat([action[:, None].float(), logits], 1).cpu().numpy()  # one copy from the device
+            u.actions[t], u.logits[t] = host[:, 0], host[:, 1:]
             valid = ~self.next_done
-            self.next_obs, u.rewards[t], terminated, truncated, info = self.envs.step(action)
+            self.next_obs, u.rewards[t], terminated, truncated, info = self.envs.step(u.actions[t].astype(np.int64))
             self.next_done = terminated | truncated
             # No bootstrapping across an episode end, nor from envpool's reset transition.
             u.discounts[t] = self.args.gamma * (~self.next_done & valid)
@@ -319,10 +333,14 @@ class Actor:
         return finished
 
 
-def impala_update(agent, optimizer, batch: dict, args: Args) -> dict:
+METRICS = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "vtrace/rho_mean", "vtrace/rho_clipped_frac")
+"""what impala_update returns, on the device (copied to the host at log points)"""
+
+
+def impala_update(agent, optimizer, batch: dict, args: Args) -> torch.Tensor:
     """One learner step on [T, B] trajectories; the losses are sums over T x B, as in the reference
     implementation (scalable_agent), for which the learning rate 6e-4 of Table G.1 was tuned.
-    The returned losses are means over the valid samples (the sums / their count), for logging."""
+    Returns METRICS: the losses as means over the valid samples (the sums / their count), for logging."""
     T, B = batch["rewards"].shape
     logits, values = agent(batch["obs"].reshape((T + 1) * B, 4, 84, 84))
     logits, values = logits.reshape(T + 1, B, -1)[:-1], values.reshape(T + 1, B)
@@ -341,12 +359,11 @@ def impala_update(agent, optimizer, batch: dict, args: Args) -> dict:
     (policy + args.vf_coef * baseline - args.ent_coef * entropy).backward()
     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
     optimizer.step()
-    ratios = torch.exp(target_logprobs.detach() - behaviour_logprobs)[valid.bool()]
-    n = max(valid.sum().item(), 1.0)  # logged as means over the valid samples; the step above used the sums
-    return {"losses/policy_loss": policy.item() / n, "losses/value_loss": baseline.item() / n,
-            "losses/entropy": entropy.item() / n,
-            "vtrace/rho_mean": ratios.mean().item(),
-            "vtrace/rho_clipped_frac": (ratios > args.rho_bar).float().mean().item()}
+    with torch.no_grad():  # ratios of the valid samples, without indexing (which would wait for the device)
+        ratios = torch.exp(target_logprobs - behaviour_logprobs)
+        n = valid.sum().clamp(min=1.0)  # logged as means over the valid samples; the step above used the sums
+        rho = [(valid * ratios).sum() / n, (valid * (ratios > args.rho_bar)).sum() / n]
+        return torch.stack([policy / n, baseline / n, entropy / n, *rho])
 
 
 def to_batch(unrolls: list[Unroll], device: torch.device) -> dict:
@@ -388,7 +405,7 @@ def run_actor(comm, args: Args, agent: nn.Module, flat: torch.Tensor, actor: Act
     num_actions = envpool.make_spec(args.env_id).action_space.n
     slots = [Unroll(args.unroll_length, args.num_envs, num_actions) for _ in range(args.max_inflight)]
     sends = [MPI.REQUEST_NULL] * args.max_inflight
-    params = np.zeros(flat.numel() + 1, dtype=np.float32)  # parameters, then their version
+    params = torch.zeros(flat.numel() + 1, pin_memory=flat.device.type == "cuda").numpy()  # parameters, version
     params_req = comm.Irecv(params, source=0, tag=TAG_PARAMS)
     stop_buf = np.zeros(1, dtype=np.int64)
     stop_req = comm.Irecv(stop_buf, source=0, tag=TAG_STOP)
@@ -449,7 +466,9 @@ class Learner:
         self.waiting: deque = deque(self.actors)  # actors with no receive posted
         self.ready: deque = deque()  # received unrolls, oldest first
         self.received = dict.fromkeys(self.actors, 0)
-        self.param_bufs = {a: np.zeros(flat.numel() + 1, dtype=np.float32) for a in self.actors}
+        pinned = flat.device.type == "cuda"  # a message is copied from the device straight into its buffer
+        self.param_bufs = {a: torch.zeros(flat.numel() + 1, pin_memory=pinned) for a in self.actors}
+        self.param_msg = {a: buf.numpy() for a, buf in self.param_bufs.items()}  # parameters, then their version
         self.param_reqs = {a: MPI.REQUEST_NULL for a in self.actors}
         self.param_msgs = dict.fromkeys(self.actors, 0)
         self.episode_msgs = dict.fromkeys(self.actors, 0)
@@ -492,12 +511,12 @@ class Learner:
         self._post()
 
     def publish(self, version: int) -> None:
-        params = self.flat.detach().cpu().numpy()
+        """The parameters of VERSION to every actor that took the previous message: one copy per message sent."""
         for a in self.actors:
             if self.param_reqs[a].Test():
-                buf = self.param_bufs[a]
-                buf[:-1], buf[-1] = params, version
-                self.param_reqs[a] = self.comm.Issend(buf, dest=a, tag=TAG_PARAMS)
+                self.param_bufs[a][:-1].copy_(self.flat.detach())
+                self.param_msg[a][-1] = version
+                self.param_reqs[a] = self.comm.Issend(self.param_msg[a], dest=a, tag=TAG_PARAMS)
                 self.param_msgs[a] += 1
 
     def receive_episodes(self) -> list[tuple[float, int]]:
@@ -639,9 +658,13 @@ def rng_state(device: torch.device) -> dict:
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:
+    """The torch RNG, and on a GPU the CUDA one: as saved by a GPU run, else seeded from the restored torch RNG
+    (a CPU checkpoint resumed on a GPU draws new numbers, not again those of the run's start)."""
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
+    elif device.type == "cuda":
+        torch.cuda.manual_seed(int(torch.randint(2**62, (1,))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,7 +674,8 @@ def train(args: Args) -> dict:
     comm = MPI.COMM_WORLD
     rank, world_size = comm.Get_rank(), comm.Get_size()
     ckpt = checked_input(comm, args)
-    device, torch_threads, env_threads, run_name, run_dir = set_up(comm, args)
+    uses_gpu = rank == 0 or args.actor_device == "cuda"  # the learner, and the actors only if asked
+    device, torch_threads, env_threads, run_name, run_dir = set_up(comm, args, uses_gpu)
     if rank == 0:
         print(
             f"{ALGO}: " + (f"1 learner + {args.num_actors} actor(s)" if world_size > 1 else
@@ -728,7 +752,8 @@ def train(args: Args) -> dict:
             idle = (learner.idle if learner else 0.0) / (time.time() - progress.start_time)
             log_scalars(writer, global_step, {
                 "charts/SPS": progress.sps(global_step), "charts/learning_rate": optimizer.param_groups[0]["lr"],
-                **metrics, "impala/policy_lag": lag, "impala/queue_depth": depth, "impala/learner_idle_frac": idle,
+                **dict(zip(METRICS, metrics.tolist())), "impala/policy_lag": lag, "impala/queue_depth": depth,
+                "impala/learner_idle_frac": idle,
             })
         if checkpoint_due(args, global_step, steps_per_update):
             checkpoint(update)
@@ -768,7 +793,7 @@ def finish_ranks(comm, args, agent, writer, run_dir, env_threads, device, summar
         summary["eval"] = evaluate_all_ranks(comm, agent, args, args.num_updates, env_threads, device)
         if comm.Get_rank() == 0:
             report_eval(summary["eval"], args, run_dir, writer, summary["global_step"])
-    summary = write_summary(comm, run_dir, summary, mine)
+    summary = write_summary(comm, run_dir, summary, mine, device)
     if writer is not None:
         close_writer(writer, args)
     return summary
@@ -815,20 +840,35 @@ def check_env_id(env_id: str) -> None:
         raise ConfigError(f"env id {env_id!r} is not an Atari game; these scripts train on Atari")
 
 
-def node_threads(comm) -> tuple[int, int]:
-    """This node's cores divided among the ranks on this node (at least 1), and the local rank."""
+def threads_per_rank(mine: set, node: list[set]) -> int:
+    """A rank's share of its CPU affinity MINE among the affinities NODE of its node's ranks: divided by
+    the ranks that share any of its cores (mpirun without binding: all of them), kept whole where the
+    launcher bound each rank to its own cores (srun --cpus-per-task); at least 1."""
+    return max(1, len(mine) // sum(1 for other in node if other & mine))
+
+
+def node_threads(comm, uses_gpu: bool = False) -> tuple[int, int]:
+    """Collective: this rank's default threads (threads_per_rank), and its index among the ranks of this
+    node that use a GPU (USES_GPU), which picks its device."""
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_size, local_rank = local.Get_size(), local.Get_rank()
+    mine = set(os.sched_getaffinity(0))
+    threads = threads_per_rank(mine, local.allgather(mine))
+    gpu_ranks = local.Split(int(uses_gpu), local.Get_rank())
+    gpu_index = gpu_ranks.Get_rank()
+    gpu_ranks.Free()
     local.Free()
-    return max(1, len(os.sched_getaffinity(0)) // local_size), local_rank
+    return threads, gpu_index
 
 
-def set_up(comm, args: Args) -> tuple[torch.device, int, int, str, Path]:
-    """Threads (by default this node's cores divided among its ranks), seeds, the device (CUDA when
-    present), and the run's name and directory (made by rank 0). Returns (device, torch threads, env
+def set_up(comm, args: Args, uses_gpu: bool = True) -> tuple[torch.device, int, int, str, Path]:
+    """Threads (by default this rank's share of its node's cores), seeds, the device, and the run's name and
+    directory (made by rank 0). A rank that USES_GPU takes, with --cuda and CUDA present, the GPU
+    cuda:{i % device_count} where i is its index among the GPU-using ranks of its node (one GPU each while
+    there are enough; a rank that only serves or only acts stays on the CPU). Float32 everywhere: TF32 is
+    off, so a GPU computes what the CPU does, to float rounding. Returns (device, torch threads, env
     threads, run name, run directory)."""
     rank = comm.Get_rank()
-    default_threads, local_rank = node_threads(comm)
+    default_threads, gpu_index = node_threads(comm, uses_gpu and args.cuda and torch.cuda.is_available())
     torch_threads = args.torch_threads or default_threads
     env_threads = args.env_threads or default_threads
     torch.set_num_threads(torch_threads)
@@ -836,9 +876,12 @@ def set_up(comm, args: Args) -> tuple[torch.device, int, int, str, Path]:
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.distributions.Distribution.set_default_validate_args(False)  # no per-call checks in the hot loop
-    use_cuda = args.cuda and torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if use_cuda else "cpu")
+    device = torch.device("cpu")
+    if uses_gpu and args.cuda and torch.cuda.is_available():
+        device = torch.device(f"cuda:{gpu_index % torch.cuda.device_count()}")
+        torch.cuda.set_device(device)
     run_name = comm.bcast(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}", root=0)
     run_dir = Path("runs") / run_name
     if rank == 0:
@@ -1004,11 +1047,11 @@ class SlowDown:
         self.since = time.perf_counter()
 
 
-def write_summary(comm, run_dir: Path, summary: dict, mine: dict) -> dict:
-    """Collective: the run's result, SUMMARY with every rank's own counters (MINE, in rank order under "ranks"),
-    which rank 0 writes to runs/<run_name>/summary.json (what the benchmark tools and the tests read); returns it
-    on rank 0 (None elsewhere)."""
-    ranks = comm.gather({"rank": comm.Get_rank(), **mine}, root=0)
+def write_summary(comm, run_dir: Path, summary: dict, mine: dict, device: torch.device) -> dict:
+    """Collective: the run's result, SUMMARY with every rank's own counters (MINE, with its DEVICE, in rank order
+    under "ranks"), which rank 0 writes to runs/<run_name>/summary.json (what the benchmark tools and the tests
+    read); returns it on rank 0 (None elsewhere)."""
+    ranks = comm.gather({"rank": comm.Get_rank(), "device": str(device), **mine}, root=0)
     if comm.Get_rank() != 0:
         return None
     summary = {"algorithm": ALGO, **summary, "ranks": ranks}
@@ -1016,15 +1059,27 @@ def write_summary(comm, run_dir: Path, summary: dict, mine: dict) -> dict:
     return summary
 
 
+def on_cpu(state):
+    """STATE (nested dicts, lists, tuples) with every tensor copied to the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {key: on_cpu(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(on_cpu(value) for value in state)
+    return state
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic: write a temporary file beside the target, flush it to disk, then rename it over the
     target. A kill at any point leaves either the previous checkpoint or the new one, never a mix;
-    the next save removes a temporary file left by a killed writer."""
+    the next save removes a temporary file left by a killed writer. Every tensor is saved on the CPU,
+    so that any torch.load reads it, with or without a GPU."""
     for stale in path.parent.glob(path.name + ".tmp*"):
         stale.unlink(missing_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        torch.save(on_cpu(state), f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -1113,6 +1168,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    import tyro
-
     main(tyro.cli(Args))

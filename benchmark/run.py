@@ -12,7 +12,7 @@ failed and stopped ones run again.
 Every run is tracked in one W&B project (group = the experiment, tags = the preset and the git
 commit; WANDB_MODE is inherited, so offline works without network), runs in its own directory
 with its stdout and stderr saved there, and is sampled for whole-machine CPU (and GPU) utilisation
-while it runs. Runs go locally, as many at once as the cores allow, or to SLURM through submitit.
+while it runs. Runs go locally, as many at once as the cores (and the GPUs) allow, or to SLURM through submitit.
 `bench_runs/<experiment>/manifest.json` (a list of benchmark.common.ManifestEntry) is what
 `python -m benchmark report` reads.
 
@@ -26,6 +26,7 @@ import functools
 import itertools
 import json
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -278,7 +279,8 @@ class Config:
     threads: int = 1
     """--torch-threads and --env-threads of every rank"""
     max_parallel: Optional[int] = None
-    """local runs at once; default max(1, cores // (ranks x threads of the largest run))"""
+    """local runs at once; default max(1, cores // (ranks x threads of the largest run)), and with GPUs here at
+    most as many as have GPUs of their own (each run gets its GPU-using ranks' worth through CUDA_VISIBLE_DEVICES)"""
     sample_interval: float = 1.0
     """seconds between two samples of CPU (and GPU) utilisation"""
     timeout: Optional[float] = None
@@ -454,9 +456,11 @@ def plan_runs(cfg: Config) -> list[ManifestEntry]:
 # Executing one run (in a local thread, or inside a SLURM allocation)
 
 
-def gpu_percent() -> Optional[float]:
-    """Mean utilisation of this node's GPUs now, by nvidia-smi; None if it fails."""
+def gpu_percent(gpus: Optional[list[str]] = None) -> Optional[float]:
+    """Mean utilisation of this node's GPUs now (of GPUS alone if given), by nvidia-smi; None if it fails."""
     query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+    if gpus:
+        query.append(f"--id={','.join(gpus)}")
     try:
         proc = subprocess.run(query, check=False, capture_output=True, text=True, timeout=10)
         values = [float(line) for line in proc.stdout.split()]
@@ -465,12 +469,63 @@ def gpu_percent() -> Optional[float]:
     return sum(values) / len(values) if proc.returncode == 0 and values else None
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs the runner may hand out: CUDA_VISIBLE_DEVICES' entries where it is set (empty: none), else the
+    indices nvidia-smi lists; none without nvidia-smi."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [gpu.strip() for gpu in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if gpu.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        proc = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], check=False,
+                              capture_output=True, text=True, timeout=30)
+    except subprocess.SubprocessError:
+        return []
+    return proc.stdout.split() if proc.returncode == 0 else []
+
+
+def last_flag(command: list[str], name: str, default: Optional[str] = None) -> Optional[str]:
+    """The value of the last NAME VALUE or NAME=VALUE in COMMAND (as the script's parser takes it), or DEFAULT."""
+    value = default
+    for i, arg in enumerate(command):
+        if arg == name and i + 1 < len(command):
+            value = command[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1 :]
+    return value
+
+
+def gpu_ranks(run: ManifestEntry) -> int:
+    """How many of RUN's ranks take a GPU (the scripts' set_up): every rank of A2C and GALA, A3C's workers,
+    IMPALA's learner (and its actors with --actor-device cuda); none with --no-cuda (the last of --cuda and
+    --no-cuda wins)."""
+    switches = [arg for arg in run.command if arg in ("--cuda", "--no-cuda")]
+    if switches and switches[-1] == "--no-cuda":
+        return 0
+    if run.algorithm == "a3c_gpu":
+        return max(run.ranks - 1, 1)
+    if run.algorithm == "impala":
+        return run.ranks if last_flag(run.command, "--actor-device") == "cuda" else 1
+    return run.ranks
+
+
+def gpu_groups(gpus: list[str], per_run: int, parallel: int) -> list[list[str]]:
+    """PARALLEL groups of GPUS, one per run at once: disjoint groups of PER_RUN GPUs (fewer if there are not
+    that many) while there are enough, then shared in turn (only when --max-parallel asks for more)."""
+    per_run = max(1, min(per_run, len(gpus) // parallel or 1, len(gpus)))
+    groups = [gpus[i : i + per_run] for i in range(0, len(gpus) - per_run + 1, per_run)]
+    return [groups[i % len(groups)] for i in range(parallel)]
+
+
 def execute(
-    run: ManifestEntry, experiment_dir: Path, interval: float, timeout: Optional[float] = None
+    run: ManifestEntry, experiment_dir: Path, interval: float, timeout: Optional[float] = None,
+    gpus: Optional[list[str]] = None,
 ) -> ManifestEntry:
     """Runs RUN's command to completion in its directory, with its stdout and stderr in stdout.txt
     and stderr.txt there, sampling whole-machine CPU % (and GPU % where nvidia-smi exists) every
-    INTERVAL seconds; returns its manifest entry. Status, from the exit code and the run's summary.json:
+    INTERVAL seconds; returns its manifest entry. With GPUS, the run sees those GPUs alone (CUDA_VISIBLE_DEVICES,
+    said on the first line of stderr.txt) and the GPU % is theirs. Status, from the exit code and the run's
+    summary.json:
     "ok" (exit 0), "stopped" (exit 0, and the summary says stopped: the run ended early by a signal, with a
     checkpoint), or "failed" (any other exit, a launch that could not start, TIMEOUT minutes passed: the run
     is sent SIGTERM, then SIGKILL a minute later; or exit 0 without a summary: the reason ends stderr.txt)."""
@@ -484,7 +539,12 @@ def execute(
     timed_out = False
     with open(workdir / "stdout.txt", "w") as out, open(workdir / "stderr.txt", "w") as err:
         try:
-            proc = subprocess.Popen(run.command, cwd=workdir, stdout=out, stderr=err)
+            env = None
+            if gpus is not None:
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
+                err.write(f"benchmark run: CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}\n")
+                err.flush()
+            proc = subprocess.Popen(run.command, cwd=workdir, stdout=out, stderr=err, env=env)
         except OSError as e:  # mpirun or python missing: this run fails, the others go on
             err.write(f"cannot start {run.command[0]}: {e}\n")
             return replace(run, run_dir=None, status="failed", returncode=-1, wall_seconds=0.0, utilisation=None)
@@ -496,7 +556,7 @@ def execute(
                 except subprocess.TimeoutExpired:
                     cpu.append(psutil.cpu_percent())
                     if gpu is not None:
-                        sample = gpu_percent()
+                        sample = gpu_percent(gpus)
                         if sample is not None:
                             gpu.append(sample)
                     if timeout is not None and time.monotonic() - began > 60 * timeout and not timed_out:
@@ -555,12 +615,24 @@ def cores() -> int:
 
 
 def run_locally(runs: list[ManifestEntry], experiment_dir: Path, interval: float, max_parallel: int,
-                timeout: Optional[float] = None) -> Iterator[ManifestEntry]:
-    """Executes the runs here, at most MAX_PARALLEL at once; yields each entry as its run ends. The
-    runs share the runner's process group, so Ctrl-C reaches them too: they checkpoint and stop."""
+                timeout: Optional[float] = None, groups: Optional[list[list[str]]] = None) -> Iterator[ManifestEntry]:
+    """Executes the runs here, at most MAX_PARALLEL at once; yields each entry as its run ends. With GROUPS (one
+    list of GPUs per run at once, gpu_groups), a run takes a group that no running run holds and gives it back
+    when it ends. The runs share the runner's process group, so Ctrl-C reaches them too: they checkpoint and stop."""
+    free: queue.Queue = queue.Queue()
+    for group in groups or [None] * max_parallel:
+        free.put(group)
+
+    def one(run: ManifestEntry) -> ManifestEntry:
+        gpus = free.get()
+        try:
+            return execute(run, experiment_dir, interval, timeout, gpus)
+        finally:
+            free.put(gpus)
+
     pool = ThreadPoolExecutor(max_workers=max_parallel)
     try:
-        futures = [pool.submit(execute, run, experiment_dir, interval, timeout) for run in runs]
+        futures = [pool.submit(one, run) for run in runs]
         for future in as_completed(futures):
             yield future.result()
     finally:  # after Ctrl-C, the runs that have not started yet do not start
@@ -729,10 +801,16 @@ def run_experiment(cfg: Config) -> int:
         return 0
     largest = max(run.ranks for run in runs) * cfg.threads
     max_parallel = cfg.max_parallel or max(1, cores() // largest)
+    gpus, per_run = visible_gpus(), max(gpu_ranks(run) for run in runs)
+    groups = None
+    if gpus and per_run and not cfg.slurm:  # each run at once on GPUs of its own
+        max_parallel = cfg.max_parallel or max(1, min(max_parallel, len(gpus) // min(per_run, len(gpus))))
+        groups = gpu_groups(gpus, per_run, max_parallel)
+    on_gpus = f" and {len(gpus)} GPUs ({len(groups[0])} per run)" if groups else ""
     if cfg.dry_run:
         for run in runs:
             print(f"cd {shlex.quote(str(experiment_dir / run.workdir))} && {shlex.join(run.command)}")
-        where = "on SLURM" if cfg.slurm else f"at most {max_parallel} at once on {cores()} cores"
+        where = "on SLURM" if cfg.slurm else f"at most {max_parallel} at once on {cores()} cores{on_gpus}"
         print(f"{len(runs)} runs, {where}; nothing run (--dry-run)", file=sys.stderr)
         return 0
 
@@ -747,8 +825,8 @@ def run_experiment(cfg: Config) -> int:
         results = run_on_slurm(runs, experiment_dir, cfg.sample_interval, executor)
     else:
         print(f"{len(runs)} runs in {experiment_dir}, at most {max_parallel} at once "
-              f"({cores()} cores, largest run {largest // cfg.threads} ranks x {cfg.threads} threads)")
-        results = run_locally(runs, experiment_dir, cfg.sample_interval, max_parallel, cfg.timeout)
+              f"({cores()} cores{on_gpus}, largest run {largest // cfg.threads} ranks x {cfg.threads} threads)")
+        results = run_locally(runs, experiment_dir, cfg.sample_interval, max_parallel, cfg.timeout, groups)
     experiment_dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     failed = 0

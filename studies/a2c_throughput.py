@@ -4,10 +4,10 @@ At 1 rank x 16 simulators: the raw envpool stepping rate (random actions), the m
 rate (batches of `num_envs`, no grad) and train-step rate (forward, backward and RMSprop on
 `num_steps x num_envs` samples), each alone in this process with OpenMP's default (spinning) wait;
 then the script for a number of updates, launched as a user launches it (its own process, its own
-OpenMP setting; its summary's SPS). A step of the script costs one env step, one inference sample
-and one training sample, so its ceiling is 1 / (1/env + 1/inference + 1/train). On a shared
-machine single readings vary by +-20%, so parts and script are measured in alternating rounds and
-the medians reported with each round's ratio.
+OpenMP setting, --no-cuda: parts and script on the CPU; its summary's SPS). A step of the script
+costs one env step, one inference sample and one training sample, so its ceiling is
+1 / (1/env + 1/inference + 1/train). On a shared machine single readings vary by +-20%, so parts and
+script are measured in alternating rounds and the medians reported with each round's ratio.
 
     python -m studies.a2c_throughput --updates 300 --rounds 3
 """
@@ -78,7 +78,7 @@ def measure_parts(cfg: Config, threads: int) -> tuple[float, float, float]:
 def main(cfg: Config) -> None:
     threads = cfg.threads or a2c.node_threads(MPI.COMM_WORLD)[0]
     torch.set_num_threads(threads)
-    flags = ("--env-id", cfg.env_id, "--num-steps", str(cfg.num_steps), "--torch-threads", str(threads),
+    flags = ("--no-cuda", "--env-id", cfg.env_id, "--num-steps", str(cfg.num_steps), "--torch-threads", str(threads),
              "--env-threads", str(threads))
     steps = cfg.updates * cfg.num_steps * cfg.num_envs
     rows = []

@@ -21,16 +21,37 @@ os.environ.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
 
 
+def cuda_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+"""parametrize("device", DEVICES): a test that touches devices runs on the CPU always, on CUDA where present"""
+
+
+def pytest_runtest_setup(item) -> None:
+    if item.get_closest_marker("gpu") is not None and not cuda_present():
+        pytest.skip("needs CUDA (the gpu marker): none here")
+
+
+def device_flag(device: str) -> str:
+    """A script's explicit device: its default (--cuda) would put a test on a GPU wherever one is present."""
+    return "--cuda" if device == "cuda" else "--no-cuda"
+
+
 def run(
-    script: str, *args: str, cwd: Path, np: int | None = None, timeout: float = 120
+    script: str, *args: str, cwd: Path, np: int | None = None, timeout: float = 120, device: str = "cpu"
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(command(script, *args, np=np), cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    """SCRIPT ARGS on DEVICE (the CPU unless said), in a subprocess under mpirun -np NP (None: plain python)."""
+    return subprocess.run(command(script, device_flag(device), *args, np=np), cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
 
 
-def start(script: str, *args: str, cwd: Path, np: int | None = None) -> subprocess.Popen:
-    return subprocess.Popen(command(script, *args, np=np), cwd=cwd, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start(script: str, *args: str, cwd: Path, np: int | None = None, device: str = "cpu") -> subprocess.Popen:
+    return subprocess.Popen(command(script, device_flag(device), *args, np=np), cwd=cwd, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def run_dirs(cwd: Path) -> list[Path]:
@@ -41,10 +62,10 @@ def ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
 
 
-def run_ok(script: str, *args: str, cwd: Path, np: int | None = None, timeout: float = 240):
+def run_ok(script: str, *args: str, cwd: Path, np: int | None = None, timeout: float = 240, device: str = "cpu"):
     """Runs the script, requires exit 0 and exactly one run directory; returns (process, run
     directory, its TensorBoard scalars)."""
-    proc = run(script, *args, cwd=cwd, np=np, timeout=timeout)
+    proc = run(script, *args, cwd=cwd, np=np, timeout=timeout, device=device)
     ok(proc)
     (run_dir,) = run_dirs(cwd)
     return proc, run_dir, scalars(run_dir)
@@ -73,28 +94,48 @@ def sigterm_once_training(script: str, *args: str, cwd: Path, np: int) -> tuple[
     return proc.returncode, out, err
 
 
+def read_ckpt(path: Path) -> dict:
+    """A checkpoint as any reader on any machine loads it: onto the CPU."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def interrupt_then_resume(script: str, total: int, updates: int, *args: str, cwd: Path, np: int):
     """SIGTERM a run of 100 x `total` steps once it trains: it must exit 0, say so, and leave a
     checkpoint.pt of fewer than `updates` updates; resume it to `total` with --save-model. Returns
     (interrupted checkpoint, final checkpoint, the resumed run's process)."""
-    import torch
-
     code, out, err = sigterm_once_training(script, "--total-timesteps", str(total * 100), *args, cwd=cwd, np=np)
     assert code == 0, err
     assert "stopped by signal" in out
     (first,) = run_dirs(cwd)
-    saved = torch.load(first / "checkpoint.pt", weights_only=False)
+    saved = read_ckpt(first / "checkpoint.pt")
     assert 0 < saved["update"] < updates
     proc = run(script, "--total-timesteps", str(total), "--resume", str(first / "checkpoint.pt"), "--save-model",
                *args, cwd=cwd, np=np)
     ok(proc)
     (second,) = [d for d in run_dirs(cwd) if d != first]
-    return saved, torch.load(second / "checkpoint.pt", weights_only=False), proc, second
+    return saved, read_ckpt(second / "checkpoint.pt"), proc, second
 
 
 def ranks_of(run_dir: Path) -> dict[int, dict]:
     """Every rank's own counters in the run's summary.json, by rank."""
     return {r["rank"]: r for r in json.loads((run_dir / "summary.json").read_text())["ranks"]}
+
+
+def assert_devices(run_dir: Path, device: str, gpu_ranks: list[int]) -> None:
+    """summary.json gives every rank its device: with DEVICE cuda the i-th of GPU_RANKS (one node) on cuda:{i %
+    the GPUs here}, every other rank on the CPU; with cpu, all on the CPU."""
+    devices = {r: entry["device"] for r, entry in ranks_of(run_dir).items()}
+    gpus = cuda_device_count() if device == "cuda" else 0
+    expected = {r: f"cuda:{gpu_ranks.index(r) % gpus}" if gpus and r in gpu_ranks else "cpu" for r in devices}
+    assert devices == expected
+
+
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def assert_bad_input(script: str, args: list[str], message: str, cwd: Path, np: int = 2) -> None:
@@ -147,7 +188,8 @@ def tiny_run(out: Path, *more: str, capsys=None) -> subprocess.CompletedProcess:
     offline), and the same two on an unknown game, which fail. With CAPSYS, in this process (for dry runs)."""
     args = ("--name", "tiny", "--out", str(out), "--algorithms", "a2c_allreduce", "gala_a2c",
             "--env-ids", "Pong-v5", "Pongg-v5", "--seeds", "1", "--simulators", "2", "--workers", "2",
-            "--total-timesteps", "3000", "--max-parallel", "2", "--extra=--eval-episodes 1 --log-every 5", *more)
+            "--total-timesteps", "3000", "--max-parallel", "2", "--extra=--no-cuda --eval-episodes 1 --log-every 5",
+            *more)
     return runner_in_process(capsys, *args) if capsys else runner(*args, cwd=out, timeout=300)
 
 

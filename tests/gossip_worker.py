@@ -10,7 +10,8 @@ SYNC_FREQ "none" never blocks; with SLOW_RANK only that rank sleeps; SLEEP_SECON
 barrier before every round instead of sleeping (every message of a round read before the next); "alternate" (two
 ranks) takes turns instead: in each round rank 0 makes two updates, then rank 1 one, a barrier before each.
 KEY=VALUE: lockstep=A (Gossip's lockstep mode, messages A updates old), step=S (every round each agent takes the
-same local step, S along every coordinate, as an agent's update).
+same local step, S along every coordinate, as an agent's update), device=D (the parameters on D, cpu or cuda: the
+messages pass through host buffers).
 Beside the gossip, every round ends a game of each agent (return: its rank, length: the round) and every
 MAIL_EVERY rounds the script's EpisodeMail sends them to rank 0 with the round: rank 0's global step at each of its
 log points, every game's stamp and every rank's round end times are in the summary, to be checked against the
@@ -45,7 +46,7 @@ def run(config: str) -> dict | None:
     rng = np.random.default_rng(rank)
     start = rng.normal(size=20_000).astype(np.float32)
     grad = (rng.normal(size=20_000) + 0.5).astype(np.float32)  # correlated across ranks by the offset
-    flat = torch.from_numpy(start.copy())
+    flat = torch.from_numpy(start.copy()).to(options.get("device", "cpu"))
     holder = torch.nn.Module()
     holder.theta = torch.nn.Parameter(torch.from_numpy(start.copy()))
     holder.theta.grad = torch.from_numpy(grad)
@@ -80,7 +81,7 @@ def run(config: str) -> dict | None:
     for ages in comm.gather(gossip.age_counts, root=0) or []:
         for age, n in ages.items():
             merged_ages[age] = merged_ages.get(age, 0) + n
-    starts, finals = comm.gather(start, root=0), comm.gather(flat.numpy().copy(), root=0)
+    starts, finals = comm.gather(start, root=0), comm.gather(flat.cpu().numpy(), root=0)
     all_counts = comm.gather(counts, root=0)
     grads = comm.gather(grad, root=0)
     done_at = comm.gather(done_at, root=0)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from batch import fixed_batch, reference_loss, rmsprop
-from conftest import config_error, interrupt_then_resume, ok, run, run_dirs, run_ok
+from conftest import DEVICES, assert_devices, config_error, interrupt_then_resume, ok, run, run_dirs, run_ok
 
 import a2c_allreduce_atari as a2c
 from benchmark.common import command, scalars
@@ -89,12 +89,14 @@ def test_envpool_reset_step_is_what_the_mask_assumes():
 
 
 # --- exact averaging -------------------------------------------------------------------------------
-def test_allreduce_update_equals_one_process_with_the_whole_batch(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_allreduce_update_equals_one_process_with_the_whole_batch(tmp_path, device):
     """Two ranks with 8 samples each (5 and 8 valid) take the same steps as one process with 16, and
-    both equal plain autograd on the mean loss over the valid samples (the ground truth): the raw
-    averaged gradient (an SGD step of size 1, no clipping) and three RMSprop steps with clipping."""
+    both equal plain autograd on the mean loss over the valid samples (the ground truth, on the CPU): the raw
+    averaged gradient (an SGD step of size 1, no clipping) and three RMSprop steps with clipping. On a GPU
+    (the gradient through device buffers) to the rounding of its own convolutions."""
     for np_, out in ((None, "one.pt"), (2, "two.pt")):
-        cmd = command("tests/exact_average_worker.py", str(tmp_path / out), np=np_)
+        cmd = command("tests/exact_average_worker.py", str(tmp_path / out), device, np=np_)
         ok(subprocess.run(cmd, capture_output=True, text=True, timeout=120))
 
     # One thread, as in the worker: conv backward sums in a thread-dependent order, and RMSprop's
@@ -116,23 +118,27 @@ def test_allreduce_update_equals_one_process_with_the_whole_batch(tmp_path):
     expected["rmsprop"] = torch.nn.utils.parameters_to_vector(agent.parameters()).detach()
     torch.set_num_threads(threads)
 
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    one, two = (torch.load(tmp_path / name, map_location="cpu") for name in ("one.pt", "two.pt"))
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if device == "cpu" else {"rtol": 1e-3, "atol": 1e-4}
     for phase in ("sgd", "rmsprop"):
         assert (expected[phase] - start_params).abs().max() > 1e-3  # the steps moved the parameters
-        torch.testing.assert_close(one[phase], expected[phase], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(two[phase], expected[phase], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(one[phase], expected[phase], **tolerance)
+        torch.testing.assert_close(two[phase], expected[phase], **tolerance)
 
 
 # --- the script end to end -------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("np_, track", [(None, False), (2, True)])
-def test_end_to_end_tracked_offline(workdir, np_, track):
+def test_end_to_end_tracked_offline(workdir, np_, track, device):
     """Breakout with random-ish play ends games within a few hundred steps, so returns get logged.
-    W&B is tracked in one of the two (its offline shutdown holds a short run for ~10 s)."""
+    W&B is tracked in one of the two (its offline shutdown holds a short run for ~10 s). Every rank learns on
+    DEVICE, and the ranks' parameters stay identical (checked every 5 updates)."""
     world = np_ or 1
     total = 400 * 8 * world  # 400 steps per simulator
-    proc, _, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(total), "--log-every", "5",
-                           "--check-sync-every", "5", *FAST, *(["--track"] if track else []),
-                           cwd=workdir, np=np_)
+    proc, run_dir, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(total), "--log-every",
+                                 "5", "--check-sync-every", "5", *FAST, *(["--track"] if track else []),
+                                 cwd=workdir, np=np_, device=device)
+    assert_devices(run_dir, device, gpu_ranks=list(range(world)))
     for tag in ("charts/SPS", "charts/learning_rate", "losses/policy_loss", "losses/value_loss", "losses/entropy",
                 "charts/episodic_return", "charts/episodic_length"):
         assert tag in tags, tag

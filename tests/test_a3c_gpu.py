@@ -1,10 +1,12 @@
+import copy
 import json
 import subprocess
 
 import numpy as np
 import pytest
 import torch
-from conftest import config_error, interrupt_then_resume, ok, ranks_of, run_ok
+from batch import fixed_batch, reference_loss
+from conftest import DEVICES, assert_devices, config_error, interrupt_then_resume, ok, ranks_of, read_ckpt, run_ok
 
 import a3c_gpu_atari as a3c
 from benchmark.common import command
@@ -55,12 +57,31 @@ def test_default_learning_rate_follows_the_simulators_of_one_update(world_size, 
     assert args.learning_rate == pytest.approx(lr)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_workers_gradient_and_losses_are_those_of_the_mean_loss(device):
+    """a2c_gradient on DEVICE (one copy to the host carries both) against plain autograd on the CPU: the clipped
+    gradient of the mean loss over the valid samples, and the mean losses."""
+    args = a3c.Args()
+    agent, batch = fixed_batch()
+    reference = copy.deepcopy(agent)
+    grad, means = a3c.a2c_gradient(agent.to(device), *(x.to(device) for x in batch), args)
+    reference_loss(reference, *batch, args).backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), args.max_grad_norm)
+    expected = torch.cat([p.grad.reshape(-1) for p in reference.parameters()]).numpy()
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6 if device == "cpu" else 1e-5)
+    sums = a3c.a2c_loss_sums(reference, *batch)
+    np.testing.assert_allclose(means, [float(x) / float(batch[3].sum()) for x in sums], rtol=1e-4)
+
+
 # --- the script end to end -------------------------------------------------------------------------
-def test_end_to_end_store_and_two_workers_tracked_offline(workdir):
+@pytest.mark.parametrize("device", DEVICES)
+def test_end_to_end_store_and_two_workers_tracked_offline(workdir, device):
+    """The workers learn on DEVICE; the store rank, which only serves, stays on the CPU."""
     total = 120 * 40  # 120 central updates of 8 envs x 5 steps
     proc, run_dir, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(total), "--track",
-                                 "--save-model", *FAST, cwd=workdir, np=3)
+                                 "--save-model", *FAST, cwd=workdir, np=3, device=device)
     assert "store rank + 2 worker(s)" in proc.stdout
+    assert_devices(run_dir, device, gpu_ranks=[1, 2])
     ranks = ranks_of(run_dir)
     updates = {r: c["updates"] for r, c in ranks.items() if r > 0}
     assert sorted(updates) == [1, 2] and 120 <= sum(updates.values()) <= 121  # at most workers - 1 over
@@ -70,7 +91,7 @@ def test_end_to_end_store_and_two_workers_tracked_offline(workdir):
                 "async/lock_wait_ms", "async/updates_per_s"):
         assert tag in tags, tag
     assert any(v > 0 for _, v in tags["async/staleness"])  # the other worker updated in between
-    saved = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    saved = read_ckpt(run_dir / "checkpoint.pt")
     assert saved["update"] == sum(updates.values()) and saved["square_avg"].max() > 0
     assert len(list((workdir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
 

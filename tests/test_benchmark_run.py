@@ -11,8 +11,7 @@ import time
 from dataclasses import asdict, replace
 
 import pytest
-import torch
-from conftest import ENV, runner, runner_in_process, tiny_run
+from conftest import ENV, read_ckpt, runner, runner_in_process, tiny_run
 
 import benchmark.run
 from benchmark.__main__ import main as benchmark_main
@@ -24,6 +23,8 @@ from benchmark.run import (
     Plan,
     earlier_entries,
     execute,
+    gpu_groups,
+    gpu_ranks,
     launch_plan,
     plan_runs,
     report_failure,
@@ -326,7 +327,7 @@ def test_a_run_cut_short_continues_from_its_checkpoint_and_its_curve_joins(tmp_p
     into one curve: the first up to the checkpoint's step, then the second."""
     args = ("--name", "cut", "--out", str(tmp_path), "--algorithms", "gala_a2c", "--env-ids", "Pong-v5", "--seeds",
             "1", "--simulators", "2", "--workers", "2", "--total-timesteps", "4000",
-            "--extra=--save-model --checkpoint-every 1000 --log-every 5")
+            "--extra=--no-cuda --save-model --checkpoint-every 1000 --log-every 5")
     workdir = tmp_path / "cut/gala_a2c/Pong-v5/sims2/seed1"
     first = subprocess.Popen([sys.executable, "-m", "benchmark", "run", *args], cwd=tmp_path, start_new_session=True,
                              env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -346,7 +347,7 @@ def test_a_run_cut_short_continues_from_its_checkpoint_and_its_curve_joins(tmp_p
     assert entry.status == "ok" and entry.command[-2:] == ["--resume", f"runs/{killed.name}/checkpoint"]
     continued = tmp_path / "cut" / entry.run_dir
     config = json.loads((continued / "config.json").read_text())
-    saved = torch.load(killed / "checkpoint/agent0.pt", weights_only=False)
+    saved = read_ckpt(killed / "checkpoint/agent0.pt")
     assert config["start_step"] == saved["global_step"] > 0
     own = [e.step for e in scalar_events(continued)[1]["charts/SPS"]]  # the continuation's own logs
     kept = [step for step in read_events(killed)["charts/SPS"].step if step <= config["start_step"]]
@@ -362,3 +363,56 @@ def test_the_runners_constants_are_the_scripts_defaults():
     assert benchmark.run.IMPALA_BATCH == benchmark.run.defaults("impala").batch_size
     assert benchmark.run.PRESETS["learning"].flags_of["impala"][:2] == (
         "--unroll-length", str(benchmark.run.defaults("impala").unroll_length))
+
+
+# --- GPUs: every run at once on GPUs of its own ----------------------------------------------------------------
+def test_a_runs_gpu_ranks_follow_the_scripts_device_placement():
+    """A2C and GALA: every rank; A3C: the workers (the store rank serves on the CPU); IMPALA: the learner, and the
+    actors too with --actor-device cuda; nobody with --no-cuda (the last switch wins)."""
+    runs = {run.algorithm: run for run in plan_runs(Config(preset="smoke", seeds=(1,), env_ids=("Pong-v5",)))}
+    assert {a: (r.ranks, gpu_ranks(r)) for a, r in runs.items()} == {
+        "a2c_allreduce": (2, 2), "gala_a2c": (2, 2), "a3c_gpu": (3, 2), "impala": (3, 1)}
+    impala = runs["impala"]
+    assert gpu_ranks(replace(impala, command=[*impala.command, "--actor-device", "cuda"])) == 3
+    assert gpu_ranks(replace(impala, command=[*impala.command, "--actor-device=cuda", "--actor-device=cpu"])) == 1
+    a2c = runs["a2c_allreduce"]
+    assert gpu_ranks(replace(a2c, command=[*a2c.command, "--no-cuda"])) == 0
+    assert gpu_ranks(replace(a2c, command=[*a2c.command, "--no-cuda", "--cuda"])) == 2
+
+
+def test_gpu_groups_are_disjoint_while_there_are_enough():
+    gpus = ["0", "1", "2", "3"]
+    assert gpu_groups(gpus, 2, 2) == [["0", "1"], ["2", "3"]]
+    assert gpu_groups(gpus, 2, 4) == [["0"], ["1"], ["2"], ["3"]]  # more runs at once: one GPU each
+    assert gpu_groups(gpus, 3, 1) == [["0", "1", "2"]]
+    assert gpu_groups(gpus, 1, 6) == [["0"], ["1"], ["2"], ["3"], ["0"], ["1"]]  # --max-parallel past the GPUs
+    assert gpu_groups(["0"], 4, 1) == [["0"]]
+
+
+def test_the_runner_caps_its_parallelism_by_the_gpus(monkeypatch, capsys, tmp_path):
+    """With 4 GPUs (faked) and many cores, 2-rank A2C runs go 2 at once, 2 GPUs each; with 3 GPUs, 1 at once."""
+    monkeypatch.setattr(benchmark.run, "cores", lambda: 64)
+    args = ("--name", "g", "--out", str(tmp_path), "--algorithms", "a2c_allreduce", "--env-ids", "Pong-v5",
+            "--seeds", "1", "2", "3", "--simulators", "2", "--workers", "2", "--total-timesteps", "3000", "--dry-run")
+    for gpus, expected in ((["0", "1", "2", "3"], "at most 2 at once on 64 cores and 4 GPUs (2 per run)"),
+                           (["0", "1", "2"], "at most 1 at once on 64 cores and 3 GPUs (2 per run)"),
+                           ([], "at most 32 at once on 64 cores;")):
+        monkeypatch.setattr(benchmark.run, "visible_gpus", lambda gpus=gpus: gpus)
+        proc = runner_in_process(capsys, *args)
+        assert proc.returncode == 0 and expected in proc.stderr, proc.stderr
+
+
+def test_concurrent_runs_never_share_a_gpu(tmp_path):
+    """Six stand-in runs, two at once on 4 GPUs in groups of 2: each sees its group alone (CUDA_VISIBLE_DEVICES),
+    and no two runs at once hold the same GPU (each holds a lock file per GPU while it runs)."""
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    code = (f"import os, time\nids = os.environ['CUDA_VISIBLE_DEVICES'].split(',')\n"
+            f"for i in ids:\n    os.close(os.open('{locks}/' + i, os.O_CREAT | os.O_EXCL))\n"
+            f"time.sleep(0.3)\nfor i in ids:\n    os.unlink('{locks}/' + i)\nprint(','.join(ids))\n")
+    (planned,) = plan_runs(Config(preset="smoke", seeds=(1,), env_ids=("Pong-v5",), algorithms=("a2c_allreduce",)))
+    runs = [replace(planned, command=[sys.executable, "-c", code], workdir=f"run{i}") for i in range(6)]
+    groups = gpu_groups(["0", "1", "2", "3"], 2, 2)
+    list(benchmark.run.run_locally(runs, tmp_path, 1.0, 2, groups=groups))
+    seen = [(tmp_path / f"run{i}" / "stdout.txt").read_text().strip() for i in range(6)]
+    assert sorted(set(seen)) == ["0,1", "2,3"], [(tmp_path / f"run{i}" / "stderr.txt").read_text() for i in range(6)]

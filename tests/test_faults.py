@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import ENV, ROOT, assert_bad_input, config_error, ranks_of, run_ok, start, wait_until_training
+from conftest import ENV, ROOT, assert_bad_input, config_error, ranks_of, read_ckpt, run_ok, start, wait_until_training
 
 SCRIPTS = {
     "a2c_allreduce_atari.py": "a2c_allreduce",
@@ -121,7 +121,7 @@ def test_a_signal_to_one_rank_stops_the_whole_job_with_a_checkpoint(workdir, scr
     if script == "gala_a2c_atari.py":
         files = [f"checkpoint/agent{r}.pt" for r in range(np_)] + ["checkpoint/average.pt"]
     for name in files:
-        assert torch.load(run_dir / name, weights_only=False)["global_step"] > 0, name
+        assert read_ckpt(run_dir / name)["global_step"] > 0, name
     assert_nothing_left(family)
     print(f"{script} rank {rank} signalled: job stopped with a checkpoint after {took:.1f} s")
 
@@ -234,7 +234,7 @@ def test_a_wall_clock_budget_ends_the_run_as_its_end_does_and_a_continuation_spe
     result = json.loads((first / "summary.json").read_text())
     assert (result["out_of_time"], result["stopped"]) == (True, False)
     assert 3.5 < result["seconds"] < 15 and 0 < result["global_step"] < 10_000_000  # from the first update on
-    saved = torch.load(first / checkpoint, weights_only=False)
+    saved = read_ckpt(first / checkpoint)
     assert 3.5 < saved["seconds"] < 15
     where[1].mkdir()
     _, second, _ = run_ok(script, *budget, "--max-seconds", "6", "--resume", str(first / checkpoint.split("/")[0]),

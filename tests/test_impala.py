@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import config_error, interrupt_then_resume, ranks_of, run_ok
+from conftest import DEVICES, assert_devices, config_error, interrupt_then_resume, ranks_of, run_ok
 
 import impala_atari as impala
 
@@ -83,9 +83,11 @@ def test_unroll_fields_do_not_overlap():
 
 
 # --- the learner's step ------------------------------------------------------------------------------
-def test_logged_losses_are_means_over_valid_samples_and_the_gradient_is_of_the_sums():
-    """Checked against a direct computation on a small batch (naive V-trace, entropy from the softmax):
-    the gradient is that of the losses summed over T x B (Table G.1's scale), the logged values the means."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_logged_losses_are_means_over_valid_samples_and_the_gradient_is_of_the_sums(device):
+    """Checked against a direct computation on a small batch (naive V-trace, entropy from the softmax), on the
+    CPU: the gradient is that of the losses summed over T x B (Table G.1's scale), the logged values the means;
+    the learner's step on DEVICE."""
     T, B, A = 3, 2, 4
     rng = np.random.default_rng(0)
     f32 = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
@@ -97,7 +99,10 @@ def test_logged_losses_are_means_over_valid_samples_and_the_gradient_is_of_the_s
     torch.manual_seed(0)
     agent = impala.Agent(A)
     reference = copy.deepcopy(agent)
-    metrics = impala.impala_update(agent, torch.optim.SGD(agent.parameters(), lr=0.0), batch, args)
+    agent = agent.to(device)
+    on_device = {name: x.to(device) for name, x in batch.items()}
+    metrics = impala.impala_update(agent, torch.optim.SGD(agent.parameters(), lr=0.0), on_device, args)
+    metrics = dict(zip(impala.METRICS, metrics.tolist()))
 
     logits, values = reference(batch["obs"].reshape(-1, 4, 84, 84))
     log_pi = torch.log_softmax(logits.reshape(T + 1, B, A)[:-1], -1)
@@ -116,7 +121,7 @@ def test_logged_losses_are_means_over_valid_samples_and_the_gradient_is_of_the_s
     sums = {name: term.sum() for name, term in terms.items()}
     (sums["policy_loss"] + args.vf_coef * sums["value_loss"] - args.ent_coef * sums["entropy"]).backward()
     for p, q in zip(agent.parameters(), reference.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p.grad.cpu(), q.grad, rtol=1e-4, atol=1e-6 if device == "cpu" else 1e-5)
 
 
 class InstantComm:
@@ -152,10 +157,15 @@ def test_the_batch_and_its_policy_lag_are_read_before_its_buffers_are_released()
 
 
 # --- the script end to end -------------------------------------------------------------------------
-def test_end_to_end_learner_and_two_actors_tracked_offline(workdir):
-    proc, _, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", "8000", "--track",
-                           "--log-every", "2", *FAST, cwd=workdir, np=3)
+@pytest.mark.parametrize("device, actor_device", [("cpu", "cpu"), pytest.param("cuda", "cpu", marks=pytest.mark.gpu),
+                                                   pytest.param("cuda", "cuda", marks=pytest.mark.gpu)])
+def test_end_to_end_learner_and_two_actors_tracked_offline(workdir, device, actor_device):
+    """The learner on DEVICE, the actors on the CPU (the default) or with --actor-device cuda on GPUs after it."""
+    proc, run_dir, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", "8000", "--track",
+                                 "--log-every", "2", "--actor-device", actor_device, *FAST, cwd=workdir, np=3,
+                                 device=device)
     assert "1 learner + 2 actor(s)" in proc.stdout
+    assert_devices(run_dir, device, gpu_ranks=[0, 1, 2] if actor_device == "cuda" else [0])
     for tag in ("charts/SPS", "charts/episodic_return", "losses/policy_loss", "vtrace/rho_mean",
                 "vtrace/rho_clipped_frac", "impala/policy_lag", "impala/learner_idle_frac",
                 "impala/queue_depth"):
