@@ -205,6 +205,10 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
+HIDDEN = ("conv1", "conv2", "conv3", "fc")
+"""the Agent's hidden layers, in order (their ReLU outputs)"""
+
+
 class Agent(nn.Module):
     """The official GALA network: the Nature CNN (Mnih et al. 2015) with 32 filters in its third conv
     (0.87M parameters, as in facebookresearch/gala), then a policy and a value head."""
@@ -231,6 +235,19 @@ class Agent(nn.Module):
         # (float32 on a GPU too: set_up turns TF32 off).
         hidden = self.network((x.float() / 255.0).contiguous(memory_format=torch.channels_last))
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+    def dead_units(self, x: torch.Tensor) -> dict[str, float]:
+        """The share of each hidden layer's units (a conv's channels, the linear layer's units) that no
+        observation of the batch X activates anywhere: a unit whose ReLU output is 0 on the whole batch gets
+        no gradient from it, and one that stays so is dead ("the network died" measured, not guessed)."""
+        with torch.no_grad():
+            hidden, shares = (x.float() / 255.0).contiguous(memory_format=torch.channels_last), []
+            for layer in self.network:
+                hidden = layer(hidden)
+                if isinstance(layer, nn.ReLU):  # [B, C, H, W] -> per channel; [B, units] -> per unit
+                    active = (hidden > 0).flatten(2).any(2) if hidden.dim() == 4 else hidden > 0
+                    shares.append(1.0 - active.any(0).float().mean())
+        return {f"network/dead_units_{name}": share for name, share in zip(HIDDEN, torch.stack(shares).tolist())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +524,7 @@ def train(args: Args) -> dict:
                 log_episodes(writer, [e for part in all_episodes for e in part], progress.recent_returns)
                 log_scalars(writer, global_step, {
                     "charts/SPS": progress.sps(global_step), "charts/learning_rate": optimizer.param_groups[0]["lr"],
-                    **dict(zip(LOSSES, means.tolist())),
+                    **dict(zip(LOSSES, means.tolist())), **agent.dead_units(obs.reshape(T * N, 4, 84, 84)),
                 })
         if checkpoint_due(args, global_step, args.batch_size):
             checkpoint(update)

@@ -214,6 +214,10 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
+HIDDEN = ("conv1", "conv2", "conv3", "fc")
+"""the Agent's hidden layers, in order (their ReLU outputs)"""
+
+
 class Agent(nn.Module):
     """The official GALA network: the Nature CNN (Mnih et al. 2015) with 32 filters in its third conv
     (0.87M parameters, as in facebookresearch/gala), then a policy and a value head."""
@@ -240,6 +244,19 @@ class Agent(nn.Module):
         # (float32 on a GPU too: set_up turns TF32 off).
         hidden = self.network((x.float() / 255.0).contiguous(memory_format=torch.channels_last))
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+    def dead_units(self, x: torch.Tensor) -> dict[str, float]:
+        """The share of each hidden layer's units (a conv's channels, the linear layer's units) that no
+        observation of the batch X activates anywhere: a unit whose ReLU output is 0 on the whole batch gets
+        no gradient from it, and one that stays so is dead ("the network died" measured, not guessed)."""
+        with torch.no_grad():
+            hidden, shares = (x.float() / 255.0).contiguous(memory_format=torch.channels_last), []
+            for layer in self.network:
+                hidden = layer(hidden)
+                if isinstance(layer, nn.ReLU):  # [B, C, H, W] -> per channel; [B, units] -> per unit
+                    active = (hidden > 0).flatten(2).any(2) if hidden.dim() == 4 else hidden > 0
+                    shares.append(1.0 - active.any(0).float().mean())
+        return {f"network/dead_units_{name}": share for name, share in zip(HIDDEN, torch.stack(shares).tolist())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,6 +603,7 @@ def log_report(
         **{f"losses/{name}": mean(name) for name in ("policy_loss", "value_loss", "entropy")},
         "async/staleness": mean("staleness"), "async/lock_wait_ms": mean("lock_wait_ms"),
         "async/updates_per_s": sps / batch_size,
+        **{name: mean(name) for name in stats if name.startswith("network/")},
     })
     progress.update(step)
 
@@ -654,7 +672,8 @@ def work(comm, args: Args, agent, store: CentralStore, env_threads: int, device,
         window["lock_wait_ms"].append(1000 * waited)
         if updates % args.log_every == 0:
             last_stats = {**dict(zip(("policy_loss", "value_loss", "entropy"), means.tolist())), "lr": lr,
-                          **{key: float(np.mean(xs)) for key, xs in window.items()}}
+                          **{key: float(np.mean(xs)) for key, xs in window.items()},
+                          **agent.dead_units(obs.reshape(T * N, 4, 84, 84))}
             report(("stats", (previous + 1) * args.batch_size, episodes, last_stats))
             episodes, window = [], {"staleness": [], "lock_wait_ms": []}
     if episodes and last_stats:  # the games that ended after the last report

@@ -126,6 +126,28 @@ def test_allreduce_update_equals_one_process_with_the_whole_batch(tmp_path, devi
         torch.testing.assert_close(two[phase], expected[phase], **tolerance)
 
 
+def test_dead_units_are_the_units_no_observation_activates():
+    """Agent.dead_units (the same in the four scripts) against the ReLU outputs of an ordinary forward pass, kept
+    by hooks: a unit is dead where its largest output over the batch (and a conv's positions) is 0. Units killed by
+    hand (zero weights, bias -1: 8 of conv1's 32 channels, 100 of the 512 fc units) are among them."""
+    torch.manual_seed(0)
+    agent = a2c.Agent(4)
+    with torch.no_grad():
+        for layer, killed in ((agent.network[0], 8), (agent.network[7], 100)):
+            layer.weight[:killed], layer.bias[:killed] = 0.0, -1.0
+    obs = torch.randint(0, 256, (40, 4, 84, 84), dtype=torch.uint8)
+    outputs = []
+    hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out)) for m in agent.network
+             if isinstance(m, torch.nn.ReLU)]
+    agent(obs)
+    for hook in hooks:
+        hook.remove()
+    expected = {f"network/dead_units_{name}": (out.transpose(0, 1).flatten(1).max(1).values == 0).float().mean().item()
+                for name, out in zip(a2c.HIDDEN, outputs)}
+    assert agent.dead_units(obs) == pytest.approx(expected)
+    assert expected["network/dead_units_conv1"] >= 8 / 32 and expected["network/dead_units_fc"] >= 100 / 512
+
+
 # --- the script end to end -------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("np_, track", [(None, False), (2, True)])
@@ -140,7 +162,7 @@ def test_end_to_end_tracked_offline(workdir, np_, track, device):
                                  cwd=workdir, np=np_, device=device)
     assert_devices(run_dir, device, gpu_ranks=list(range(world)))
     for tag in ("charts/SPS", "charts/learning_rate", "losses/policy_loss", "losses/value_loss", "losses/entropy",
-                "charts/episodic_return", "charts/episodic_length"):
+                "charts/episodic_return", "charts/episodic_length", *(f"network/dead_units_{h}" for h in a2c.HIDDEN)):
         assert tag in tags, tag
     assert tags["charts/SPS"][-1][0] == total // (5 * 8 * world) * (5 * 8 * world)
     # Every rank's games reach rank 0: at least one per simulator of each rank ran out of lives.

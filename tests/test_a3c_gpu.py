@@ -88,7 +88,7 @@ def test_end_to_end_store_and_two_workers_tracked_offline(workdir, device):
     assert ranks[0]["central_updates"] == sum(updates.values())  # no update lost
     assert all(c["slept"] == 0 for r, c in ranks.items() if r > 0)  # nobody slowed (--debug-slow-factor 1)
     for tag in ("charts/SPS", "charts/episodic_return", "losses/policy_loss", "async/staleness",
-                "async/lock_wait_ms", "async/updates_per_s"):
+                "async/lock_wait_ms", "async/updates_per_s", "network/dead_units_conv3"):
         assert tag in tags, tag
     assert any(v > 0 for _, v in tags["async/staleness"])  # the other worker updated in between
     saved = read_ckpt(run_dir / "checkpoint.pt")

@@ -252,7 +252,7 @@ def test_end_to_end_tracked_offline(workdir, np_, envs, track, device):
     assert sum(a["sent"] for a in agents.values()) == sum(a["received"] for a in agents.values()) > 0
     for tag in ("charts/SPS", "losses/policy_loss", "charts/episodic_return", "gossip/disagreement",
                 "gossip/disagreement_relative", "gossip/grad_cosine", "gossip/mix_rate", "gossip/sent",
-                "gossip/skipped_sends", "gossip/staleness"):
+                "gossip/skipped_sends", "gossip/staleness", "network/dead_units_conv3"):
         assert tag in tags, tag
     assert len(tags["gossip/disagreement"]) == updates // 5  # every measurement completed and was logged
     assert len(tags["charts/episodic_return"]) >= envs * np_  # games of every agent reached rank 0

@@ -168,7 +168,7 @@ def test_end_to_end_learner_and_two_actors_tracked_offline(workdir, device, acto
     assert_devices(run_dir, device, gpu_ranks=[0, 1, 2] if actor_device == "cuda" else [0])
     for tag in ("charts/SPS", "charts/episodic_return", "losses/policy_loss", "vtrace/rho_mean",
                 "vtrace/rho_clipped_frac", "impala/policy_lag", "impala/learner_idle_frac",
-                "impala/queue_depth"):
+                "impala/queue_depth", "network/dead_units_conv3"):
         assert tag in tags, tag
     assert tags["charts/SPS"][-1][0] == 8000 // 80 * 80
     assert all(0.0 <= v <= 1.0 for _, v in tags["impala/learner_idle_frac"])
