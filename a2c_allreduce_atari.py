@@ -127,6 +127,9 @@ class Args:
     # Algorithm specific arguments
     check_sync_every: int = 1000
     """diagnosis: updates between checks that all ranks hold identical parameters (0: never)"""
+    debug_clip_per_rank: bool = False
+    """diagnosis: each rank clips the mean gradient of its own samples (as a GALA agent does) before the exact
+    average, in place of clipping the average (one rung of results/ladder)"""
     debug_slow_rank: Optional[int] = None
     """a straggler (studies/stragglers.py): this rank pauses once per update (an IMPALA actor: per unroll) for
     --debug-slow-seconds plus (--debug-slow-factor - 1) x the time since its previous pause; no other rank pauses"""
@@ -338,6 +341,9 @@ def a2c_update(agent, optimizer, reduce_grads, obs, actions, returns, valid, arg
     optimizer.zero_grad(set_to_none=False)
     policy, value, entropy = a2c_loss_sums(agent, obs, actions, returns, valid)
     (policy + args.vf_coef * value - args.ent_coef * entropy).backward()
+    if args.debug_clip_per_rank:  # this rank's gradient sum scaled as clipping its mean would scale it
+        local = reduce_grads.flat[: reduce_grads.numel]
+        local.mul_((args.max_grad_norm * valid.sum().clamp(min=1.0) / (local.norm() + 1e-6)).clamp(max=1.0))
     _, stop_any, means = reduce_grads(valid.sum(), stop, torch.stack([policy, value, entropy]).detach())
     grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
     optimizer.step()

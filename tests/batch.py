@@ -5,6 +5,9 @@ import torch
 
 import a2c_allreduce_atari as a2c
 
+CLIP = 0.05
+"""the gradient clip of the --debug-clip-per-rank check: below the norm of every shard's gradient"""
+
 
 def fixed_batch():
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from batch import fixed_batch, reference_loss, rmsprop
+from batch import CLIP, fixed_batch, reference_loss, rmsprop
 from conftest import DEVICES, assert_devices, config_error, interrupt_then_resume, ok, run, run_dirs, run_ok
 
 import a2c_allreduce_atari as a2c
@@ -116,6 +116,18 @@ def test_allreduce_update_equals_one_process_with_the_whole_batch(tmp_path, devi
         torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
         optimizer.step()
     expected["rmsprop"] = torch.nn.utils.parameters_to_vector(agent.parameters()).detach()
+    # --debug-clip-per-rank: each shard's mean gradient clipped on its own, then averaged by valid samples
+    # (two ranks: 5 and 8 valid), against the whole batch's gradient clipped (one process).
+    clipped = {}
+    for name, shards in (("one", [slice(0, 16)]), ("two", [slice(0, 8), slice(8, 16)])):
+        step, total = 0.0, 0.0
+        for shard in shards:
+            agent, batch = fixed_batch()
+            reference_loss(agent, *(x[shard] for x in batch), args).backward()
+            grad = torch.cat([p.grad.reshape(-1) for p in agent.parameters()])
+            n = batch[3][shard].sum()
+            step, total = step + n * grad * min(1.0, CLIP / (grad.norm().item() + 1e-6)), total + n
+        clipped[name] = start_params - step / total
     torch.set_num_threads(threads)
 
     one, two = (torch.load(tmp_path / name, map_location="cpu") for name in ("one.pt", "two.pt"))
@@ -124,6 +136,9 @@ def test_allreduce_update_equals_one_process_with_the_whole_batch(tmp_path, devi
         assert (expected[phase] - start_params).abs().max() > 1e-3  # the steps moved the parameters
         torch.testing.assert_close(one[phase], expected[phase], **tolerance)
         torch.testing.assert_close(two[phase], expected[phase], **tolerance)
+    torch.testing.assert_close(one["clip_per_rank"], clipped["one"], **tolerance)
+    torch.testing.assert_close(two["clip_per_rank"], clipped["two"], **tolerance)
+    assert (clipped["one"] - clipped["two"]).abs().max() > 1e-4  # clipping per rank is not clipping the average
 
 
 def test_dead_units_are_the_units_no_observation_activates():
