@@ -92,9 +92,20 @@ class Preset:
     """passed to one algorithm's script, after `flags`"""
     variants: tuple[str, ...] = ()
     """LABEL=ALGORITHM:FLAGS, as --variant, before those of the command line; their seeds may be in seeds_of"""
+    simulators_of: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """an arm's (label's or algorithm's) own simulator counts, a subset of `simulators`"""
+    envs_per_worker: Optional[int] = None
+    """simulators per worker at every count (workers = simulators / this), in place of `workers`"""
+    extends: Optional[str] = None
+    """an experiment (beside this one) whose runs this one continues to more steps: a run starts from the final
+    checkpoint of the same run there (its label, game, simulators and seed), unless it has its own to continue"""
 
     def seeds_for(self, label: str, algorithm: str) -> tuple[int, ...]:
         return self.seeds_of.get(label, self.seeds_of.get(algorithm, self.seeds))
+
+    def simulators_for(self, label: str, algorithm: str, totals: tuple[int, ...]) -> tuple[int, ...]:
+        own = self.simulators_of.get(label, self.simulators_of.get(algorithm))
+        return totals if own is None else tuple(t for t in totals if t in own)
 
 
 PRESETS = {
@@ -217,6 +228,52 @@ PRESETS = {
         impala_batch_size=IMPALA_BATCH,
         flags=("--save-model", "--checkpoint-every", "100000", "--eval-episodes", "10"),
     ),
+    # Later or lower: on Pong, A2C's and GALA's seed 1 of six-games continued from their final checkpoints (2M steps)
+    # to 5M, the same launch otherwise: does GALA reach the score A2C had at 2M, or level off below it?
+    "horizon": Preset(
+        algorithms=("a2c_allreduce", "gala_a2c"),
+        env_ids=("Pong-v5",),
+        seeds=(1,),
+        simulators=(64,),
+        total_timesteps=5_000_000,
+        workers=4,
+        impala_batch_size=IMPALA_BATCH,
+        flags=("--save-model", "--checkpoint-every", "100000", "--eval-episodes", "10"),
+        extends="six-games",
+    ),
+    # From A2C to GALA one change at a time, at the paper's shape (Breakout, 4 x 16, 2M steps, seeds 1-2), beside
+    # paper-shape's arms (run it with --name paper-shape so that one report holds every rung): A2C whose ranks each
+    # clip their own gradient before the exact average (a2c_clip_per_rank); agents that each clip and normalise
+    # with their own RMSprop and then average their parameters exactly (gala_exact: every other agent a peer, in
+    # lockstep with messages of this update); and the step-size control, A2C at half the learning rate (7e-4).
+    "ladder": Preset(
+        algorithms=(),
+        env_ids=("Breakout-v5",),
+        seeds=(1, 2),
+        simulators=(64,),
+        total_timesteps=2_000_000,
+        workers=4,
+        impala_batch_size=IMPALA_BATCH,
+        flags=("--save-model", "--checkpoint-every", "100000"),
+        variants=("a2c_clip_per_rank=a2c_allreduce:--debug-clip-per-rank",
+                  "gala_exact=gala_a2c:--num-peers 3 --debug-lockstep-age 0",
+                  "a2c_lr7e-4=a2c_allreduce:--learning-rate 7e-4"),
+    ),
+    # The paper's Fig 1a where this machine reaches: A2C and GALA at 128 (8 x 16) and 256 (16 x 16) simulators with
+    # the default learning rate 7e-4 x sqrt(simulators / 16) (2.0e-3 and 2.8e-3), Breakout, 1M steps, seeds 1-2, and
+    # the 16-simulator A2C whose score defines a successful run.
+    "fig1a": Preset(
+        algorithms=("a2c_allreduce", "gala_a2c"),
+        env_ids=("Breakout-v5",),
+        seeds=(1, 2),
+        simulators=(16, 128, 256),
+        total_timesteps=1_000_000,
+        workers=4,
+        impala_batch_size=IMPALA_BATCH,
+        flags=("--save-model", "--checkpoint-every", "100000"),
+        simulators_of={"gala_a2c": (128, 256)},
+        envs_per_worker=16,
+    ),
     # GALA's reason to exist: time to a score when one worker is slower (issue 23). A2C and GALA at 2 x 16 on Breakout,
     # a rank per core, each run for the same wall-clock budget (--max-seconds 880: what unslowed A2C takes for 1M
     # steps here, 1,139 steps/s in the mixing study), unslowed and with worker 1 a device 2 times slower, seeds 1-2.
@@ -241,14 +298,17 @@ class Config:
     """Runs the gala-rl scripts at matched total simulators, locally or on SLURM, and writes
     bench_runs/<experiment>/manifest.json for `python -m benchmark report`."""
 
-    preset: Literal["smoke", "paper", "sweep", "throughput", "learning", "paper-shape", "six-games", "mixing",
-                    "stragglers"] = "smoke"
+    preset: Literal["smoke", "paper", "sweep", "throughput", "learning", "paper-shape", "six-games", "horizon",
+                    "ladder", "fig1a", "mixing", "stragglers"] = "smoke"
     """smoke: all four on Pong, 2 seeds, 2 workers x 4 simulators, 12k steps (minutes on 2 cores);
     paper: all four on six games, 4 x 16 simulators, 40M steps, 10 seeds; sweep: GALA and A2C at
     64..1024 simulators (Fig 1a); throughput: --updates x the batch steps of each on Pong at 2 x 8;
     learning: all four on Breakout at 2 x 16, 500k steps, seeds 1-3 (A2C, GALA) and 1-2 (A3C, IMPALA);
     paper-shape: A2C and GALA on Breakout at 4 x 16, 2M steps, seeds 1-3, synchronous GALA seeds 1-2;
     six-games: paper-shape's A2C and GALA on the paper's six games, seeds 1-2, each final policy played 10 + 10 games;
+    horizon: six-games' Pong seed 1 of A2C and GALA continued to 5M steps; ladder: the rungs from A2C to GALA at the
+    paper's shape (A2C clipping per rank, agents averaging exactly, A2C at 7e-4), seeds 1-2; fig1a: A2C and GALA at
+    128 and 256 simulators (16 per worker), 1M steps, seeds 1-2, and A2C at 16;
     mixing: A2C, GALA and synchronous GALA at 2 x 16, 500k steps, seeds 1-3, and GALA in lockstep with messages 1
     and 2 updates old, seeds 1-2; stragglers: A2C and GALA at 2 x 16 for 880 s each, unslowed and with worker 1
     two times slower, seeds 1-2"""
@@ -420,7 +480,9 @@ def plan_runs(cfg: Config) -> list[ManifestEntry]:
     if cfg.max_parallel is not None and cfg.max_parallel < 1:
         raise ConfigError(f"--max-parallel must be at least 1, got {cfg.max_parallel}")
     arms = plan_arms(cfg, preset)
-    shapes = {(algorithm, simulators): run_shape(cfg, preset, workers, algorithm, simulators)
+    per_worker = None if cfg.workers is not None else preset.envs_per_worker
+    shapes = {(algorithm, simulators): run_shape(cfg, preset, simulators // per_worker if per_worker else workers,
+                                                 algorithm, simulators)
               for algorithm in dict.fromkeys(arm.algorithm for arm in arms) for simulators in totals}
     experiment = cfg.name or cfg.preset
     commit = git_commit()
@@ -428,6 +490,8 @@ def plan_runs(cfg: Config) -> list[ManifestEntry]:
     runs = []
     for seeds, group in itertools.groupby(arms, key=lambda arm: arm.seeds):
         for seed, env_id, simulators, arm in itertools.product(seeds, env_ids, totals, list(group)):
+            if cfg.simulators is None and simulators not in preset.simulators_for(arm.label, arm.algorithm, totals):
+                continue
             plan, batch, total_timesteps = shapes[arm.algorithm, simulators]
             args = ["--env-id", env_id, "--seed", str(seed), "--total-timesteps", str(total_timesteps),
                     "--num-envs", str(plan.envs_per_rank),
@@ -700,10 +764,11 @@ def launch_of(entry: ManifestEntry) -> str:
     return f"-np {entry.ranks} {entry.script} {shlex.join(flags)}"
 
 
-def checkpoint_of(run: ManifestEntry, run_dir: Path) -> Optional[Path]:
+def checkpoint_of(run: ManifestEntry, run_dir: Path, fewer_steps: bool = False) -> Optional[Path]:
     """The complete checkpoint in an earlier launch's RUN_DIR of the same run, or None: GALA's directory with every
     agent's file, the other scripts' checkpoint.pt. The run directory must be this run's: its config.json has the
-    run's game, seed, steps and shape (the script refuses a checkpoint of another game or shape anyway)."""
+    run's game, seed, steps and shape (the script refuses a checkpoint of another game or shape anyway); with
+    FEWER_STEPS, the steps of a run that this one continues to more (at most the run's)."""
     config = run_dir / "config.json"
     if not config.is_file():
         return None
@@ -711,8 +776,12 @@ def checkpoint_of(run: ManifestEntry, run_dir: Path) -> Optional[Path]:
         args = json.loads(config.read_text())
     except ValueError:
         return None
-    planned = {"env_id": run.env_id, "seed": run.seed, "total_timesteps": run.total_timesteps,
-               "total_envs": run.simulators, "world_size": run.ranks}
+    planned = {"env_id": run.env_id, "seed": run.seed, "total_envs": run.simulators, "world_size": run.ranks}
+    if fewer_steps:
+        if not isinstance(args.get("total_timesteps"), int) or args["total_timesteps"] > run.total_timesteps:
+            return None
+    else:
+        planned["total_timesteps"] = run.total_timesteps
     if any(args.get(key) != value for key, value in planned.items()):
         return None
     if run.algorithm == "gala_a2c":
@@ -722,17 +791,20 @@ def checkpoint_of(run: ManifestEntry, run_dir: Path) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def continued(run: ManifestEntry, experiment_dir: Path) -> ManifestEntry:
+def continued(run: ManifestEntry, experiment_dir: Path, extends: Optional[str] = None) -> ManifestEntry:
     """RUN, continuing from the newest complete checkpoint that an earlier launch of it left in its workdir (one
-    cut short by a signal, a --timeout, a crash, or a runner that was killed itself), with --resume; RUN as it is
-    where there is none. Its run writes a new run directory whose config.json names the checkpoint (`resume`) and
-    its step (`start_step`): the report joins the parts into one curve."""
+    cut short by a signal, a --timeout, a crash, or a runner that was killed itself), with --resume; where there is
+    none, from that of the same run in the experiment EXTENDS (beside this one) that had fewer steps; RUN as it is
+    where there is neither. Its run writes a new run directory whose config.json names the checkpoint (`resume`,
+    relative to the run's workdir) and its step (`start_step`): the report joins the parts into one curve."""
     workdir = experiment_dir / run.workdir
-    earlier = sorted((workdir / "runs").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
-    found = next((c for c in map(lambda d: checkpoint_of(run, d), earlier) if c is not None), None)
-    if found is None:
-        return run
-    return replace(run, command=[*run.command, "--resume", str(found.relative_to(workdir))])
+    places = [(workdir, False)] + ([(experiment_dir.parent / extends / run.workdir, True)] if extends else [])
+    for place, fewer_steps in places:
+        earlier = sorted((place / "runs").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
+        found = next((c for c in (checkpoint_of(run, d, fewer_steps) for d in earlier) if c is not None), None)
+        if found is not None:
+            return replace(run, command=[*run.command, "--resume", os.path.relpath(found, workdir)])
+    return run
 
 
 def not_yet_ok(
@@ -790,7 +862,7 @@ def run_experiment(cfg: Config) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    runs = [continued(run, experiment_dir) for run in runs]
+    runs = [continued(run, experiment_dir, PRESETS[cfg.preset].extends) for run in runs]
     said = sys.stderr if cfg.dry_run else sys.stdout
     if entries:
         print(f"skipped {len(skipped)} of {len(planned)} runs, already ok in {manifest_path}", file=said)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 from conftest import ENV, read_ckpt, runner, runner_in_process, tiny_run
@@ -21,6 +22,7 @@ from benchmark.run import (
     Config,
     ConfigError,
     Plan,
+    continued,
     earlier_entries,
     execute,
     gpu_groups,
@@ -109,6 +111,16 @@ def test_a_refusal_on_the_command_line_is_one_message_and_exit_2(tmp_path):
         ("six-games", 24, ["cd {out}/six-games/gala_a2c/Breakout-v5/sims64/seed2 && ", "-np 4 ",
                            "/gala_a2c_atari.py --env-id Breakout-v5 --seed 2 --total-timesteps 2000000 --num-envs 16 ",
                            "--save-model --checkpoint-every 100000 --eval-episodes 10"]),
+        # six-games' Pong seed 1 of both, to 5M steps.
+        ("horizon", 2, ["cd {out}/horizon/gala_a2c/Pong-v5/sims64/seed1 && ", "-np 4 ",
+                        "/gala_a2c_atari.py --env-id Pong-v5 --seed 1 --total-timesteps 5000000 --num-envs 16 "]),
+        # three variants, seeds 1-2.
+        ("ladder", 6, ["cd {out}/ladder/gala_exact/Breakout-v5/sims64/seed2 && ", "-np 4 ",
+                       "--num-peers 3 --debug-lockstep-age 0", "--debug-clip-per-rank", "--learning-rate 7e-4"]),
+        # 16 simulators a worker: A2C at 16, 128, 256; GALA at 128 and 256 only.
+        ("fig1a", 10, ["cd {out}/fig1a/a2c_allreduce/Breakout-v5/sims16/seed2 && ", "mpirun -np 1 /",
+                       "cd {out}/fig1a/gala_a2c/Breakout-v5/sims256/seed1 && ", "-np 16 ",
+                       "/gala_a2c_atari.py --env-id Breakout-v5 --seed 1 --total-timesteps 1000000 --num-envs 16 "]),
         # IMPALA: one actor's unroll of its 16 simulators per update, not annealed; the others take neither flag.
         ("learning", 10, ["cd {out}/learning/impala/Breakout-v5/sims32/seed2 && ", "-np 3 ",
                           "/impala_atari.py --env-id Breakout-v5 --seed 2 --total-timesteps 500000 --num-envs 16 ",
@@ -355,6 +367,36 @@ def test_a_run_cut_short_continues_from_its_checkpoint_and_its_curve_joins(tmp_p
     joined = read_events(continued)["charts/SPS"]
     assert joined.step.tolist() == kept + own and own[0] > config["start_step"] and own[-1] == 4000
     assert all(later >= earlier for earlier, later in zip(joined.wall, joined.wall[1:]))
+
+
+def test_a_run_continues_the_same_run_of_the_experiment_it_extends(tmp_path):
+    """A run of an experiment that extends another (the horizon preset: six-games' runs to more steps) starts from
+    the final checkpoint of the same run there, unless it left a checkpoint of its own; a run there of more steps
+    than planned, or of another seed, is not continued. The checkpoint is named relative to the run's workdir."""
+    (planned,) = plan_runs(Config(preset="horizon", algorithms=("a2c_allreduce",), out=tmp_path))
+
+    def launch(experiment: str, name: str, **config) -> Path:
+        run_dir = tmp_path / experiment / planned.workdir / "runs" / name
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps({
+            "env_id": "Pong-v5", "seed": 1, "total_envs": 64, "world_size": 4, "total_timesteps": 2_000_000,
+            **config}))
+        (run_dir / "checkpoint.pt").write_bytes(b"")
+        return run_dir / "checkpoint.pt"
+
+    def resumes(run: ManifestEntry):
+        command = continued(run, tmp_path / "horizon", "six-games").command
+        return command[-1] if command[-2] == "--resume" else None
+
+    launch("six-games", "longer", total_timesteps=6_000_000)
+    launch("six-games", "other-seed", seed=2)
+    assert resumes(planned) is None
+    final = launch("six-games", "final")
+    workdir = tmp_path / "horizon" / planned.workdir
+    assert resumes(planned) == os.path.relpath(final, workdir)
+    assert (workdir / resumes(planned)).resolve() == final.resolve()
+    own = launch("horizon", "cut-short", total_timesteps=5_000_000)  # its own checkpoint wins
+    assert resumes(planned) == os.path.relpath(own, workdir)
 
 
 def test_the_runners_constants_are_the_scripts_defaults():
