@@ -429,3 +429,150 @@ def test_gossip_statistics_over_every_agent_by_hand():
     weighted = {"ranks": [{**rank, "weight": w} for rank, w in zip(summary["ranks"], (0.5, 1.5))]}
     assert stats.gossip_statistics(weighted)["weights"] == "0.50-1.50"
     assert all(math.isnan(v) for v in stats.gossip_statistics({"ranks": [{"rank": 0, "updates": 3}]}).values())
+
+
+# --- across games (the six-games study: Agarwal et al. 2021 with rliable) -------------------------------------
+def pairs_above(x, y) -> float:
+    """P(a run of X beats a run of Y) on one game, counted pair by pair: wins 1, ties 1/2."""
+    return np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a in x for b in y])
+
+
+def test_iqm_and_mean_over_games_by_hand():
+    # all runs of all games: 0 1 2 10 20 30 40 100 -> IQM cuts 2 on each side: (2 + 10 + 20 + 30) / 4
+    scores = {"a": np.array([[0.0, 10], [1, 20], [2, 30], [100, 40]])}
+    got = stats.aggregates_with_ci(scores, reps=200, seed=1)["a"]
+    assert got["IQM"][0] == pytest.approx(15.5)
+    assert got["IQM"][0] == pytest.approx(scipy.stats.trim_mean(scores["a"].ravel(), 0.25))
+    assert got["mean"][0] == pytest.approx(((0 + 1 + 2 + 100) / 4 + (10 + 20 + 30 + 40) / 4) / 2)
+    for point, low, high in got.values():
+        assert low <= point <= high
+    # Runs alike within each game: a bootstrap that resamples runs within each game (stratified) has nothing to vary
+    alike = stats.aggregates_with_ci({"a": np.array([[1.0, 5.0]] * 4)}, reps=200, seed=1)["a"]
+    assert alike == {"IQM": pytest.approx((3, 3, 3)), "mean": pytest.approx((3, 3, 3))}
+
+
+def test_probability_of_improvement_counts_pairs_by_hand():
+    ahead, behind = np.array([[5.0, 50], [6, 60]]), np.array([[1.0, 10], [2, 20], [3, 30]])
+    assert stats.probability_of_improvement(ahead, behind, reps=200, seed=0) == pytest.approx((1, 1, 1))
+    assert stats.probability_of_improvement(behind, ahead, reps=200, seed=0) == pytest.approx((0, 0, 0))
+    # game 1: 1 beats none, 4 beats 2 and 3 and ties 4, 7 beats all three: 5.5 of 9; game 2: 10, 20 beat 5, 30 beats
+    # 5 and 25: 4 of 9 (the Mann-Whitney U over the pairs)
+    x, y = np.array([[1.0, 10], [4, 20], [7, 30]]), np.array([[2.0, 5], [3, 25], [4, 35]])
+    p, low, high = stats.probability_of_improvement(x, y, reps=200, seed=0)
+    assert p == pytest.approx((5.5 / 9 + 4 / 9) / 2)
+    assert p == pytest.approx(np.mean([pairs_above(x[:, g], y[:, g]) for g in range(2)]))
+    assert 0 <= low <= p <= high <= 1
+    assert stats.probability_of_improvement(np.array([[3.0], [5]]), np.array([[1.0], [4], [6]]), 50, 0)[0] == 0.5
+
+
+def test_performance_profile_is_the_share_of_runs_above_each_score():
+    scores = {"a": np.array([[0.2, 1.5], [0.8, 3.0]])}
+    taus = np.array([0.0, 0.5, 1.0, 2.0, 3.0])
+    shares, intervals = stats.performance_profiles(scores, taus, reps=200, seed=0)
+    assert shares["a"] == pytest.approx([1, 0.75, 0.5, 0.25, 0])
+    assert shares["a"] == pytest.approx([np.mean(scores["a"] > tau) for tau in taus])
+    assert intervals["a"].shape == (2, len(taus))
+    assert np.all(intervals["a"][0] <= shares["a"] + 1e-12) and np.all(shares["a"] <= intervals["a"][1] + 1e-12)
+
+
+def two_games(random_play_file: Path) -> tuple[list, dict]:
+    """A2C and GALA on Breakout and Pong, seeds 1-2, 64 simulators, with their evaluations; random play on Breakout
+    measured (1.0, written as studies/random_play.py writes it), on Pong the tabulated -20.7. Returns the records
+    and the finals: finals[label][game] = [seed 1, seed 2]."""
+    from studies.random_play import entry
+
+    random_play_file.write_text(json.dumps({"Breakout-v5": entry(np.array([0.0, 2.0, 1.0]), np.array([150, 200, 170]),
+                                                                 "python -m studies.random_play", "abc", 1, "1.2.5")}))
+    finals = {"a2c_allreduce": {"Breakout": [11.0, 21.0], "Pong": [-0.7, 9.3]},
+              "gala_a2c": {"Breakout": [8.0, 13.0], "Pong": [-10.7, 4.3]}}
+    records = [load.RunRecord(name=f"{label}/{game}/{seed}", algorithm=label, env_id=f"{game}-v5", seed=seed,
+                              simulators=64, total_timesteps=1000, status="ok",
+                              returns=load.Series.by_step([500, 950], [5.0, 9.0], [final - 5, final]),
+                              eval_argmax=final + 1, eval_sampled=final - 1)
+               for label, games in finals.items() for game, values in games.items()
+               for seed, final in enumerate(values, 1)]
+    return records, finals
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_the_comparison_across_games_by_hand(tmp_path):
+    records, finals = two_games(tmp_path / "random_play.json")
+    cfg = report.Config(bootstrap_reps=100, random_play=tmp_path / "random_play.json")
+    data = tables.compute_report(records, cfg)
+    md = "\n".join(markdown.format_report(data, cfg, "test"))
+    random = {"Breakout": 1.0, "Pong": -20.7}
+    assert row(md, "Random play", "Breakout")[1:3] == ["1.00", f"measured: 3 games ({tmp_path / 'random_play.json'})"]
+    assert row(md, "Random play", "Pong")[1:4] == ["-20.70", "tabulated: Mnih et al. 2015 (other emulator settings)",
+                                                  "-20.70"]
+
+    a2c, gala = finals["a2c_allreduce"], finals["gala_a2c"]
+    for game, r in random.items():
+        # GALA above random as a share of A2C's: of the means, and seed by seed (8 - 1) / (11 - 1) = 0.7 ...
+        ratio = (np.mean(gala[game]) - r) / (np.mean(a2c[game]) - r)
+        per_seed = [(g - r) / (a - r) for g, a in zip(gala[game], a2c[game])]
+        cells = row(md, "Against A2C per game", game, "64")
+        assert cells[3] == f"{a2c[game][0]:.2f} (s1), {a2c[game][1]:.2f} (s2)"
+        assert cells[6] == f"{gala[game][0]:.2f} (s1), {gala[game][1]:.2f} (s2)"
+        assert cells[-1] == f"{ratio:.2f} [{min(per_seed):.2f}-{max(per_seed):.2f}]"
+    assert row(md, "Against A2C per game", "Breakout")[-1] == "0.63 [0.60-0.70]"  # 9.5 / 15; 12 / 20, 7 / 10
+
+    # Over both games x both seeds: each score normalised by A2C's mean on its game
+    normalised = {label: np.array([[(v - random[g]) / (np.mean(a2c[g]) - random[g]) for g, v in
+                                    ((g, finals[label][g][seed]) for g in ("Breakout", "Pong"))] for seed in (0, 1)])
+                  for label in finals}
+    (final, *evaluations) = data.across
+    assert (final.score, final.games, [e.score for e in evaluations]) == (
+        "final", ["Breakout", "Pong"], ["eval_argmax", "eval_sampled"])
+    for label, matrix in normalised.items():
+        assert final.normalised[label] == pytest.approx(matrix)
+        assert final.aggregates[label]["IQM"][0] == pytest.approx(np.sort(matrix.ravel())[1:3].mean())
+        assert final.aggregates[label]["mean"][0] == pytest.approx(matrix.mean(axis=0).mean())
+    assert final.aggregates["a2c_allreduce"]["mean"][0] == pytest.approx(1.0)  # A2C's mean, by construction
+    # P(GALA > A2C): Breakout 8, 13 against 11, 21: 1 pair of 4; Pong -10.7, 4.3 against -0.7, 9.3: 1 of 4
+    p = final.improvement["gala_a2c"]
+    assert p[0] == pytest.approx(0.25)
+    assert p[0] == pytest.approx(np.mean([pairs_above(gala[g], a2c[g]) for g in random]))
+    cells = row(md, "Across games", "final", "64", "gala_a2c")
+    assert cells[3:5] == ["2", "2"] and cells[-1] == f"{p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]"
+    assert cells[5].startswith(f"{np.sort(normalised['gala_a2c'].ravel())[1:3].mean():.2f} [")
+    taus, shares, _ = data.profiles[64]
+    assert shares["gala_a2c"] == pytest.approx([np.mean(normalised["gala_a2c"] > tau) for tau in taus])
+
+    # The final policy's evaluation per game and arm: mean ± std over seeds, and each seed's
+    cells = row(md, "Evaluation", "Pong", "gala_a2c", "64")
+    assert cells[3:] == ["2", f"{np.mean(gala['Pong']) + 1:.2f} ± {np.std(gala['Pong'], ddof=1):.2f}",
+                         f"{np.mean(gala['Pong']) - 1:.2f} ± {np.std(gala['Pong'], ddof=1):.2f}",
+                         "-9.70 (s1), 5.30 (s2)", "-11.70 (s1), 3.30 (s2)"]
+
+
+def test_random_play_measured_else_tabulated(tmp_path, monkeypatch):
+    """The report reads the study's file: a game in it counts from the measured mean, one not in it from the tabulated
+    score, any other from 0; no file (the default, results/random_play.json, absent) measures nothing."""
+    from benchmark.report import games
+
+    two_games(tmp_path / "random_play.json")
+    measured = games.read_random_play(tmp_path / "random_play.json")
+    assert measured["Breakout"]["mean"] == 1.0 and measured["Breakout"]["games"] == 3
+    assert games.random_play("Breakout", measured).score == 1.0
+    assert games.random_play("Pong", measured) == (-20.7, "tabulated: Mnih et al. 2015 (other emulator settings)")
+    assert games.random_play("Tennis", measured) == (0.0, "none known: 0")
+    monkeypatch.setattr(games, "RANDOM_PLAY_FILE", tmp_path / "absent.json")
+    assert games.read_random_play(None) == {}
+    with pytest.raises(ValueError, match="no file"):
+        games.read_random_play(tmp_path / "absent.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"Pong-v5": {"mean": "-21"}}))
+    with pytest.raises(ValueError, match="Pong-v5 has no numeric"):
+        games.read_random_play(tmp_path / "bad.json")
+
+
+def test_the_per_game_figures_are_readme_width(tmp_path):
+    import matplotlib.image
+
+    records, _ = two_games(tmp_path / "random_play.json")
+    for x in ("step", "wall"):
+        assert figures.plot_games(records, x, 1, 20, tmp_path / f"games_{x}.png")
+        assert matplotlib.image.imread(tmp_path / f"games_{x}.png").shape[1] == 800
+    cfg = report.Config(bootstrap_reps=50, random_play=tmp_path / "random_play.json")
+    assert figures.plot_profiles(tables.compute_report(records, cfg).profiles, tmp_path / "profile.png")
+    assert matplotlib.image.imread(tmp_path / "profile.png").shape[1] == 800
+    assert not figures.plot_profiles({}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()

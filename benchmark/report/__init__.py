@@ -16,10 +16,19 @@ gossip statistics), from which every table of report.md is a group-by, and write
   game's nominal score, against the number of simulators;
 - `disagreement.png` (Fig 2): GALA's relative disagreement against global steps, a line per run;
 - `throughput.png` (Fig 3): steps per second and CPU (GPU) utilisation per label;
+- `games_vs_steps.png`, `games_vs_time.png`: A2C and GALA at README width (800 pixels), one panel per
+  game, each seed thin and the mean bold;
+- `performance_profile.png` (Agarwal et al. 2021): the share of runs of all games above each
+  A2C-normalised final score, a line per label with its 95% CI band;
 - `report.md`: runs found, final scores (mean, std, IQM with rliable's stratified-bootstrap CI), the
   score per quarter of the steps, the score at equal wall-clock time, scores normalised by A2C's with
-  bootstrap CIs per step and per second, success shares, paired t-tests of GALA vs A2C (as the authors'
-  rebuttal did for Fig 1a), the argmax evaluation (Table 1), SPS ratios, GALA's gossip statistics.
+  bootstrap CIs per step and per second; the random-play score of each game (measured by
+  `python -m studies.random_play` where results/random_play.json has it, else the tabulated one, said
+  which); each label against A2C per game (final score per seed, its score above random play as a share
+  of A2C's with the range seed by seed); over all games x seeds the IQM and mean of A2C-normalised
+  scores and the probability of improvement over A2C, with CIs (rliable); success shares, paired
+  t-tests of GALA vs A2C (as the authors' rebuttal did for Fig 1a), the final policy's evaluation
+  (Table 1: argmax and sampled, mean and per seed), SPS ratios, GALA's gossip statistics.
 
 A variant of an algorithm (`python -m benchmark run --variant LABEL=...`) is its own line, row and bar
 under its label everywhere but the paired GALA-vs-A2C tests, which take the plain runs.
@@ -28,7 +37,8 @@ The package, in the order the data flow through it:
 - `games.py`: a game's key (`Pong-v5` -> `Pong`), its random-play score, the GAME=SCORE arguments;
 - `load.py`: the runs read into `RunRecord`s (`load_local`, `load_wandb`);
 - `stats.py`: small pure functions (`final_score`, `iqm_with_ci`, `paired_ttest`, `success_share`,
-  `run_sps`, `score_at`, ...) that the tests call directly;
+  `run_sps`, `score_at`; over games x runs with rliable `aggregates_with_ci`, `probability_of_improvement`,
+  `performance_profiles`, ...) that the tests call directly;
 - `tables.py`: `runs_table` and `compute_report`, report.md's numbers as tables;
 - `markdown.py`: `format_report`, which writes them out, a function per section;
 - `figures.py`: the plot functions, which only draw, and `wandb_report` (`--wandb-report` builds the same
@@ -39,6 +49,7 @@ The package, in the order the data flow through it:
     python -m benchmark report                                  # the newest bench_runs/<experiment>
     python -m benchmark report --experiment bench_runs/paper --nominal Pong=18 Breakout=400
     python -m benchmark report --wandb --wandb-group paper --wandb-report
+    python -m benchmark report --experiment bench_runs/six-games             # random play: results/random_play.json
 """
 
 from benchmark.report.cli import Config, main, make_report

@@ -9,8 +9,16 @@ from typing import Optional
 import tyro
 
 from benchmark.report.config import Config
-from benchmark.report.figures import plot_disagreement, plot_returns, plot_success, plot_throughput, wandb_report
-from benchmark.report.games import parse_game_scores
+from benchmark.report.figures import (
+    plot_disagreement,
+    plot_games,
+    plot_profiles,
+    plot_returns,
+    plot_success,
+    plot_throughput,
+    wandb_report,
+)
+from benchmark.report.games import parse_game_scores, read_random_play
 from benchmark.report.load import RunRecord, load_local, load_wandb, wandb_unavailable
 from benchmark.report.markdown import format_report
 from benchmark.report.tables import compute_report
@@ -21,7 +29,18 @@ FIGURES = {
     "success_vs_simulators.png": "share of successful runs vs simulators (Fig 1a)",
     "disagreement.png": "GALA parameter disagreement vs global steps (Fig 2)",
     "throughput.png": "SPS and utilisation per algorithm (Fig 3)",
+    "games_vs_steps.png": "A2C and GALA on each game, return vs global steps (800 pixels wide)",
+    "games_vs_time.png": "A2C and GALA on each game, return vs wall-clock time (800 pixels wide)",
 }
+"""the figures of every report: each is drawn where its runs are (GALA runs for the disagreement, a nominal score
+above random play for the success), else report.md says why it is skipped"""
+
+ACROSS_GAMES_FIGURES = {
+    "performance_profile.png": "share of runs above each A2C-normalised final score, per algorithm, with 95% CI "
+                               "bands (Agarwal et al. 2021)",
+}
+"""the figures of the comparison over games, drawn where some game's A2C runs scored above random play (the A2C
+normalisation needs it)"""
 
 
 def newest_experiment(root: Path = Path("bench_runs")) -> Optional[Path]:
@@ -69,6 +88,7 @@ def make_report(cfg: Config) -> int:
     """Reads the runs, refuses (exit 2) what cannot be compared, writes the figures and report.md."""
     try:
         parse_game_scores(cfg.nominal + cfg.target)
+        read_random_play(cfg.random_play)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -117,9 +137,14 @@ def make_report(cfg: Config) -> int:
         or "no game has a nominal score above random play (from --nominal or its A2C runs)",
         "disagreement.png": plot_disagreement(ok, out / "disagreement.png") or "no GALA run logged gossip/disagreement",
         "throughput.png": plot_throughput(data.throughput, out / "throughput.png") or "no run logged charts/SPS",
+        **{f"games_vs_{name}.png": plot_games(ok, x, cfg.smooth, cfg.grid_points, out / f"games_vs_{name}.png")
+           or "no run logged an episode" for x, name in (("step", "steps"), ("wall", "time"))},
+        "performance_profile.png": plot_profiles(data.profiles, out / "performance_profile.png")
+        or "no game where A2C's final score is above random play (or no A2C run)",
     }
     lines = format_report(data, cfg, source) + ["## Figures", ""]
-    lines += [f"- `{name}`: {FIGURES[name]}" if done is True else f"- `{name}`: skipped, {done}"
+    described = {**FIGURES, **ACROSS_GAMES_FIGURES}
+    lines += [f"- `{name}`: {described[name]}" if done is True else f"- `{name}`: skipped, {done}"
               for name, done in drawn.items()]
     if cfg.wandb:
         lines.append("- utilisation online: W&B system metrics (system.cpu.<i>.cpu_percent, system.gpu.<i>.gpu) "

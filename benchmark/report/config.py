@@ -29,8 +29,12 @@ class Config:
     nominal: tuple[str, ...] = ()
     """nominal scores GAME=SCORE (e.g. Pong=18); default per game: mean final score of its A2C runs
     with the fewest simulators"""
+    random_play: Optional[Path] = None
+    """measured random play (the JSON of `python -m studies.random_play`); default: results/random_play.json
+    if it exists. Other games count from the tabulated scores (Mnih et al. 2015); report.md says which"""
     bootstrap_reps: int = 2000
-    """stratified-bootstrap replications of the IQM confidence intervals"""
+    """stratified-bootstrap replications of the confidence intervals (IQM, mean, probability of improvement,
+    performance profiles)"""
     seed: int = 0
     """seed of the bootstrap"""
     final_window: float = 0.1

@@ -63,9 +63,28 @@ def curves(runs: list[RunRecord], x: str, smooth: int, points: int) -> tuple[lis
     return lines, (grid, np.mean([np.interp(grid, xs, ys) for xs, ys in lines], axis=0))
 
 
+def colour_of(label: str) -> str:
+    """A label's colour: COLOURS', else tab:purple for an A2C variant and tab:orange for any other."""
+    return COLOURS.get(label, "tab:purple" if label.startswith("a2c_") else "tab:orange")
+
+
+def draw_runs(ax, runs: list[RunRecord], x: str, smooth: int, points: int, lw: float = 2.2, thin: float = 0.7) -> None:
+    """RUNS (one label on one game) on AX: each run's curve thin, the mean over them bold (the first run bold where
+    the runs share no range), with the label and the number of runs as the bold line's legend entry."""
+    label, colour = runs[0].label, colour_of(runs[0].label)
+    lines, mean = curves(runs, x, smooth, points)
+    for xs, ys in lines:
+        ax.plot(xs, ys, color=colour, lw=thin, alpha=0.35)
+    if mean is not None:
+        ax.plot(*mean, color=colour, lw=lw, label=f"{label} (mean of {len(runs)})")
+    else:
+        ax.plot(*lines[0], color=colour, lw=lw, label=f"{label} ({len(runs)} run)")
+
+
 def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Path) -> bool:
     """Episodic return (trailing mean over `smooth` games) against global steps or wall seconds: a row of panels per
-    game, one panel per comparison (at most 3 a row), each seed thin and the mean over seeds bold."""
+    game, one panel per comparison (at most 3 a row; the panels of one game share their y axis), each seed thin and
+    the mean over seeds bold."""
     with_episodes = [r for r in ok if len(r.returns)]
     if not with_episodes:
         return False
@@ -75,19 +94,14 @@ def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Pa
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
     plt = pyplot()
-    fig, axes = plt.subplots(rows, columns, figsize=(max(9.5, 5 * columns), 3.8 * rows), squeeze=False,
-                             sharey="row")
+    fig, axes = plt.subplots(rows, columns, figsize=(max(9.5, 5 * columns), 3.8 * rows), squeeze=False)
+    first_of = {}
     for ax, (game, title, labels) in zip(axes.flat, panels):
+        if game in first_of:
+            ax.sharey(first_of[game])
+        first_of.setdefault(game, ax)
         for label in labels:
-            runs = [r for r in with_episodes if r.game == game and r.label == label]
-            colour = COLOURS.get(label, "tab:purple" if label.startswith("a2c_") else "tab:orange")
-            lines, mean = curves(runs, x, smooth, points)
-            for xs, ys in lines:
-                ax.plot(xs, ys, color=colour, lw=0.7, alpha=0.35)
-            if mean is not None:
-                ax.plot(*mean, color=colour, lw=2.2, label=f"{label} (mean of {len(runs)})")
-            else:
-                ax.plot(*lines[0], color=colour, lw=2.2, label=f"{label} ({len(runs)} run)")
+            draw_runs(ax, [r for r in with_episodes if r.game == game and r.label == label], x, smooth, points)
         ax.set_title(f"{game}: {title}" if title else game)
         ax.set_xlabel("global steps" if x == "step" else "wall-clock seconds")
         ax.set_ylabel(f"return (mean of last {smooth} games)")
@@ -99,13 +113,69 @@ def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Pa
     return save(plt, fig, path)
 
 
+def plot_games(ok: list[RunRecord], x: str, smooth: int, points: int, path: Path) -> bool:
+    """A2C and GALA (an experiment without either: every label) at README width, 800 pixels: one panel per game, 3 a
+    row, episodic return (trailing mean over `smooth` games) against global steps or wall seconds, each seed thin and
+    the mean over seeds bold; the legend in the first panel."""
+    with_episodes = [r for r in ok if len(r.returns)]
+    if not with_episodes:
+        return False
+    present = label_order(r.label for r in with_episodes)
+    labels = [label for label in (A2C, GALA) if label in present] or present
+    games = sorted({r.game for r in with_episodes if r.label in labels})
+    columns = min(3, len(games))
+    rows = math.ceil(len(games) / columns)
+    plt = pyplot()
+    from matplotlib.ticker import EngFormatter
+
+    fig, axes = plt.subplots(rows, columns, figsize=(8, 0.5 + 2.4 * rows), squeeze=False)
+    for ax, game in zip(axes.flat, games):
+        for label in labels:
+            runs = [r for r in with_episodes if r.game == game and r.label == label]
+            if runs:
+                draw_runs(ax, runs, x, smooth, points, lw=1.8, thin=0.6)
+        ax.set_title(game, fontsize=9)
+        ax.xaxis.set_major_formatter(EngFormatter(unit="" if x == "step" else "s", sep=""))  # 2M steps, 1.5ks
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=6.5, loc="upper left")
+    for ax in list(axes.flat)[len(games):]:
+        ax.set_visible(False)
+    what = "global steps" if x == "step" else "wall-clock seconds"
+    fig.suptitle(f"return (mean of the last {smooth} games) against {what}; thin: each seed, bold: their mean",
+                 fontsize=9)
+    return save(plt, fig, path)
+
+
 def save(plt, fig, path: Path) -> bool:
-    """Lays the figure out, writes it as PNG (100 dpi: every figure is at least 950 pixels wide, 500 a panel) and
-    frees it; True: drawn."""
+    """Lays the figure out, writes it as PNG (100 dpi: the per-comparison figures are at least 950 pixels wide, 500 a
+    panel; the per-game figures and the performance profile 800, README width) and frees it; True: drawn."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def plot_profiles(profiles: dict[int, tuple[np.ndarray, dict, dict]], path: Path) -> bool:
+    """Performance profiles of the A2C-normalised final scores (Agarwal et al. 2021; tables.profiles_of): per label,
+    the share of its runs of all games whose normalised score is above tau, against tau, with its 95% CI as a band
+    (rliable's plot_performance_profiles); one panel per simulator count; 1 = A2C's mean on each game."""
+    if not profiles:
+        return False
+    plt = pyplot()
+    from rliable import plot_utils  # after pyplot(): it imports matplotlib.pyplot
+
+    fig, axes = plt.subplots(1, len(profiles), figsize=(8, 3.6), squeeze=False)
+    for ax, (simulators, (taus, shares, intervals)) in zip(axes[0], sorted(profiles.items())):
+        labels = label_order(shares)
+        plot_utils.plot_performance_profiles(
+            {label: shares[label] for label in labels}, taus, performance_profile_cis=intervals, ax=ax,
+            colors={label: colour_of(label) for label in labels}, xlabel=r"A2C-normalised final score $\tau$",
+            ylabel=r"share of runs with score $> \tau$", labelsize=9, ticklabelsize=8, wrect=5, hrect=5)
+        ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"{simulators} simulators: all games x seeds, 95% CI bands", fontsize=9)
+        ax.legend(fontsize=8)
+    return save(plt, fig, path)
 
 
 def plot_success(shares: dict[tuple, tuple[float, int]], path: Path) -> bool:

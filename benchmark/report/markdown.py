@@ -7,7 +7,7 @@ from typing import Optional
 import pandas as pd
 
 from benchmark.report.config import Config
-from benchmark.report.games import parse_game_scores
+from benchmark.report.games import RANDOM_SCORES, parse_game_scores
 from benchmark.report.load import A2C, GALA
 from benchmark.report.stats import TTest
 from benchmark.report.tables import ReportData
@@ -27,6 +27,12 @@ def mean_std(values: pd.Series) -> str:
     if values.empty:
         return "n/a"
     return f"{fmt(values.mean())} ± {fmt(values.std(ddof=1) if len(values) > 1 else None)}"
+
+
+def per_seed(values: dict) -> str:
+    """{seed: score} as '44.10 (s1), 39.00 (s2)' in seed order, leaving out seeds without a score; 'n/a' if none."""
+    shown = [f"{fmt(v)} (s{k})" for k, v in sorted(values.items()) if v is not None and math.isfinite(v)]
+    return ", ".join(shown) or "n/a"
 
 
 def ttest_line(what: str, test: Optional[TTest]) -> str:
@@ -81,7 +87,7 @@ def scores_section(data: ReportData, cfg: Config) -> list[str]:
     lines += ["## At equal wall-clock time", "",
               (f"Score at equal time: the mean return of the games that ended in the last {cfg.final_window:.0%} of "
                f"each game's common time, the wall-clock seconds of its shortest run ({times or 'none'}); a "
-               "continued run's seconds are those of its launches' training (report.read_events)."), ""]
+               "continued run's seconds are those of its launches' training (load.read_events)."), ""]
     at_time = ok.groupby(["game", "label", "simulators"], sort=False).agg(
         n=("seed", "size"), seconds=("seconds", lambda s: f"{s.min():.0f}-{s.max():.0f}"),
         steps=("steps", lambda s: f"{s.min():.0f}-{s.max():.0f}"), score=("at_time", mean_std)).reset_index()
@@ -101,11 +107,62 @@ def scores_section(data: ReportData, cfg: Config) -> list[str]:
     return lines
 
 
+def games_section(data: ReportData, cfg: Config) -> list[str]:
+    """Random play per game; each label against A2C per game; and over all games x seeds (Agarwal et al. 2021): IQM
+    and mean of A2C-normalised scores, the probability of improvement over A2C."""
+    scored_games = set(data.table.loc[data.table["final"].notna(), "game"])
+    lines = ["## Random play", "",
+             ("The score that every normalised score and success threshold counts from: measured with this "
+              "project's envpool settings (`python -m studies.random_play`, results/random_play.json) where "
+              "measured, else the commonly tabulated one (Mnih et al. 2015, Extended Data Table 2), which was "
+              "measured under other emulator settings."), ""]
+    lines += markdown(pd.DataFrame([{"game": g, "random play": fmt(play.score), "source": play.source,
+                                     "tabulated (Mnih et al. 2015)": fmt(RANDOM_SCORES.get(g))}
+                                    for g, play in data.random.items() if g in scored_games])) + [""]
+
+    lines += ["## Against A2C per game", "",
+              ("Final score per seed and mean over seeds. Above random play as a share of A2C's, over the seeds "
+               "both ran: (mean − random) / (A2C's mean − random), and in brackets its range seed by seed, (seed k − "
+               "random) / (A2C's seed k − random), over those seeds where A2C's scored above random play. The score "
+               "per quarter of the steps is under Per quarter of the steps, the final policy's games under "
+               "Evaluation."), ""]
+    shown = data.against_a2c
+    lines += markdown(pd.DataFrame({
+        "game": shown["game"], "simulators": shown["simulators"], "random play": shown["random"].map(fmt),
+        "A2C, per seed": shown["a2c_finals"].map(per_seed), "A2C mean": shown["a2c_mean"].map(fmt),
+        "algorithm": shown["label"], "per seed": shown["finals"].map(per_seed), "mean": shown["mean"].map(fmt),
+        "seeds both ran": shown["both"],
+        "/ A2C above random [seeds' range]": [
+            f"{fmt(ratio)} [{fmt(low)}-{fmt(high)}]" if n else f"{fmt(ratio)} [no seed pair]"
+            for ratio, low, high, n in zip(*(shown[c] for c in ("ratio", "seed_low", "seed_high", "seed_ratios")))],
+    })) + [""]
+
+    lines += ["## Across games (Agarwal et al. 2021)", "",
+              ("Each run's score normalised on its game by A2C's mean there, (score − random) / (A2C's mean − "
+               "random): 1 = A2C's mean, 0 = random play. Over all games x seeds: the IQM (25% trimmed mean of all "
+               "runs) and the mean (of the games' means; A2C's is 1 by construction), with 95% stratified-bootstrap "
+               "CIs (runs resampled within each game), and P(X > A2C), the probability of improvement: the chance "
+               "that a run of X scores above a run of A2C on a game drawn at random (Mann-Whitney, ties count half), "
+               f"with its CI (rliable, {cfg.bootstrap_reps} reps, seed {cfg.seed}). final: the final score of "
+               "training (above); evaluation: the final policy's full games (eval.json). A label enters with its "
+               "seeds that ran every game."), ""]
+    names = {"final": "final", "eval_argmax": "evaluation, argmax", "eval_sampled": "evaluation, sampled"}
+    lines += markdown(pd.DataFrame([{
+        "score": names[a.score], "simulators": a.simulators, "algorithm": label, "games": len(a.games),
+        "seeds": len(matrix), "IQM [95% CI]": fmt_ci(*a.aggregates[label]["IQM"]),
+        "mean [95% CI]": fmt_ci(*a.aggregates[label]["mean"]),
+        "P(> A2C) [95% CI]": fmt_ci(*a.improvement[label]) if label in a.improvement else "-",
+    } for a in data.across for label, matrix in a.normalised.items()])) + [""]
+    which = [f"- {names[a.score]}, {a.simulators} simulators: {', '.join(a.games)}"
+             + (f"; left out: {'; '.join(a.left_out)}" if a.left_out else "") for a in data.across]
+    return lines + which + ([""] if which else [])
+
+
 def success_section(data: ReportData, cfg: Config) -> list[str]:
     """Fig 1a's success shares, the nominal scores they are relative to, and the aggregate over games."""
     lines = ["## Success (Fig 1a)", "",
               (f"A run succeeds when its final score >= random + {cfg.success_fraction} x (nominal − random), "
-               "random = random-play score of Mnih et al. 2015 (Extended Data Table 2; 0 for games not listed)."),
+               "random = the game's random-play score (section Random play)."),
               ""]
     lines += markdown(data.nominal.assign(**{column: data.nominal[column].map(fmt) for column in
                                              ("nominal", "random", "success threshold")})) + [""]
@@ -122,7 +179,7 @@ def success_section(data: ReportData, cfg: Config) -> list[str]:
 
 
 def tests_section(data: ReportData, cfg: Config) -> list[str]:
-    """The paired GALA-vs-A2C tests, and the argmax evaluation (Table 1)."""
+    """The paired GALA-vs-A2C tests, and the final policy's evaluation (Table 1): argmax and sampled, per seed."""
     table = data.table
     ok = table[table["status"] == "ok"]
     lines = ["## GALA-A2C vs A2C: paired t-tests (two-sided, scipy.stats.ttest_rel)", "",
@@ -132,11 +189,16 @@ def tests_section(data: ReportData, cfg: Config) -> list[str]:
               ttest_line("score at equal wall-clock time, paired over (game, simulators, seed)", data.ttest_at_time),
               ""]
 
-    lines += ["## Evaluation (Table 1 style: full games after training, mean ± std over seeds of each run's mean)", ""]
+    lines += ["## Evaluation (Table 1 style: full games after training, mean ± std over seeds of each run's mean)", "",
+              ("Each run's final policy plays full games (eval.json): its mean return with the argmax policy and "
+               "with actions sampled from the policy; mean ± std over seeds, then each seed's mean."), ""]
     evaluated = ok[ok["eval_argmax"].notna() | ok["eval_sampled"].notna()]
-    lines += (markdown(evaluated.groupby(["game", "label", "simulators"], sort=False).agg(
-        n=("eval_argmax", lambda v: int(v.notna().sum())), argmax=("eval_argmax", mean_std),
-        sampled=("eval_sampled", mean_std)).reset_index().rename(columns={"label": "algorithm"}))
+    lines += (markdown(pd.DataFrame([{
+        "game": g, "algorithm": label, "simulators": s, "n": int(runs["eval_argmax"].notna().sum()),
+        "argmax": mean_std(runs["eval_argmax"]), "sampled": mean_std(runs["eval_sampled"]),
+        "argmax, per seed": per_seed(dict(zip(runs["seed"], runs["eval_argmax"]))),
+        "sampled, per seed": per_seed(dict(zip(runs["seed"], runs["eval_sampled"]))),
+    } for (g, label, s), runs in evaluated.groupby(["game", "label", "simulators"], sort=False)]))
               if len(evaluated) else ["no evaluation found (runs without --eval-episodes)"]) + [""]
 
     return lines
@@ -221,7 +283,7 @@ def ranks_section(data: ReportData, cfg: Config) -> list[str]:
 
 def format_report(data: ReportData, cfg: Config, source: str) -> list[str]:
     """report.md's lines (without its figure list): its sections in order."""
-    sections = (runs_section, scores_section, success_section, tests_section, throughput_section, time_section,
-                ranks_section)
+    sections = (runs_section, scores_section, games_section, success_section, tests_section, throughput_section,
+                time_section, ranks_section)
     return ["# Benchmark report", "", f"Source: {source}.", ""] + [line for section in sections
                                                                    for line in section(data, cfg)]

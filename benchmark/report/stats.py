@@ -3,6 +3,7 @@ run's counters in summary.json, which the tests call directly."""
 
 import math
 import warnings
+from contextlib import contextmanager
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -20,28 +21,76 @@ def final_score(steps: np.ndarray, returns: np.ndarray, total_steps: int, window
     return float(returns[late].mean() if late.any() else returns[steps == steps.max()].mean())
 
 
-def iqm_with_ci(scores: dict[str, np.ndarray], reps: int, seed: int) -> dict[str, tuple[float, float, float]]:
-    """Interquartile mean and its 95% stratified-bootstrap confidence interval (rliable), per key:
-    scores[key] is (runs x tasks), or 1-D for one task. Returns key -> (IQM, low, high).
-    rliable 1.2's StratifiedBootstrap draws its resamples from numpy's global generator (np.random.choice),
-    not from the random_state it is given, so that one is seeded too (and restored afterwards)."""
-    from rliable import library, metrics
-
-    matrices = {k: np.asarray(v, dtype=float).reshape(len(v), -1) for k, v in scores.items() if len(v)}
-    if not matrices:
-        return {}
+@contextmanager
+def seeded_bootstrap(seed: int):
+    """The block's rliable bootstraps, made reproducible: rliable 1.2's bootstraps draw their resamples from numpy's
+    global generator (np.random.choice), not from the random_state they are given, so that one is seeded too (and
+    restored afterwards). Yields the random_state to pass; hushes arch's FutureWarning about it."""
     saved = np.random.get_state()
     np.random.seed(seed)
     try:
         with warnings.catch_warnings():  # arch >= 7 deprecates the random_state that rliable passes
             warnings.simplefilter("ignore", FutureWarning)
-            points, intervals = library.get_interval_estimates(
-                matrices, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps,
-                random_state=np.random.RandomState(seed),
-            )
+            yield np.random.RandomState(seed)
     finally:
         np.random.set_state(saved)
+
+
+def iqm_with_ci(scores: dict[str, np.ndarray], reps: int, seed: int) -> dict[str, tuple[float, float, float]]:
+    """Interquartile mean and its 95% stratified-bootstrap confidence interval (rliable), per key:
+    scores[key] is (runs x tasks), or 1-D for one task. Returns key -> (IQM, low, high)."""
+    from rliable import library, metrics
+
+    matrices = {k: np.asarray(v, dtype=float).reshape(len(v), -1) for k, v in scores.items() if len(v)}
+    if not matrices:
+        return {}
+    with seeded_bootstrap(seed) as random_state:
+        points, intervals = library.get_interval_estimates(
+            matrices, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps, random_state=random_state)
     return {k: (float(points[k][0]), float(intervals[k][0, 0]), float(intervals[k][1, 0])) for k in matrices}
+
+
+AGGREGATES = ("IQM", "mean")
+"""the aggregates over games x runs that aggregates_with_ci computes, in its order"""
+
+
+def aggregates_with_ci(scores: dict[str, np.ndarray], reps: int, seed: int) -> dict[str, dict[str, tuple]]:
+    """The IQM (25% trimmed mean of all runs of all games: rliable's aggregate_iqm) and the mean (of each game's
+    mean over runs: aggregate_mean) of scores[key], a (runs x games) matrix of normalised scores, with their 95%
+    stratified-bootstrap CIs (runs resampled within each game). Returns key -> {"IQM": (point, low, high),
+    "mean": (point, low, high)}."""
+    from rliable import library, metrics
+
+    with seeded_bootstrap(seed) as random_state:
+        points, intervals = library.get_interval_estimates(
+            scores, lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)]), reps=reps,
+            random_state=random_state)
+    return {k: {name: (float(points[k][i]), float(intervals[k][0, i]), float(intervals[k][1, i]))
+                for i, name in enumerate(AGGREGATES)} for k in scores}
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int, seed: int) -> tuple[float, float, float]:
+    """P(X > Y) (rliable's probability_of_improvement) with its 95% CI: on each game, the chance that a run of X
+    scores above a run of Y, ties counting half (the Mann-Whitney U of X over Y / (runs of X x runs of Y)), averaged
+    over the games. x: (runs of X x games), y: (runs of Y x games), the games in the same order; the CI resamples
+    each one's runs independently within each game. Returns (P, low, high)."""
+    from rliable import library, metrics
+
+    with seeded_bootstrap(seed) as random_state:
+        points, intervals = library.get_interval_estimates(
+            {"P(X > Y)": (np.asarray(x, dtype=float), np.asarray(y, dtype=float))},
+            lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps=reps, random_state=random_state)
+    return float(points["P(X > Y)"][0]), float(intervals["P(X > Y)"][0, 0]), float(intervals["P(X > Y)"][1, 0])
+
+
+def performance_profiles(scores: dict[str, np.ndarray], taus: np.ndarray, reps: int, seed: int) -> tuple[dict, dict]:
+    """Performance profiles (rliable's create_performance_profile, score distributions): for each key, the share of
+    all its runs of all games whose score is above each tau of TAUS, and the 95% stratified-bootstrap CI of that
+    share. scores[key]: (runs x games). Returns (key -> shares, key -> (2 x len(taus)): lows, highs)."""
+    from rliable import library
+
+    with seeded_bootstrap(seed):  # create_performance_profile passes no random_state: numpy's global generator
+        return library.create_performance_profile(scores, np.asarray(taus, dtype=float), reps=reps)
 
 
 class TTest(NamedTuple):
