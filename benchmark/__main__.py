@@ -1,5 +1,5 @@
 """`python -m benchmark run ...` launches the scripts at matched simulators (benchmark/run.py);
-`python -m benchmark report ...` turns what they wrote into tables and plots (benchmark/report.py)."""
+`python -m benchmark report ...` turns what they wrote into tables and plots (benchmark/report/)."""
 
 import sys
 from typing import Optional

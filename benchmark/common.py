@@ -1,7 +1,7 @@
 """What the benchmarks and the tests share: launching a script, reading a run's TensorBoard scalars, the manifest.
 
 What `python -m benchmark run` (benchmark/run.py) writes and `python -m benchmark report`
-(benchmark/report.py) reads.
+(benchmark/report/) reads.
 
 The four scripts at the repository's root:
 `gala_a2c_atari.py` (ALGO "gala_a2c"), `a2c_allreduce_atari.py` ("a2c_allreduce"),

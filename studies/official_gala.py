@@ -108,7 +108,7 @@ class Run:
 
 
 def read_ours(where: Path) -> Run:
-    from benchmark.report import read_events
+    from benchmark.report.load import read_events
 
     run_dir = max((where / "runs").iterdir(), key=lambda d: d.stat().st_mtime)  # the last launch (joins earlier)
     learners = [read_trace(p) for p in sorted((where / "gossip_trace").glob("rank*.trace.json"), key=rank_of)]

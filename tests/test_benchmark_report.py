@@ -1,4 +1,4 @@
-"""benchmark/report.py: its statistics against rliable / scipy / hand computations, and the whole report
+"""benchmark/report/: its statistics against rliable / scipy / hand computations, and the whole report
 on an experiment directory made of two real (tiny) runs, A2C and GALA, with a manifest as the runner writes it."""
 
 import json
@@ -14,6 +14,7 @@ from rliable import library, metrics
 
 from benchmark import report
 from benchmark.common import scalars
+from benchmark.report import cli, figures, load, markdown, stats, tables
 
 
 # --- statistics ----------------------------------------------------------------------------------------
@@ -21,7 +22,7 @@ from benchmark.common import scalars
 def test_iqm_and_ci_are_rliables():
     rng = np.random.default_rng(0)
     scores = {"a": rng.normal(size=8), "b": rng.normal(3, 2, size=8)}
-    got = report.iqm_with_ci(scores, reps=500, seed=3)
+    got = stats.iqm_with_ci(scores, reps=500, seed=3)
     matrices = {k: v.reshape(-1, 1) for k, v in scores.items()}
     np.random.seed(3)  # rliable 1.2 resamples with np.random.choice, whatever random_state says
     _, intervals = library.get_interval_estimates(
@@ -32,7 +33,7 @@ def test_iqm_and_ci_are_rliables():
         assert got[k][0] == pytest.approx(np.sort(x)[2:6].mean())
         assert got[k][1:] == pytest.approx(tuple(intervals[k][:, 0]))
         assert got[k][1] <= got[k][0] <= got[k][2]
-    assert report.iqm_with_ci(scores, reps=500, seed=3) == got  # a fixed seed gives the same intervals
+    assert stats.iqm_with_ci(scores, reps=500, seed=3) == got  # a fixed seed gives the same intervals
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -41,7 +42,7 @@ def test_iqm_over_games_is_the_trimmed_mean_of_all_runs_and_games():
     resamples runs within each game (stratified)."""
     rng = np.random.default_rng(2)
     scores = {"a": rng.normal(size=(8, 3))}
-    (iqm, low, high) = report.iqm_with_ci(scores, reps=300, seed=4)["a"]
+    (iqm, low, high) = stats.iqm_with_ci(scores, reps=300, seed=4)["a"]
     assert iqm == pytest.approx(scipy.stats.trim_mean(scores["a"].ravel(), 0.25))
     np.random.seed(4)
     _, intervals = library.get_interval_estimates(
@@ -53,39 +54,39 @@ def test_iqm_over_games_is_the_trimmed_mean_of_all_runs_and_games():
 def test_paired_ttest_is_scipys_and_the_formula():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=6), rng.normal(0.5, size=6)
-    got = report.paired_ttest(a, b)
+    got = stats.paired_ttest(a, b)
     d = a - b
     assert got.n == 6
     assert got.t == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(6)))
     assert got.t == pytest.approx(scipy.stats.ttest_rel(a, b).statistic)
     assert got.p == pytest.approx(scipy.stats.ttest_rel(a, b).pvalue)
-    assert report.paired_ttest([1.0], [2.0]) is None
+    assert stats.paired_ttest([1.0], [2.0]) is None
 
 
 def test_final_score():
     # episodes at or after 90% of the 1000 steps: 3, 4, 5
-    assert report.final_score([100, 500, 900, 980, 990], [1, 2, 3, 4, 5], 1000) == 4
+    assert stats.final_score([100, 500, 900, 980, 990], [1, 2, 3, 4, 5], 1000) == 4
     # none in the last 10%: the episodes of the last logged step
-    assert report.final_score([100, 200, 200], [1, 2, 4], 1000) == 3
-    assert math.isnan(report.final_score([], [], 1000))
+    assert stats.final_score([100, 200, 200], [1, 2, 4], 1000) == 3
+    assert math.isnan(stats.final_score([], [], 1000))
 
 
 def test_success_share_above_random_play():
     # Pong: random -20.7, nominal 18, half way = -1.35
-    assert report.success_threshold(18, -20.7, 0.5) == pytest.approx(-1.35)
-    assert report.success_share([-5, -1.3, 10, -21], 18, -20.7, 0.5) == 0.5
-    assert report.success_share([0.9, 1.0], 2, 0, 0.5) == 0.5  # random 0: half the nominal score
+    assert stats.success_threshold(18, -20.7, 0.5) == pytest.approx(-1.35)
+    assert stats.success_share([-5, -1.3, 10, -21], 18, -20.7, 0.5) == 0.5
+    assert stats.success_share([0.9, 1.0], 2, 0, 0.5) == 0.5  # random 0: half the nominal score
 
 
 def test_run_sps_skips_the_first_point():
-    assert report.run_sps([100, 300, 310, 320]) == 310
-    assert report.run_sps([250]) == 250
-    assert math.isnan(report.run_sps([]))
+    assert stats.run_sps([100, 300, 310, 320]) == 310
+    assert stats.run_sps([250]) == 250
+    assert math.isnan(stats.run_sps([]))
 
 
-def gala_record(**fields) -> report.RunRecord:
+def gala_record(**fields) -> load.RunRecord:
     """A hand-built ok GALA run on Pong at 4 simulators, seed 1, 1,000 steps; FIELDS override."""
-    return report.RunRecord(**{"name": "r", "algorithm": "gala_a2c", "env_id": "Pong-v5", "seed": 1, "simulators": 4,
+    return load.RunRecord(**{"name": "r", "algorithm": "gala_a2c", "env_id": "Pong-v5", "seed": 1, "simulators": 4,
                                "total_timesteps": 1000, "status": "ok", **fields})
 
 
@@ -122,7 +123,7 @@ def test_report_on_two_real_runs(experiment, tmp_path):
     out = tmp_path / "report"
     given = ["--nominal", "Pong=-15"]  # above random play (-20.7), so success is defined whatever the runs scored
     assert report.main(["--experiment", str(experiment), "--out", str(out), "--bootstrap-reps", "200", *given]) == 0
-    for name in report.FIGURES:
+    for name in cli.FIGURES:
         assert (out / name).stat().st_size > 0, name
     md = (out / "report.md").read_text()
 
@@ -210,16 +211,16 @@ def test_a_variant_is_reported_under_its_label(experiment, tmp_path):
 
 
 def test_the_paired_test_takes_the_plain_runs_only():
-    def record(label: str, algorithm: str, seed: int, final: float) -> report.RunRecord:
-        return report.RunRecord(name=f"{label}/{seed}", algorithm=algorithm, label=label, env_id="Pong-v5",
+    def record(label: str, algorithm: str, seed: int, final: float) -> load.RunRecord:
+        return load.RunRecord(name=f"{label}/{seed}", algorithm=algorithm, label=label, env_id="Pong-v5",
                                 seed=seed, simulators=4, total_timesteps=1000, status="ok",
-                                returns=report.Series.by_step([950], [1.0], [final]))
+                                returns=load.Series.by_step([950], [1.0], [final]))
 
     finals = {"a2c_allreduce": [-20, -19, -18], "gala_a2c": [-19, -17, -18.5], "gala_sync": [10, 12, 11]}
     algorithm = {"a2c_allreduce": "a2c_allreduce", "gala_a2c": "gala_a2c", "gala_sync": "gala_a2c"}
     records = [record(label, algorithm[label], seed, v) for label, vs in finals.items() for seed, v in enumerate(vs, 1)]
     cfg = report.Config(bootstrap_reps=50, nominal=("Pong=18",))
-    md = "\n".join(report.format_report(report.compute_report(records, cfg), cfg, "test"))
+    md = "\n".join(markdown.format_report(tables.compute_report(records, cfg), cfg, "test"))
     paired = scipy.stats.ttest_rel(finals["gala_a2c"], finals["a2c_allreduce"])  # not gala_sync's 11 on average
     assert f"paired over (game, simulators, seed): n = 3, t = {paired.statistic:.3f}, p = {paired.pvalue:.4g}" in md
     assert row(md, "Final scores", "Pong", "gala_sync", "4")[3:5] == ["3", "11.00"]
@@ -233,13 +234,13 @@ def test_the_report_is_computed_then_written():
     """compute_report's plain data, and format_report's table of it."""
     finals = {("a2c_allreduce", 4): [-20, -19, -18], ("gala_a2c", 4): [-19, -17, -18], ("a2c_allreduce", 8): [-15]}
     sps = {"a2c_allreduce": 0, "gala_a2c": 50}  # + 100 x seed: medians 200 and 250 over seeds 1-3
-    records = [report.RunRecord(name=f"{label}/{sims}/{seed}", algorithm=label, env_id="Pong-v5", seed=seed,
+    records = [load.RunRecord(name=f"{label}/{sims}/{seed}", algorithm=label, env_id="Pong-v5", seed=seed,
                                 simulators=sims, total_timesteps=1000, status="ok",
-                                returns=report.Series.by_step([950], [1.0], [final]),
-                                sps=report.Series.by_step([100, 950], [1, 2], [1, 100 * seed + sps[label]]))
+                                returns=load.Series.by_step([950], [1.0], [final]),
+                                sps=load.Series.by_step([100, 950], [1, 2], [1, 100 * seed + sps[label]]))
                for (label, sims), values in finals.items() for seed, final in enumerate(values, 1)]
     cfg = report.Config(bootstrap_reps=50, nominal=("Pong=-16",))
-    data = report.compute_report(records, cfg)
+    data = tables.compute_report(records, cfg)
     score = data.scores.set_index(["label", "simulators"])
     assert (score.loc[("gala_a2c", 4), "n"], score.loc[("gala_a2c", 4), "mean"]) == (
         3, pytest.approx(np.mean(finals["gala_a2c", 4])))
@@ -256,7 +257,7 @@ def test_the_report_is_computed_then_written():
     assert data.ttest_shares is None  # one (game, simulators) cell with both
     ratio = {(row.algorithm, row.simulators): row.ratio for row in data.throughput.itertuples()}
     assert ratio == {("a2c_allreduce", 4): 1.0, ("gala_a2c", 4): pytest.approx(250 / 200), ("a2c_allreduce", 8): 1.0}
-    md = "\n".join(report.format_report(data, cfg, "test"))
+    md = "\n".join(markdown.format_report(data, cfg, "test"))
     assert row(md, "Final scores", "Pong", "gala_a2c", "4")[3:6] == [
         "3", f"{np.mean(finals['gala_a2c', 4]):.2f}", f"{np.std(finals['gala_a2c', 4], ddof=1):.2f}"]
     assert row(md, "Final scores", "Pong", "a2c_allreduce", "8")[5] == "n/a"
@@ -267,9 +268,9 @@ def test_a_runs_steps_and_rate_are_its_true_total_from_summary_json():
     the agents made 900 (summary.json's global_step). The runs table takes 900 and rescales the logged SPS by
     900 / 1,200; a run whose summary agrees with its logs keeps both."""
     def record(summary):
-        return gala_record(total_timesteps=1200, summary=summary, returns=report.Series.by_step([1200], [9.0], [-20.0]),
-                           sps=report.Series.by_step([400, 800, 1200], [3, 6, 9], [80, 100, 120]))
-    slowed, even = report.runs_table([record({"global_step": 900}), record({"global_step": 1200})])[
+        return gala_record(total_timesteps=1200, summary=summary, returns=load.Series.by_step([1200], [9.0], [-20.0]),
+                           sps=load.Series.by_step([400, 800, 1200], [3, 6, 9], [80, 100, 120]))
+    slowed, even = tables.runs_table([record({"global_step": 900}), record({"global_step": 1200})])[
         ["steps", "sps"]].itertuples(index=False)
     assert (slowed.steps, slowed.sps) == (900, pytest.approx(110 * 900 / 1200))  # median after the first point
     assert (even.steps, even.sps) == (1200, pytest.approx(110))
@@ -280,7 +281,7 @@ def test_failed_and_stopped_runs_are_listed_with_why(tmp_path):
     entry = manifest_entry(status="failed", returncode=2)
     stopped = {**entry, "seed": 2, "workdir": "gala_a2c/Pong-v5/sims4/seed2", "status": "stopped", "returncode": 0}
     (tmp_path / "manifest.json").write_text(json.dumps([entry, stopped]))
-    records = report.load_local(tmp_path)
+    records = load.load_local(tmp_path)
     assert [(r.label, r.seed, r.status, r.note) for r in records] == [
         ("gala_a2c", 1, "failed", "exit 2"), ("gala_a2c", 2, "failed", "stopped by a signal")]
 
@@ -308,7 +309,7 @@ def test_wandb_refuses_offline(flag, experiment, tmp_path, monkeypatch, capsys):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # wandb_workspaces uses pydantic v1 validators
 def test_wandb_report_is_built_without_network():
     cfg = report.Config(wandb_entity="someone", wandb_project="proj", wandb_group="tiny")
-    built = report.wandb_report(cfg, "| a | b |")
+    built = figures.wandb_report(cfg, "| a | b |")
     grid, text = built.blocks
     assert text.text == "| a | b |"
     assert grid.runsets[0].project == "proj" and "tiny" in grid.runsets[0].filters
@@ -323,15 +324,15 @@ def test_wandb_report_is_built_without_network():
 # --- runs the report must not take at face value ---------------------------------------------------------
 def test_series_are_put_in_step_order():
     """GALA's rank 0 logs the other agents' games when they arrive, with earlier steps."""
-    series = report.Series.by_step([0, 100, 50, 200], [0, 1, 2, 3], [10, 11, 12, 13])
+    series = load.Series.by_step([0, 100, 50, 200], [0, 1, 2, 3], [10, 11, 12, 13])
     assert list(series.step) == [0, 50, 100, 200] and list(series.value) == [10, 12, 11, 13]
     assert list(series.wall) == [0, 2, 1, 3]
 
 
 def test_a_run_cut_short_has_no_final_score():
-    cut = gala_record(name="cut", sps=report.Series.by_step([100, 500], [1, 2], [9, 9]))
-    whole = gala_record(name="whole", seed=2, sps=report.Series.by_step([500, 960], [1, 2], [9, 9]))
-    report.apply_final_window([cut, whole], 0.1)
+    cut = gala_record(name="cut", sps=load.Series.by_step([100, 500], [1, 2], [9, 9]))
+    whole = gala_record(name="whole", seed=2, sps=load.Series.by_step([500, 960], [1, 2], [9, 9]))
+    cli.apply_final_window([cut, whole], 0.1)
     assert (cut.status, cut.note) == ("failed", "stopped at step 500 of 1000")
     assert whole.status == "ok"
 
@@ -343,10 +344,10 @@ def test_runs_of_one_wall_clock_budget_are_one_cell_whatever_their_steps():
         return gala_record(name=f"r{seed}", seed=seed, total_timesteps=steps,
                            config={"max_seconds": budget} if budget else {},
                            summary={"out_of_time": True} if budget else {})
-    assert report.duplicated_runs([run(1, 1000, 880), run(2, 1200, 880)]) == []
-    assert report.duplicated_runs([run(1, 1000, 880), run(2, 1200, 900)]) == [
+    assert cli.duplicated_runs([run(1, 1000, 880), run(2, 1200, 880)]) == []
+    assert cli.duplicated_runs([run(1, 1000, 880), run(2, 1200, 900)]) == [
         "gala_a2c on Pong-v5 with 4 simulators mixes runs of lengths ['880 s', '900 s'] (steps or seconds)"]
-    assert len(report.duplicated_runs([run(1, 1000, 0), run(2, 1200, 0)])) == 1
+    assert len(cli.duplicated_runs([run(1, 1000, 0), run(2, 1200, 0)])) == 1
 
 
 def test_the_same_runs_read_twice_are_refused(experiment, tmp_path, capsys):
@@ -374,7 +375,7 @@ def test_a_continued_run_is_joined_to_the_launch_it_continued(tmp_path):
 
     launch("first", range(100, 800, 100), {"resume": None, "start_step": 0})
     second = launch("second", range(600, 1100, 100), {"resume": "runs/first/checkpoint.pt", "start_step": 500})
-    joined = report.read_events(second)["charts/episodic_return"]
+    joined = load.read_events(second)["charts/episodic_return"]
     assert joined.step.tolist() == [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
     assert joined.value.tolist() == pytest.approx([s / 100 for s in joined.step])
     # Each launch: 10 s per 100 steps from its first event; the second's seconds follow the first's 40 s at step 500.
@@ -383,18 +384,18 @@ def test_a_continued_run_is_joined_to_the_launch_it_continued(tmp_path):
 
 def test_quarters_and_the_score_at_a_time_by_hand():
     steps, walls, returns = [100, 300, 600, 700, 990], [10, 30, 60, 70, 99], [1, 2, 3, 5, 8]
-    q = report.quarter_scores(steps, returns, 1000)  # quarters [0, 250) [250, 500) [500, 750) [750, 1000]
+    q = stats.quarter_scores(steps, returns, 1000)  # quarters [0, 250) [250, 500) [500, 750) [750, 1000]
     assert q == [1, 2, 4, 8]
-    assert math.isnan(report.quarter_scores([100], [1], 1000)[2])
-    assert report.score_at(walls, returns, 70, window=0.25) == 4  # games in [52.5, 70]: 3 and 5
-    assert report.score_at(walls, returns, 40, window=0.1) == 2  # none in [36, 40]: the last before, 2
-    assert math.isnan(report.score_at(walls, returns, 5))
+    assert math.isnan(stats.quarter_scores([100], [1], 1000)[2])
+    assert stats.score_at(walls, returns, 70, window=0.25) == 4  # games in [52.5, 70]: 3 and 5
+    assert stats.score_at(walls, returns, 40, window=0.1) == 2  # none in [36, 40]: the last before, 2
+    assert math.isnan(stats.score_at(walls, returns, 5))
 
 
 def test_the_panels_of_a_game():
     """A2C vs GALA first; each variant beside A2C and its algorithm, once each; a variant of both as a pair."""
     labels = ["gala_slow", "a2c_allreduce", "a2c_slow", "gala_a2c", "gala_sync"]
-    assert report.comparisons(labels) == [
+    assert figures.comparisons(labels) == [
         ("A2C vs GALA", ["a2c_allreduce", "gala_a2c"]), ("a2c_slow", ["a2c_allreduce", "a2c_slow"]),
         ("gala_slow", ["a2c_allreduce", "gala_a2c", "gala_slow"]),
         ("gala_sync", ["a2c_allreduce", "gala_a2c", "gala_sync"]),
@@ -406,10 +407,10 @@ def test_time_to_a_score_and_the_time_curve_take_the_games_in_time_order():
     time order: the time to a score and the curve against time follow the games as they ended."""
     steps, walls, returns = [100, 200, 300, 400], [10, 40, 20, 30], [0, 10, 0, 10]
     # In time order 0, 0, 10, 10: the mean of the last 2 games first reaches 5 at 30 s, with the game of step 400.
-    assert report.time_to(walls, steps, returns, target=5, smooth=2) == (30, 400)
-    assert report.score_at([10, 30, 20], [1, 2, 3], 35, window=0.01) == 2  # the last game before 35 s ended at 30 s
-    run = gala_record(total_timesteps=400, returns=report.Series.by_step(steps, walls, returns))
-    ((xs, ys),), _ = report.curves([run], "wall", 2, 10)
+    assert stats.time_to(walls, steps, returns, target=5, smooth=2) == (30, 400)
+    assert stats.score_at([10, 30, 20], [1, 2, 3], 35, window=0.01) == 2  # the last game before 35 s ended at 30 s
+    run = gala_record(total_timesteps=400, returns=load.Series.by_step(steps, walls, returns))
+    ((xs, ys),), _ = figures.curves([run], "wall", 2, 10)
     assert sorted(xs) == list(xs) and list(ys) == [0, 0, 5, 10]
 
 
@@ -419,12 +420,159 @@ def test_gossip_statistics_over_every_agent_by_hand():
     summary = {"ranks": [{**agent, "rank": 0, "seconds": 20.0, "ages": {"1": 60, "2": 30}},
                          {**agent, "rank": 1, "seconds": 30.0, "mixes": 80, "longest_without_mix": 5,
                           "ages": {"0": 40, "1": 40}}]}
-    got = report.gossip_statistics(summary)
+    got = stats.gossip_statistics(summary)
     assert got["mix_rate"] == pytest.approx(170 / 200)
     assert got["message_age"] == pytest.approx((60 + 60 + 40) / 170)
     assert (got["longest_without_mix"], got["finish_spread_s"]) == (5, 10.0)
     assert got["drift_updates"] == pytest.approx(10 * (100 / 20 + 100 / 30) / 2)
     assert got["weights"] == "-"  # push-sum's weights: only the runs made with the removed --mixing push-sum
     weighted = {"ranks": [{**rank, "weight": w} for rank, w in zip(summary["ranks"], (0.5, 1.5))]}
-    assert report.gossip_statistics(weighted)["weights"] == "0.50-1.50"
-    assert all(math.isnan(v) for v in report.gossip_statistics({"ranks": [{"rank": 0, "updates": 3}]}).values())
+    assert stats.gossip_statistics(weighted)["weights"] == "0.50-1.50"
+    assert all(math.isnan(v) for v in stats.gossip_statistics({"ranks": [{"rank": 0, "updates": 3}]}).values())
+
+
+# --- across games (the six-games study: Agarwal et al. 2021 with rliable) -------------------------------------
+def pairs_above(x, y) -> float:
+    """P(a run of X beats a run of Y) on one game, counted pair by pair: wins 1, ties 1/2."""
+    return np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a in x for b in y])
+
+
+def test_iqm_and_mean_over_games_by_hand():
+    # all runs of all games: 0 1 2 10 20 30 40 100 -> IQM cuts 2 on each side: (2 + 10 + 20 + 30) / 4
+    scores = {"a": np.array([[0.0, 10], [1, 20], [2, 30], [100, 40]])}
+    got = stats.aggregates_with_ci(scores, reps=200, seed=1)["a"]
+    assert got["IQM"][0] == pytest.approx(15.5)
+    assert got["IQM"][0] == pytest.approx(scipy.stats.trim_mean(scores["a"].ravel(), 0.25))
+    assert got["mean"][0] == pytest.approx(((0 + 1 + 2 + 100) / 4 + (10 + 20 + 30 + 40) / 4) / 2)
+    for point, low, high in got.values():
+        assert low <= point <= high
+    # Runs alike within each game: a bootstrap that resamples runs within each game (stratified) has nothing to vary
+    alike = stats.aggregates_with_ci({"a": np.array([[1.0, 5.0]] * 4)}, reps=200, seed=1)["a"]
+    assert alike == {"IQM": pytest.approx((3, 3, 3)), "mean": pytest.approx((3, 3, 3))}
+
+
+def test_probability_of_improvement_counts_pairs_by_hand():
+    ahead, behind = np.array([[5.0, 50], [6, 60]]), np.array([[1.0, 10], [2, 20], [3, 30]])
+    assert stats.probability_of_improvement(ahead, behind, reps=200, seed=0) == pytest.approx((1, 1, 1))
+    assert stats.probability_of_improvement(behind, ahead, reps=200, seed=0) == pytest.approx((0, 0, 0))
+    # game 1: 1 beats none, 4 beats 2 and 3 and ties 4, 7 beats all three: 5.5 of 9; game 2: 10, 20 beat 5, 30 beats
+    # 5 and 25: 4 of 9 (the Mann-Whitney U over the pairs)
+    x, y = np.array([[1.0, 10], [4, 20], [7, 30]]), np.array([[2.0, 5], [3, 25], [4, 35]])
+    p, low, high = stats.probability_of_improvement(x, y, reps=200, seed=0)
+    assert p == pytest.approx((5.5 / 9 + 4 / 9) / 2)
+    assert p == pytest.approx(np.mean([pairs_above(x[:, g], y[:, g]) for g in range(2)]))
+    assert 0 <= low <= p <= high <= 1
+    assert stats.probability_of_improvement(np.array([[3.0], [5]]), np.array([[1.0], [4], [6]]), 50, 0)[0] == 0.5
+
+
+def test_performance_profile_is_the_share_of_runs_above_each_score():
+    scores = {"a": np.array([[0.2, 1.5], [0.8, 3.0]])}
+    taus = np.array([0.0, 0.5, 1.0, 2.0, 3.0])
+    shares, intervals = stats.performance_profiles(scores, taus, reps=200, seed=0)
+    assert shares["a"] == pytest.approx([1, 0.75, 0.5, 0.25, 0])
+    assert shares["a"] == pytest.approx([np.mean(scores["a"] > tau) for tau in taus])
+    assert intervals["a"].shape == (2, len(taus))
+    assert np.all(intervals["a"][0] <= shares["a"] + 1e-12) and np.all(shares["a"] <= intervals["a"][1] + 1e-12)
+
+
+def two_games(random_play_file: Path) -> tuple[list, dict]:
+    """A2C and GALA on Breakout and Pong, seeds 1-2, 64 simulators, with their evaluations; random play on Breakout
+    measured (1.0, written as studies/random_play.py writes it), on Pong the tabulated -20.7. Returns the records
+    and the finals: finals[label][game] = [seed 1, seed 2]."""
+    from studies.random_play import entry
+
+    random_play_file.write_text(json.dumps({"Breakout-v5": entry(np.array([0.0, 2.0, 1.0]), np.array([150, 200, 170]),
+                                                                 "python -m studies.random_play", "abc", 1, "1.2.5")}))
+    finals = {"a2c_allreduce": {"Breakout": [11.0, 21.0], "Pong": [-0.7, 9.3]},
+              "gala_a2c": {"Breakout": [8.0, 13.0], "Pong": [-10.7, 4.3]}}
+    records = [load.RunRecord(name=f"{label}/{game}/{seed}", algorithm=label, env_id=f"{game}-v5", seed=seed,
+                              simulators=64, total_timesteps=1000, status="ok",
+                              returns=load.Series.by_step([500, 950], [5.0, 9.0], [final - 5, final]),
+                              eval_argmax=final + 1, eval_sampled=final - 1)
+               for label, games in finals.items() for game, values in games.items()
+               for seed, final in enumerate(values, 1)]
+    return records, finals
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_the_comparison_across_games_by_hand(tmp_path):
+    records, finals = two_games(tmp_path / "random_play.json")
+    cfg = report.Config(bootstrap_reps=100, random_play=tmp_path / "random_play.json")
+    data = tables.compute_report(records, cfg)
+    md = "\n".join(markdown.format_report(data, cfg, "test"))
+    random = {"Breakout": 1.0, "Pong": -20.7}
+    assert row(md, "Random play", "Breakout")[1:3] == ["1.00", f"measured: 3 games ({tmp_path / 'random_play.json'})"]
+    assert row(md, "Random play", "Pong")[1:4] == ["-20.70", "tabulated: Mnih et al. 2015 (other emulator settings)",
+                                                  "-20.70"]
+
+    a2c, gala = finals["a2c_allreduce"], finals["gala_a2c"]
+    for game, r in random.items():
+        # GALA above random as a share of A2C's: of the means, and seed by seed (8 - 1) / (11 - 1) = 0.7 ...
+        ratio = (np.mean(gala[game]) - r) / (np.mean(a2c[game]) - r)
+        per_seed = [(g - r) / (a - r) for g, a in zip(gala[game], a2c[game])]
+        cells = row(md, "Against A2C per game", game, "64")
+        assert cells[3] == f"{a2c[game][0]:.2f} (s1), {a2c[game][1]:.2f} (s2)"
+        assert cells[6] == f"{gala[game][0]:.2f} (s1), {gala[game][1]:.2f} (s2)"
+        assert cells[-1] == f"{ratio:.2f} [{min(per_seed):.2f}-{max(per_seed):.2f}]"
+    assert row(md, "Against A2C per game", "Breakout")[-1] == "0.63 [0.60-0.70]"  # 9.5 / 15; 12 / 20, 7 / 10
+
+    # Over both games x both seeds: each score normalised by A2C's mean on its game
+    normalised = {label: np.array([[(v - random[g]) / (np.mean(a2c[g]) - random[g]) for g, v in
+                                    ((g, finals[label][g][seed]) for g in ("Breakout", "Pong"))] for seed in (0, 1)])
+                  for label in finals}
+    (final, *evaluations) = data.across
+    assert (final.score, final.games, [e.score for e in evaluations]) == (
+        "final", ["Breakout", "Pong"], ["eval_argmax", "eval_sampled"])
+    for label, matrix in normalised.items():
+        assert final.normalised[label] == pytest.approx(matrix)
+        assert final.aggregates[label]["IQM"][0] == pytest.approx(np.sort(matrix.ravel())[1:3].mean())
+        assert final.aggregates[label]["mean"][0] == pytest.approx(matrix.mean(axis=0).mean())
+    assert final.aggregates["a2c_allreduce"]["mean"][0] == pytest.approx(1.0)  # A2C's mean, by construction
+    # P(GALA > A2C): Breakout 8, 13 against 11, 21: 1 pair of 4; Pong -10.7, 4.3 against -0.7, 9.3: 1 of 4
+    p = final.improvement["gala_a2c"]
+    assert p[0] == pytest.approx(0.25)
+    assert p[0] == pytest.approx(np.mean([pairs_above(gala[g], a2c[g]) for g in random]))
+    cells = row(md, "Across games", "final", "64", "gala_a2c")
+    assert cells[3:5] == ["2", "2"] and cells[-1] == f"{p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]"
+    assert cells[5].startswith(f"{np.sort(normalised['gala_a2c'].ravel())[1:3].mean():.2f} [")
+    taus, shares, _ = data.profiles[64]
+    assert shares["gala_a2c"] == pytest.approx([np.mean(normalised["gala_a2c"] > tau) for tau in taus])
+
+    # The final policy's evaluation per game and arm: mean ± std over seeds, and each seed's
+    cells = row(md, "Evaluation", "Pong", "gala_a2c", "64")
+    assert cells[3:] == ["2", f"{np.mean(gala['Pong']) + 1:.2f} ± {np.std(gala['Pong'], ddof=1):.2f}",
+                         f"{np.mean(gala['Pong']) - 1:.2f} ± {np.std(gala['Pong'], ddof=1):.2f}",
+                         "-9.70 (s1), 5.30 (s2)", "-11.70 (s1), 3.30 (s2)"]
+
+
+def test_random_play_measured_else_tabulated(tmp_path, monkeypatch):
+    """The report reads the study's file: a game in it counts from the measured mean, one not in it from the tabulated
+    score, any other from 0; no file (the default, results/random_play.json, absent) measures nothing."""
+    from benchmark.report import games
+
+    two_games(tmp_path / "random_play.json")
+    measured = games.read_random_play(tmp_path / "random_play.json")
+    assert measured["Breakout"]["mean"] == 1.0 and measured["Breakout"]["games"] == 3
+    assert games.random_play("Breakout", measured).score == 1.0
+    assert games.random_play("Pong", measured) == (-20.7, "tabulated: Mnih et al. 2015 (other emulator settings)")
+    assert games.random_play("Tennis", measured) == (0.0, "none known: 0")
+    monkeypatch.setattr(games, "RANDOM_PLAY_FILE", tmp_path / "absent.json")
+    assert games.read_random_play(None) == {}
+    with pytest.raises(ValueError, match="no file"):
+        games.read_random_play(tmp_path / "absent.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"Pong-v5": {"mean": "-21"}}))
+    with pytest.raises(ValueError, match="Pong-v5 has no numeric"):
+        games.read_random_play(tmp_path / "bad.json")
+
+
+def test_the_per_game_figures_are_readme_width(tmp_path):
+    import matplotlib.image
+
+    records, _ = two_games(tmp_path / "random_play.json")
+    for x in ("step", "wall"):
+        assert figures.plot_games(records, x, 1, 20, tmp_path / f"games_{x}.png")
+        assert matplotlib.image.imread(tmp_path / f"games_{x}.png").shape[1] == 800
+    cfg = report.Config(bootstrap_reps=50, random_play=tmp_path / "random_play.json")
+    assert figures.plot_profiles(tables.compute_report(records, cfg).profiles, tmp_path / "profile.png")
+    assert matplotlib.image.imread(tmp_path / "profile.png").shape[1] == 800
+    assert not figures.plot_profiles({}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()

@@ -17,7 +17,7 @@ from conftest import ENV, read_ckpt, runner, runner_in_process, tiny_run
 import benchmark.run
 from benchmark.__main__ import main as benchmark_main
 from benchmark.common import ROOT, ManifestEntry, read_manifest, scalar_events
-from benchmark.report import read_events
+from benchmark.report.load import read_events
 from benchmark.run import (
     Config,
     ConfigError,
