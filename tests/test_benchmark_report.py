@@ -576,3 +576,19 @@ def test_the_per_game_figures_are_readme_width(tmp_path):
     assert figures.plot_profiles(tables.compute_report(records, cfg).profiles, tmp_path / "profile.png")
     assert matplotlib.image.imread(tmp_path / "profile.png").shape[1] == 800
     assert not figures.plot_profiles({}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def test_dead_units_end_values_in_the_table_and_a_curve_per_layer(tmp_path):
+    """A run's dead-unit share per layer is its last logged value (report.md's Dead units section); a run that
+    logged none has no row; dead_units.png is drawn from the series and skipped where no run logged them."""
+    dead = {layer: load.Series.by_step([100, 500, 900], [1, 2, 3], [0.0, 0.1 * i, 0.3 * i])
+            for i, layer in enumerate(load.HIDDEN)}
+    records = [gala_record(name="dying", returns=load.Series.by_step([950], [1.0], [-20.0]), dead_units=dead),
+               gala_record(name="old", seed=2, returns=load.Series.by_step([950], [1.0], [-19.0]))]
+    data = tables.compute_report(records, report.Config(bootstrap_reps=50))
+    md = "\n".join(markdown.format_report(data, report.Config(bootstrap_reps=50), "test"))
+    assert row(md, "Dead units", "gala_a2c", "Pong", "4", "1")[5:] == ["0.00", "0.30", "0.60", "0.90"]
+    with pytest.raises(AssertionError):
+        row(md, "Dead units", "gala_a2c", "Pong", "4", "2")
+    assert figures.plot_dead_units(records, tmp_path / "dead.png") and (tmp_path / "dead.png").stat().st_size > 0
+    assert not figures.plot_dead_units(records[1:], tmp_path / "none.png")

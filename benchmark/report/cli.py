@@ -10,6 +10,7 @@ import tyro
 
 from benchmark.report.config import Config
 from benchmark.report.figures import (
+    plot_dead_units,
     plot_disagreement,
     plot_games,
     plot_profiles,
@@ -29,6 +30,7 @@ FIGURES = {
     "success_vs_simulators.png": "share of successful runs vs simulators (Fig 1a)",
     "disagreement.png": "GALA parameter disagreement vs global steps (Fig 2)",
     "throughput.png": "SPS and utilisation per algorithm (Fig 3)",
+    "dead_units.png": "share of dead units per hidden layer vs global steps",
     "games_vs_steps.png": "A2C and GALA on each game, return vs global steps (800 pixels wide)",
     "games_vs_time.png": "A2C and GALA on each game, return vs wall-clock time (800 pixels wide)",
 }
@@ -137,6 +139,7 @@ def make_report(cfg: Config) -> int:
         or "no game has a nominal score above random play (from --nominal or its A2C runs)",
         "disagreement.png": plot_disagreement(ok, out / "disagreement.png") or "no GALA run logged gossip/disagreement",
         "throughput.png": plot_throughput(data.throughput, out / "throughput.png") or "no run logged charts/SPS",
+        "dead_units.png": plot_dead_units(ok, out / "dead_units.png") or "no run logged network/dead_units_*",
         **{f"games_vs_{name}.png": plot_games(ok, x, cfg.smooth, cfg.grid_points, out / f"games_vs_{name}.png")
            or "no run logged an episode" for x, name in (("step", "steps"), ("wall", "time"))},
         "performance_profile.png": plot_profiles(data.profiles, out / "performance_profile.png")

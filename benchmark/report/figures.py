@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.report.config import Config
-from benchmark.report.load import A2C, ALGORITHMS, GALA, RunRecord, label_order
+from benchmark.report.load import A2C, ALGORITHMS, GALA, HIDDEN, RunRecord, label_order
 from benchmark.report.stats import trailing_mean
 
 COLOURS = {A2C: "black", GALA: "tab:blue", "a3c_gpu": "tab:green", "impala": "tab:red"}
@@ -222,6 +222,34 @@ def plot_disagreement(ok: list[RunRecord], path: Path) -> bool:
         ax.set_title(f"{game}: GALA's agents, RMS |θ_i − θ̄| / |θ̄|", fontsize=10)
         ax.set_xlabel("global steps")
         ax.legend(fontsize=8)
+    return save(plt, fig, path)
+
+
+def plot_dead_units(ok: list[RunRecord], path: Path) -> bool:
+    """The share of dead units against global steps: one panel per hidden layer, one line per run, a colour per
+    label (and game, where there are several)."""
+    runs = [r for r in ok if r.dead_units]
+    if not runs:
+        return False
+    keys = label_order(r.label for r in runs)
+    games = sorted({r.game for r in runs})
+    key = (lambda r: r.label) if len(games) == 1 else (lambda r: f"{r.label} {r.game}")
+    keys = [k for k in dict.fromkeys(key(r) for r in sorted(runs, key=lambda r: keys.index(r.label)))]
+    colours = dict(zip(keys, [f"C{i % 10}" for i in range(len(keys))]))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(HIDDEN), figsize=(16, 3.6), squeeze=False, sharey=True)
+    for ax, layer in zip(axes[0], HIDDEN):
+        drawn = set()
+        for r in runs:
+            if layer in r.dead_units:
+                series = r.dead_units[layer]
+                ax.plot(series.step, series.value, lw=1, color=colours[key(r)],
+                        label=None if key(r) in drawn else key(r))
+                drawn.add(key(r))
+        ax.set_title(f"{layer}: share of dead units", fontsize=10)
+        ax.set_xlabel("global steps")
+        ax.set_ylim(-0.03, 1.03)
+    axes[0][0].legend(fontsize=7)
     return save(plt, fig, path)
 
 

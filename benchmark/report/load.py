@@ -75,6 +75,8 @@ class RunRecord:
     sps: Series = field(default_factory=Series)
     disagreement: Series = field(default_factory=Series)
     disagreement_relative: Series = field(default_factory=Series)
+    dead_units: dict[str, Series] = field(default_factory=dict)
+    """layer (HIDDEN) -> network/dead_units_<layer>: the share of its units no observation of a batch activates"""
     eval_argmax: Optional[float] = None
     eval_sampled: Optional[float] = None
     cpu_percent: list[float] = field(default_factory=list)
@@ -114,6 +116,9 @@ TAGS = {
     "disagreement_relative": "gossip/disagreement_relative",
 }
 """RunRecord series <- TensorBoard tag (= W&B history key under sync_tensorboard)"""
+HIDDEN = ("conv1", "conv2", "conv3", "fc")
+"""the scripts' hidden layers (their Agent.dead_units, logged as network/dead_units_<layer>)"""
+DEAD_UNITS = {layer: f"network/dead_units_{layer}" for layer in HIDDEN}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +177,7 @@ def load_local(experiment: Path) -> list[RunRecord]:
             seed=config.get("seed", entry.seed), simulators=config.get("total_envs", entry.simulators),
             total_timesteps=total or entry.total_timesteps, status=status, note=note,
             **{key: events.get(tag, Series()) for key, tag in TAGS.items()},
+            dead_units={layer: events[tag] for layer, tag in DEAD_UNITS.items() if tag in events},
             eval_argmax=evaluation.get("argmax", {}).get("mean", last_value(events, "eval/argmax_return_mean")),
             eval_sampled=evaluation.get("sampled", {}).get("mean", last_value(events, "eval/sampled_return_mean")),
             cpu_percent=list(utilisation.get("cpu_percent") or []), gpu_percent=utilisation.get("gpu_percent"),
@@ -217,11 +223,15 @@ def load_wandb(project: str, entity: Optional[str], group: Optional[str]) -> lis
         config = dict(run.config)
         exp_name = config.get("exp_name", "").removesuffix("_atari")  # the script's name, or a variant's label
         algorithm = next((t for t in run.tags if t in ALGORITHMS), exp_name or "?")
-        series = {}
-        for key, tag in TAGS.items():
+        series, dead = {}, {}
+        for key, tag in (*TAGS.items(), *DEAD_UNITS.items()):
             rows = [r for r in run.scan_history(keys=["global_step", tag, "_runtime"])]
-            series[key] = Series.by_step([r["global_step"] for r in rows], [r["_runtime"] for r in rows],
-                                         [r[tag] for r in rows])
+            found = Series.by_step([r["global_step"] for r in rows], [r["_runtime"] for r in rows],
+                                   [r[tag] for r in rows])
+            if key in TAGS:
+                series[key] = found
+            elif len(found):
+                dead[key] = found
         cpu, gpu = [], None
         try:
             system = run.history(stream="events", pandas=True)
@@ -239,6 +249,6 @@ def load_wandb(project: str, entity: Optional[str], group: Optional[str]) -> lis
             note="" if run.state == "finished" else f"state {run.state}",
             eval_argmax=run.summary.get("eval/argmax_return_mean"),
             eval_sampled=run.summary.get("eval/sampled_return_mean"),
-            cpu_percent=cpu, gpu_percent=gpu, config=config, **series,
+            cpu_percent=cpu, gpu_percent=gpu, config=config, dead_units=dead, **series,
         ))
     return records

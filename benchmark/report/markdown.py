@@ -8,7 +8,7 @@ import pandas as pd
 
 from benchmark.report.config import Config
 from benchmark.report.games import RANDOM_SCORES, parse_game_scores
-from benchmark.report.load import A2C, GALA
+from benchmark.report.load import A2C, GALA, HIDDEN
 from benchmark.report.stats import TTest
 from benchmark.report.tables import ReportData
 
@@ -281,9 +281,25 @@ def ranks_section(data: ReportData, cfg: Config) -> list[str]:
     return lines
 
 
+def dead_units_section(data: ReportData, cfg: Config) -> list[str]:
+    """Each run's share of dead units per hidden layer at its end (where the runs logged them)."""
+    ok = data.table[data.table["status"] == "ok"]
+    columns = [f"dead_{layer}" for layer in HIDDEN]
+    logged = ok.dropna(subset=columns, how="all")
+    if logged.empty:
+        return []
+    lines = ["## Dead units", "",
+             ("The share of each hidden layer's units (a conv's channels, the fc layer's units) that no observation "
+              "of the rollout batch activated (ReLU output 0 on the whole batch) at the run's last log point; "
+              "`dead_units.png` draws it against the steps."), ""]
+    table = logged[["label", "game", "simulators", "seed", "final", *columns]].rename(
+        columns={"label": "algorithm", **{f"dead_{layer}": layer for layer in HIDDEN}})
+    return lines + markdown(table.assign(**{layer: table[layer].map(fmt) for layer in HIDDEN})) + [""]
+
+
 def format_report(data: ReportData, cfg: Config, source: str) -> list[str]:
     """report.md's lines (without its figure list): its sections in order."""
     sections = (runs_section, scores_section, games_section, success_section, tests_section, throughput_section,
-                time_section, ranks_section)
+                time_section, ranks_section, dead_units_section)
     return ["# Benchmark report", "", f"Source: {source}.", ""] + [line for section in sections
                                                                    for line in section(data, cfg)]

@@ -10,7 +10,7 @@ import pandas as pd
 
 from benchmark.report.config import Config
 from benchmark.report.games import RandomPlay, parse_game_scores, random_play, read_random_play
-from benchmark.report.load import A2C, GALA, RunRecord, Series, label_order
+from benchmark.report.load import A2C, GALA, HIDDEN, RunRecord, Series, label_order
 from benchmark.report.stats import (
     TTest,
     aggregates_with_ci,
@@ -39,9 +39,10 @@ def late_mean(series: Series, total_steps: int) -> float:
 def runs_table(records: list[RunRecord], targets: Optional[dict[str, float]] = None, smooth: int = 10) -> pd.DataFrame:
     """One row per run: label, algorithm, game, simulators, seed, status, note, final score, the score in each
     quarter of the steps (q1..q4), SPS, the wall seconds and steps it reached, utilisation, evaluation, each
-    rank's steps per second, the seconds and steps to its game's target score (TARGETS: game -> score), and for
-    GALA runs the gossip statistics of its summary.json with the mean relative disagreement of the last quarter
-    of its steps. `at_time` (the score at the game's common wall-clock time) is added by compute_report."""
+    rank's steps per second, the seconds and steps to its game's target score (TARGETS: game -> score), the share
+    of dead units of each hidden layer at its last log point (dead_<layer>), and for GALA runs the gossip
+    statistics of its summary.json with the mean relative disagreement of the last quarter of its steps.
+    `at_time` (the score at the game's common wall-clock time) is added by compute_report."""
     rows = []
     for r in records:
         ok = r.status == "ok"
@@ -62,6 +63,8 @@ def runs_table(records: list[RunRecord], targets: Optional[dict[str, float]] = N
             "eval_argmax": r.eval_argmax, "eval_sampled": r.eval_sampled,
             **gossip_statistics(r.summary if ok else {}),
             "disagreement": late_mean(r.disagreement_relative, r.total_timesteps),
+            **{f"dead_{layer}": float(r.dead_units[layer].value[-1]) if ok and layer in r.dead_units else math.nan
+               for layer in HIDDEN},
             "rank_rates": rank_rates(r.summary, r.config) if ok else "",
             **dict(zip(("to_target_s", "to_target_steps"), time_to(r.returns.wall, r.returns.step, r.returns.value,
                                                                  (targets or {})[r.game], smooth)
