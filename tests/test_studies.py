@@ -1,0 +1,17 @@
+"""The one-off studies' own measures, on hand-made inputs where the answer is known."""
+
+import numpy as np
+
+from studies.official_gala import Learner, ages, drift
+
+
+def test_message_age_and_drift_of_the_side_by_side_by_hand():
+    """Two learners on a ring of two. Learner 0 writes at t = 1, 2, 3, 4 (its updates 1-4), learner 1 at t = 1.5,
+    3.5. Learner 1 mixes 0's update 1 at t = 1.6 (0 has begun no later update: age 0) and 0's update 2 at t = 3.6
+    (0 began 3 after it: age 1); learner 0 mixes 1's update 1 at t = 3.2 (age 0) and its update 2 at t = 4.1
+    (age 0). When learner 1 made its last write point (t = 3.5), learner 0 had one update
+    left (t = 4); their last write points are 0.5 s apart."""
+    learners = [Learner(np.array([1.0, 2.0, 3.0, 4.0]), [(3.2, 1, 1), (4.1, 1, 2)], 0),
+                Learner(np.array([1.5, 3.5]), [(1.6, 0, 1), (3.6, 0, 2)], 1)]
+    assert sorted(ages(learners).tolist()) == [0, 0, 0, 1]
+    assert drift(learners) == (1, 0.5)
