@@ -314,6 +314,8 @@ class Config:
     two times slower, seeds 1-2"""
     algorithms: Optional[tuple[Algorithm, ...]] = None
     """overrides the preset's algorithms"""
+    labels: Optional[tuple[str, ...]] = None
+    """run only these arms (algorithms or variants' labels) of the preset and --variant"""
     variant: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """LABEL=ALGORITHM:FLAGS: ALGORITHM's runs again (its games, simulators and seeds) with FLAGS
     after all others, under LABEL in the manifest and the report: --variant "gala_sync=gala_a2c:--sync-freq 0"
@@ -444,6 +446,11 @@ def plan_arms(cfg: Config, preset: Preset) -> list[Arm]:
         if label in (arm.label for arm in arms):
             raise ConfigError(f"--variant {text!r}: the label {label!r} is given twice")
         arms.append(Arm(label, algorithm, ("--exp-name", label, *flags), seeds(label, algorithm)))
+    if cfg.labels is not None:
+        unknown = sorted(set(cfg.labels) - {arm.label for arm in arms})
+        if unknown:
+            raise ConfigError(f"--labels {' '.join(unknown)}: not an arm here ({', '.join(a.label for a in arms)})")
+        arms = [arm for arm in arms if arm.label in cfg.labels]
     return arms
 
 

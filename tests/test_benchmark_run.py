@@ -369,6 +369,13 @@ def test_a_run_cut_short_continues_from_its_checkpoint_and_its_curve_joins(tmp_p
     assert all(later >= earlier for earlier, later in zip(joined.wall, joined.wall[1:]))
 
 
+def test_labels_pick_arms_of_the_preset_and_refuse_others():
+    runs = plan_runs(Config(preset="paper-shape", labels=("gala_sync",), seeds=(1,)))
+    assert [(r.label, r.seed) for r in runs] == [("gala_sync", 1)] and "--sync-freq" in runs[0].command
+    with pytest.raises(ConfigError, match="--labels gala: not an arm here"):
+        plan_runs(Config(preset="paper-shape", labels=("gala",)))
+
+
 def test_a_run_continues_the_same_run_of_the_experiment_it_extends(tmp_path):
     """A run of an experiment that extends another (the horizon preset: six-games' runs to more steps) starts from
     the final checkpoint of the same run there, unless it left a checkpoint of its own; a run there of more steps
