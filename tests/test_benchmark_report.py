@@ -84,6 +84,15 @@ def test_run_sps_skips_the_first_point():
     assert math.isnan(stats.run_sps([]))
 
 
+@pytest.fixture(autouse=True)
+def tabulated_random_play(tmp_path_factory, monkeypatch):
+    """The report's tests count from the tabulated random play (Pong -20.7, Breakout 1.7, ...) whatever
+    results/random_play.json the project has committed: a test that wants measured random play gives its file."""
+    from benchmark.report import games
+
+    monkeypatch.setattr(games, "RANDOM_PLAY_FILE", tmp_path_factory.mktemp("no_random_play") / "absent.json")
+
+
 def gala_record(**fields) -> load.RunRecord:
     """A hand-built ok GALA run on Pong at 4 simulators, seed 1, 1,000 steps; FIELDS override."""
     return load.RunRecord(**{"name": "r", "algorithm": "gala_a2c", "env_id": "Pong-v5", "seed": 1, "simulators": 4,
