@@ -105,6 +105,14 @@ class Run:
     """(global step, raw score) of every finished game"""
     total_steps: int
     sps: float
+    counts: Optional[tuple[float, float]] = None
+    """(mix rate, skipped writes) from summary.json, for a run of ours without a trace"""
+
+
+def summary_counts(summary: dict) -> tuple[float, float]:
+    """Mix rate and skipped writes per update over all agents, from our summary.json's per-rank counts."""
+    updates = sum(r["updates"] for r in summary["ranks"])
+    return (sum(r["mixes"] for r in summary["ranks"]) / updates, sum(r["skipped"] for r in summary["ranks"]) / updates)
 
 
 def read_ours(where: Path) -> Run:
@@ -115,7 +123,7 @@ def read_ours(where: Path) -> Run:
     returns = read_events(run_dir)["charts/episodic_return"]
     summary = json.loads((run_dir / "summary.json").read_text())
     return Run("ours", learners, np.column_stack([returns.step, returns.value]), summary["global_step"],
-               summary["sps"])
+               summary["sps"], None if learners else summary_counts(summary))
 
 
 def read_theirs(out: Path) -> Run:
@@ -167,10 +175,11 @@ def quarters(run: Run) -> list[float]:
     return [float(scores[quarter == q].mean()) if (quarter == q).any() else float("nan") for q in range(4)]
 
 
-def gossip_cells(learners: list[Learner]) -> list[str]:
-    """Mix rate, skipped writes, mean age, age shares, drift and end spread ("-" each for a run without a trace)."""
+def gossip_cells(learners: list[Learner], counts: Optional[tuple[float, float]] = None) -> list[str]:
+    """Mix rate, skipped writes, mean age, age shares, drift and end spread (for a run without a trace, the mix rate
+    and skipped writes of its summary.json if given, "-" for the others)."""
     if not learners:
-        return ["-"] * 6
+        return [f"{c:.3f}" for c in counts] + ["-"] * 4 if counts else ["-"] * 6
     updates = sum(len(learner.writes) for learner in learners)
     mixed = sum(len({t for t, _, _ in learner.mixes}) for learner in learners)
     age = ages(learners)
@@ -182,7 +191,7 @@ def gossip_cells(learners: list[Learner]) -> list[str]:
 
 def row(label: str, run: Run) -> list[str]:
     q = quarters(run)
-    return [label, run.code, " / ".join(f"{x:.2f}" for x in q), f"{q[3]:.2f}", *gossip_cells(run.learners),
+    return [label, run.code, " / ".join(f"{x:.2f}" for x in q), f"{q[3]:.2f}", *gossip_cells(run.learners, run.counts),
             f"{run.sps:.0f}"]
 
 
@@ -196,7 +205,8 @@ class Compare:
 
     run: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
     """LABEL=DIR: a directory of ours with runs/ (a `trace` DIR, or a benchmark run's workdir: without a trace, its
-    gossip columns are "-"), or the authors' code's --out directory (it has logs/)"""
+    mix rate and skipped writes come from summary.json, its other gossip columns are "-"), or the authors' code's
+    --out directory (it has logs/)"""
     out: Optional[Path] = None
     """where to write the table (markdown) as well"""
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from studies.official_gala import Learner, ages, drift
+from studies.official_gala import Learner, ages, drift, gossip_cells, summary_counts
 
 
 def test_message_age_and_drift_of_the_side_by_side_by_hand():
@@ -15,3 +15,11 @@ def test_message_age_and_drift_of_the_side_by_side_by_hand():
                 Learner(np.array([1.5, 3.5]), [(1.6, 0, 1), (3.6, 0, 2)], 1)]
     assert sorted(ages(learners).tolist()) == [0, 0, 0, 1]
     assert drift(learners) == (1, 0.5)
+
+
+def test_an_untraced_run_of_ours_gives_its_mix_rate_and_skipped_writes_from_its_summary():
+    """Two agents: 10 + 30 updates, 8 + 21 of them mixed, 1 + 3 writes skipped: 29 / 40 and 4 / 40."""
+    summary = {"ranks": [{"updates": 10, "mixes": 8, "skipped": 1}, {"updates": 30, "mixes": 21, "skipped": 3}]}
+    assert summary_counts(summary) == (29 / 40, 4 / 40)
+    assert gossip_cells([], summary_counts(summary)) == ["0.725", "0.100", "-", "-", "-", "-"]
+    assert gossip_cells([]) == ["-"] * 6
