@@ -209,13 +209,55 @@ class Compare:
     --out directory (it has logs/)"""
     out: Optional[Path] = None
     """where to write the table (markdown) as well"""
+    figure: Optional[Path] = None
+    """where to draw the runs' scores against steps (PNG): a colour per group (a label without its last "-part",
+    e.g. theirs-s1 -> theirs), each run thin, the group's mean bold"""
+    smooth: int = 100
+    """the figure's curves: the mean of the last SMOOTH games"""
+
+
+def group_of(label: str) -> str:
+    """A run's group in the figure: its label without the last "-part" (theirs-s2 -> theirs; ours-after-s1 ->
+    ours-after); a label without "-" is its own group."""
+    return label.rpartition("-")[0] or label
+
+
+def draw(runs: dict[str, Run], smooth: int, path: Path) -> None:
+    """Each run's score (mean of its last SMOOTH games, in step order) against global steps, thin; per group the
+    mean over its runs on a common grid, bold."""
+    from benchmark.report.figures import pyplot, save
+    from benchmark.report.stats import trailing_mean
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    groups = list(dict.fromkeys(group_of(label) for label in runs))
+    for colour, group in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], groups):
+        lines = []
+        for label, run in runs.items():
+            if group_of(label) == group and len(run.games):
+                order, smoothed = trailing_mean(run.games[:, 0], run.games[:, 1], smooth)
+                lines.append((run.games[order, 0], smoothed))
+                ax.plot(*lines[-1], color=colour, lw=0.7, alpha=0.35)
+        grid = np.linspace(max(xs[0] for xs, _ in lines), min(xs[-1] for xs, _ in lines), 200)
+        ax.plot(grid, np.mean([np.interp(grid, xs, ys) for xs, ys in lines], axis=0), color=colour, lw=2.2,
+                label=f"{group} (mean of {len(lines)})")
+    ax.set_xlabel("global steps")
+    ax.set_ylabel(f"score (mean of last {smooth} games)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="upper left")
+    ax.set_title("thin: each run; bold: mean over a group's runs", fontsize=10)
+    save(plt, fig, path)
 
 
 def compare(cfg: Compare) -> None:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
+    runs = {}
     for item in cfg.run:
         label, _, where = item.partition("=")
-        lines.append("| " + " | ".join(row(label, read_run(Path(where)))) + " |")
+        runs[label] = read_run(Path(where))
+        lines.append("| " + " | ".join(row(label, runs[label])) + " |")
+    if cfg.figure:
+        draw(runs, cfg.smooth, cfg.figure)
     text = "\n".join([f"`python -m studies.official_gala compare {' '.join(sys.argv[2:])}`", "", *lines, ""])
     print(text)
     if cfg.out:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from studies.official_gala import Learner, ages, drift, gossip_cells, summary_counts
+from studies.official_gala import Learner, Run, ages, draw, drift, gossip_cells, group_of, summary_counts
 
 
 def test_message_age_and_drift_of_the_side_by_side_by_hand():
@@ -23,3 +23,11 @@ def test_an_untraced_run_of_ours_gives_its_mix_rate_and_skipped_writes_from_its_
     assert summary_counts(summary) == (29 / 40, 4 / 40)
     assert gossip_cells([], summary_counts(summary)) == ["0.725", "0.100", "-", "-", "-", "-"]
     assert gossip_cells([]) == ["-"] * 6
+
+
+def test_the_side_by_side_figure_groups_runs_by_label_and_draws_them(tmp_path):
+    assert [group_of(x) for x in ("theirs-s1", "ours-after-s12", "ours")] == ["theirs", "ours-after", "ours"]
+    games = np.column_stack([np.arange(1, 301) * 100.0, np.linspace(0, 30, 300)])
+    runs = {f"{code}-s{s}": Run(code, [], games + [0, s], 30000, 1.0) for code in ("ours", "theirs") for s in (1, 2)}
+    draw(runs, 10, tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
