@@ -365,7 +365,9 @@ class Gossip:
     (Without the note, a completed Issend only says the message reached the receive buffer: the sender
     would queue its next message, taken then, before the peer mixed the previous, and the peer would
     mix parameters an update older for as long as it stays that far behind.) A send buffer is never
-    written while in flight, and no message is ever dropped or overwritten.
+    written while in flight, and no message is ever dropped or overwritten. An agent that blocks (with
+    `sync_freq`) pays, while it waits, the messages it skipped: one per skipped send, each written as soon
+    as that peer's note comes, so that blocked agents never wait for each other's skipped messages.
     `flat` is the parameter vector itself (the model's parameters are views into it): mixing is in
     place. On a GPU the parameters pass through pinned host buffers (no CUDA-aware MPI assumed): an
     update copies them from the device once if it sends, not at all if it skips every send.
@@ -408,6 +410,7 @@ class Gossip:
         self.recv_req = {p: comm.Irecv(self.recv_buf[p], source=p, tag=TAG_PARAMS) for p in ins}
         self.arrived = dict.fromkeys(ins, False)
         self.taken: list[int] = []  # in-peers whose message this exchange read
+        self.owed = dict.fromkeys(outs, 0)  # messages skipped per out-peer, paid only while blocked (sync_freq)
         self.done_buf = {p: np.zeros(1, dtype=np.int64) for p in ins}
         self.done_req = {p: comm.Irecv(self.done_buf[p], source=p, tag=TAG_DONE) for p in ins}
         self.sent, self.received = dict.fromkeys(outs, 0), dict.fromkeys(ins, 0)
@@ -439,16 +442,36 @@ class Gossip:
         return self.expected[p] is not None and self.received[p] == self.expected[p]
 
     def _wait_for_in_peers(self, in_peers: list[int]) -> None:
-        """Block (inside MPI) until every current in-peer's message has arrived or that peer finished."""
+        """Block (inside MPI) until every current in-peer's message has arrived or that peer finished. While
+        blocked, pay the messages owed (one per skipped send, to each out-peer skipped) as the peers' read notes
+        come: a peer may itself be blocked waiting for one (two agents that each skipped the other would
+        otherwise wait for each other for ever)."""
         while True:
+            for p, n in self.owed.items():
+                if n and self.read_req[p].Test():  # read (the note may have come before this wait): write now
+                    self._write(p)
+                    self.owed[p] -= 1
+                    self.skipped -= 1  # sent after all, late
             live = [p for p in in_peers if not self.arrived[p] and not self._finished(p)]
             if not live:
                 return
-            reqs = [self.recv_req[p] for p in live] + [self.done_req[p] for p in live if self.expected[p] is None]
-            index = MPI.Request.Waitany(reqs)
+            done = [self.done_req[p] for p in live if self.expected[p] is None]
+            notes = [self.read_req[p] for p, n in self.owed.items() if n]
+            index = MPI.Request.Waitany([self.recv_req[p] for p in live] + done + notes)
             if index < len(live):
                 self.arrived[live[index]] = True
             self._poll_done()
+
+    def _write(self, p: int, written: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Write and send the parameters to out-peer p, whose read note for the previous message has come;
+        WRITTEN: the parameters as already copied for another peer this update (one copy from the device)."""
+        self.send_req[p].Wait()  # complete already: the peer has read it
+        self.send_t[p][: self.numel].copy_(self.flat if written is None else written)
+        self.send_buf[p][-1] = self.updates
+        self.send_req[p] = self.comm.Issend(self.send_buf[p], dest=p, tag=TAG_PARAMS)
+        self.read_req[p] = self.comm.Irecv(self.note_in, source=p, tag=TAG_READ)
+        self.sent[p] += 1
+        return self.send_t[p][: self.numel]
 
     def exchange(self, update: int) -> int:
         """Send to this update's out-peers, mix what has arrived; returns the number of messages mixed."""
@@ -461,14 +484,9 @@ class Gossip:
                 self.read_req[p].Wait()  # in lockstep a send is never skipped (the peer reads it this update)
             elif not self.read_req[p].Test():  # the peer has not read our previous message: skip, never wait
                 self.skipped += 1
+                self.owed[p] += 1
                 continue
-            self.send_req[p].Wait()  # complete already: the peer has read it
-            self.send_t[p][: self.numel].copy_(self.flat if written is None else written)
-            written = self.send_t[p][: self.numel]
-            self.send_buf[p][-1] = self.updates
-            self.send_req[p] = self.comm.Issend(self.send_buf[p], dest=p, tag=TAG_PARAMS)
-            self.read_req[p] = self.comm.Irecv(self.note_in, source=p, tag=TAG_READ)
-            self.sent[p] += 1
+            written = self._write(p, written)
 
         self.progress()
         self._poll_done()

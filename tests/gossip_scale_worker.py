@@ -1,7 +1,9 @@
 """The script's Gossip alone at many ranks: for each graph (ring, exponential) with 2 peers, first
 synchronous rounds in lockstep (--sync-freq 0, a barrier before each), which must keep the exact
 average of the starting vectors, then asynchronous rounds (never blocking, ranks working unevenly),
-which must reach consensus. Rank 0 writes a JSON summary per graph. Usage:
+which must reach consensus, then blocking rounds of ranks working unevenly (--sync-freq 0 without the
+barrier, one rank starting late): senders skip peers that have not read their last message while
+receivers block, which must neither hang nor lose a message. Rank 0 writes a JSON summary per graph. Usage:
     mpirun -np 32 python gossip_scale_worker.py OUT ROUNDS"""
 
 import json
@@ -25,14 +27,18 @@ for graph in ("ring", "exponential"):
     start = rng.normal(size=1000).astype(np.float32)
     flat = torch.from_numpy(start.copy())
     summary = {}
-    for mode, sync_freq in (("synchronous", 0), ("asynchronous", None)):
+    for mode, sync_freq in (("synchronous", 0), ("asynchronous", None), ("blocking", 0)):
         gossip = gala.Gossip(comm.Dup(), flat, graph, 2, sync_freq)
         comm.Barrier()
+        if mode == "blocking" and rank == 2:
+            time.sleep(0.05)  # the others' first messages to it wait unread, so their next sends are skipped
         for t in range(1, rounds + 1):
-            if sync_freq == 0:
+            if mode == "synchronous":
                 comm.Barrier()
             else:
-                time.sleep(0.001 * rng.uniform(0, 2))
+                until = time.time() + 0.001 * rng.uniform(0, 2)
+                while time.time() < until:  # work, letting MPI move messages as an agent does
+                    gossip.progress()
             gossip.exchange(t)
         gossip.finish()
         finals = comm.gather(flat.numpy().astype(np.float64), root=0)

@@ -207,9 +207,10 @@ def test_lockstep_mixes_messages_of_exactly_the_age_asked(four_agents, graph, nu
 def test_gossip_alone_at_many_agents_on_both_graphs(tmp_path, agents):
     """The Gossip class at a cluster's size, 2 peers on both graphs: synchronous rounds in lockstep keep
     the exact average (float32 rounding only); synchronous and asynchronous rounds (agents working
-    unevenly) contract the agents towards consensus (the exponential graph reaches it); every message is
-    accounted for. One launch of 8 ranks in the default suite; of 32 with the scale tests (a minute on 2
-    cores: 32 Python processes that import torch)."""
+    unevenly) contract the agents towards consensus (the exponential graph reaches it); blocking rounds of
+    agents working unevenly (senders skipping peers that have not read, receivers waiting) end, without a
+    hang, and contract too; every message is accounted for. One launch of 8 ranks in the default suite; of
+    32 with the scale tests (a minute on 2 cores: 32 Python processes that import torch)."""
     out = tmp_path / "scale.json"
     ok(subprocess.run(command("tests/gossip_scale_worker.py", str(out), "60", np=agents), capture_output=True,
                       text=True, timeout=280))
@@ -222,7 +223,8 @@ def test_gossip_alone_at_many_agents_on_both_graphs(tmp_path, agents):
         bound = 0.5 if graph == "ring" else 1e-3
         assert sync["spread"] < bound * r["initial_spread"], graph
         assert free["spread"] < bound * r["initial_spread"], graph
-        assert all(m["sent"] == m["received"] for m in (sync, free)), graph
+        assert r["blocking"]["spread"] < bound * r["initial_spread"], graph
+        assert all(m["sent"] == m["received"] for m in (sync, free, r["blocking"])), graph
 
 
 @pytest.mark.parametrize("device", DEVICES)
