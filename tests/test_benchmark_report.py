@@ -596,7 +596,7 @@ def test_dead_units_end_values_in_the_table_and_a_curve_per_layer(tmp_path):
                gala_record(name="old", seed=2, returns=load.Series.by_step([950], [1.0], [-19.0]))]
     data = tables.compute_report(records, report.Config(bootstrap_reps=50))
     md = "\n".join(markdown.format_report(data, report.Config(bootstrap_reps=50), "test"))
-    assert row(md, "Dead units", "gala_a2c", "Pong", "4", "1")[5:] == ["0.00", "0.30", "0.60", "0.90"]
+    assert row(md, "Dead units", "gala_a2c", "Pong", "4", "1")[4:] == ["-20.00", "0.00", "0.30", "0.60", "0.90"]
     with pytest.raises(AssertionError):
         row(md, "Dead units", "gala_a2c", "Pong", "4", "2")
     assert figures.plot_dead_units(records, tmp_path / "dead.png") and (tmp_path / "dead.png").stat().st_size > 0

@@ -294,7 +294,8 @@ def dead_units_section(data: ReportData, cfg: Config) -> list[str]:
               "`dead_units.png` draws it against the steps."), ""]
     table = logged[["label", "game", "simulators", "seed", "final", *columns]].rename(
         columns={"label": "algorithm", **{f"dead_{layer}": layer for layer in HIDDEN}})
-    return lines + markdown(table.assign(**{layer: table[layer].map(fmt) for layer in HIDDEN})) + [""]
+    shares = {column: table[column].map(fmt) for column in ("final", *HIDDEN)}
+    return lines + markdown(table.assign(**shares)) + [""]
 
 
 def format_report(data: ReportData, cfg: Config, source: str) -> list[str]:
