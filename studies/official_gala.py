@@ -225,22 +225,19 @@ def group_of(label: str) -> str:
 def draw(runs: dict[str, Run], smooth: int, path: Path) -> None:
     """Each run's score (mean of its last SMOOTH games, in step order) against global steps, thin; per group the
     mean over its runs on a common grid, bold."""
-    from benchmark.report.figures import pyplot, save
-    from benchmark.report.stats import trailing_mean
+    from benchmark.report.figures import mean_of_curves, pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     groups = list(dict.fromkeys(group_of(label) for label in runs))
     for colour, group in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], groups):
-        lines = []
-        for label, run in runs.items():
-            if group_of(label) == group and len(run.games):
-                order, smoothed = trailing_mean(run.games[:, 0], run.games[:, 1], smooth)
-                lines.append((run.games[order, 0], smoothed))
-                ax.plot(*lines[-1], color=colour, lw=0.7, alpha=0.35)
-        grid = np.linspace(max(xs[0] for xs, _ in lines), min(xs[-1] for xs, _ in lines), 200)
-        ax.plot(grid, np.mean([np.interp(grid, xs, ys) for xs, ys in lines], axis=0), color=colour, lw=2.2,
-                label=f"{group} (mean of {len(lines)})")
+        games = [(run.games[:, 0], run.games[:, 1]) for label, run in runs.items()
+                 if group_of(label) == group and len(run.games)]
+        lines, mean = mean_of_curves(games, smooth, 200)
+        for line in lines:
+            ax.plot(*line, color=colour, lw=0.7, alpha=0.35)
+        ax.plot(*(mean if mean is not None else lines[0]), color=colour, lw=2.2,
+                label=f"{group} (mean of {len(lines)})" if mean is not None else f"{group} ({len(lines)} run)")
     ax.set_xlabel("global steps")
     ax.set_ylabel(f"score (mean of last {smooth} games)")
     ax.grid(alpha=0.3)

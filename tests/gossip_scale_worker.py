@@ -16,6 +16,8 @@ import torch
 from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gossip_worker import work  # noqa: E402  (tests/, this script's directory, is on sys.path)
+
 import gala_a2c_atari as gala  # noqa: E402
 
 out, rounds = sys.argv[1], int(sys.argv[2])
@@ -36,9 +38,7 @@ for graph in ("ring", "exponential"):
             if mode == "synchronous":
                 comm.Barrier()
             else:
-                until = time.time() + 0.001 * rng.uniform(0, 2)
-                while time.time() < until:  # work, letting MPI move messages as an agent does
-                    gossip.progress()
+                work(gossip, 0.001 * rng.uniform(0, 2))
             gossip.exchange(t)
         gossip.finish()
         finals = comm.gather(flat.numpy().astype(np.float64), root=0)

@@ -134,7 +134,8 @@ def alternate(gossip, rounds: int) -> int:
     return 0
 
 
-out, configs = sys.argv[1], sys.argv[2:]
-results = {config: run(config) for config in configs}
-if rank == 0:
-    Path(out).write_text(json.dumps(results))
+if __name__ == "__main__":  # gossip_scale_worker.py imports work()
+    out, configs = sys.argv[1], sys.argv[2:]
+    results = {config: run(config) for config in configs}
+    if rank == 0:
+        Path(out).write_text(json.dumps(results))

@@ -51,10 +51,17 @@ def comparisons(labels: list[str]) -> list[tuple[str, list[str]]]:
 def curves(runs: list[RunRecord], x: str, smooth: int, points: int) -> tuple[list, Optional[tuple]]:
     """Each run's curve (x, trailing mean of its last `smooth` games) and the mean over runs on a common grid up to
     where every run has reached (None if the runs share no range). x: "step" or "wall": the games in that order."""
+    return mean_of_curves([(getattr(r.returns, x), r.returns.value) for r in runs], smooth, points)
+
+
+def mean_of_curves(games: list[tuple], smooth: int, points: int) -> tuple[list, Optional[tuple]]:
+    """GAMES: per run (x, returns) of its games. Each run's curve (x in order, trailing mean of its last `smooth`
+    games) and the mean over runs on a grid of POINTS where every run has values (None if fewer than two runs or
+    they share no range)."""
     lines = []
-    for r in runs:
-        xs = np.asarray(getattr(r.returns, x), dtype=float)
-        order, smoothed = trailing_mean(xs, r.returns.value, smooth)
+    for x, values in games:
+        xs = np.asarray(x, dtype=float)
+        order, smoothed = trailing_mean(xs, values, smooth)
         lines.append((xs[order], smoothed))
     start, stop = max(xs[0] for xs, _ in lines), min(xs[-1] for xs, _ in lines)
     if len(lines) < 2 or stop <= start:
