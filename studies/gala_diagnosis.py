@@ -1,4 +1,5 @@
-"""Why GALA can learn less per step than A2C: two effects, each measured against a ground truth.
+"""Why GALA can learn less per step than A2C (two effects, each measured against a ground truth), and what the
+first updates do to the network.
 
 1. Staleness (`consensus`). Two agents run the script's real `Gossip` on a linear toy objective:
    every update adds the same step a to each agent (x <- x + a), then gossips. The agents' average
@@ -18,13 +19,21 @@
    the check of the measurement). Simplification: the shard RMSprop states follow the A2C run's
    parameters, not each agent's own trajectory.
 
+3. The first updates (`warmup`). One A2C learner's first updates on a game (Pong by default, whose bright,
+   uniform background gives the first conv's gradient one sign over the whole frame), per learning rate and
+   per RMSprop start: torch's square average starts at 0, so its first steps are about 10 x lr per parameter
+   in the sign of the gradient; TF1's (OpenAI baselines' A2C) starts at 1, so its first steps are about lr x
+   the gradient. Measured: the share of the first conv's units that no observation of the rollout batch
+   activates, every --every updates, as the scripts log it (`network/dead_units_*`).
+
 The study's own runs: `python -m benchmark report` gives each GALA run's gossip over all its agents (from
 summary.json) and the mean return per quarter of the steps.
 
     python -m studies.gala_diagnosis consensus
     python -m studies.gala_diagnosis step --total-timesteps 200000
+    python -m studies.gala_diagnosis warmup
 
-Writes its table to --out (default results/gala_diagnosis_{consensus,step}.txt).
+Writes its table to --out (default results/gala_diagnosis_{consensus,step,warmup}.txt).
 """
 
 import json
@@ -152,9 +161,40 @@ def flat_grad(agent) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in agent.parameters()])
 
 
-def run_step(cfg: Step) -> None:
-    from torch.distributions.categorical import Categorical
+class Rollout:
+    """The script's rollout of T steps on S envpool simulators (its targets; envpool's reset steps masked)."""
 
+    def __init__(self, a2c, envs, S: int, T: int, gamma: float):
+        self.a2c, self.envs, self.T, self.gamma = a2c, envs, T, gamma
+        self.obs = torch.zeros((T, S, 4, 84, 84), dtype=torch.uint8)
+        self.actions, self.values = torch.zeros((T, S), dtype=torch.long), torch.zeros((T, S))
+        self.rewards, self.terms, self.truncs = (np.zeros((T, S), dtype=np.float32) for _ in range(3))
+        self.next_obs, self.next_done = torch.from_numpy(envs.reset()[0]), np.zeros(S, dtype=bool)
+        self.stats, self.returns_seen = a2c.EpisodeStats(S), []
+
+    def collect(self, agent):
+        """T steps with AGENT's sampled actions: (obs, actions, n-step returns, valid mask)."""
+        from torch.distributions.categorical import Categorical
+
+        prev_done = torch.from_numpy(self.next_done.astype(np.float32))
+        for t in range(self.T):
+            self.obs[t] = self.next_obs
+            with torch.no_grad():
+                logits, self.values[t] = agent(self.next_obs)
+            self.actions[t] = Categorical(logits=logits).sample()
+            valid = ~self.next_done
+            raw, self.rewards[t], terminated, truncated, info = self.envs.step(self.actions[t].numpy())
+            self.terms[t], self.truncs[t], self.next_done = terminated, truncated, terminated | truncated
+            self.next_obs = torch.from_numpy(raw)
+            self.returns_seen += [r for r, _ in self.stats.update(info, truncated, valid)]
+        with torch.no_grad():
+            next_value = agent(self.next_obs)[1]
+        returns, valid = self.a2c.a2c_targets(*(torch.from_numpy(x) for x in (self.rewards, self.terms, self.truncs)),
+                                              self.values, next_value, prev_done, self.gamma)
+        return self.obs, self.actions, returns, valid
+
+
+def run_step(cfg: Step) -> None:
     a2c = script_module("a2c_allreduce_atari.py")
 
     torch.set_num_threads(cfg.threads)
@@ -169,29 +209,12 @@ def run_step(cfg: Step) -> None:
     optimizer = torch.optim.RMSprop(agent.parameters(), lr=lr, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps)
     numel = sum(p.numel() for p in agent.parameters())
     square_avg = {n: torch.zeros(n, numel) for n in cfg.agents}  # one RMSprop state per shard
-    obs = torch.zeros((T, S, 4, 84, 84), dtype=torch.uint8)
-    actions, values = torch.zeros((T, S), dtype=torch.long), torch.zeros((T, S))
-    rewards, terms, truncs = (np.zeros((T, S), dtype=np.float32) for _ in range(3))
-    next_obs, next_done = torch.from_numpy(envs.reset()[0]), np.zeros(S, dtype=bool)
-    stats, returns_seen = a2c.EpisodeStats(S), []
+    rollout = Rollout(a2c, envs, S, T, args.gamma)
     window: dict[str, list] = {}
     rows, step = [], 0
     while step < cfg.total_timesteps:
-        prev_done = torch.from_numpy(next_done.astype(np.float32))
-        for t in range(T):
-            obs[t] = next_obs
-            with torch.no_grad():
-                logits, values[t] = agent(next_obs)
-            actions[t] = Categorical(logits=logits).sample()
-            valid = ~next_done
-            raw, rewards[t], terminated, truncated, info = envs.step(actions[t].numpy())
-            terms[t], truncs[t], next_done = terminated, truncated, terminated | truncated
-            next_obs = torch.from_numpy(raw)
-            returns_seen += [r for r, _ in stats.update(info, truncated, valid)]
-        with torch.no_grad():
-            next_value = agent(next_obs)[1]
-        returns, valid = a2c.a2c_targets(*(torch.from_numpy(x) for x in (rewards, terms, truncs)), values,
-                                         next_value, prev_done, args.gamma)
+        obs, actions, returns, valid = rollout.collect(agent)
+        returns_seen = rollout.returns_seen
         # The gradient of each of the finest shards' summed loss, and its count of valid samples.
         width, sums, counts = S // finest, [], []
         for k in range(finest):
@@ -252,6 +275,82 @@ def run_step(cfg: Step) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# 3. What the first updates do to the first conv
+@dataclass
+class Warmup:
+    """The share of the first conv's units that the first A2C updates leave dead, per learning rate and per
+    RMSprop start: torch's square average starting at 0 (the scripts' and the GALA authors' code), whose
+    first steps are about 10 x lr per parameter in the sign of the gradient, or at 1 (TF1's RMSPropOptimizer,
+    as in OpenAI baselines' A2C), whose first steps are about lr x the gradient."""
+
+    env_id: str = "Pong-v5"
+    simulators: int = 64
+    """simulators of the one A2C learner (the paper's shape: 4 workers x 16 are one A2C of 64)"""
+    updates: int = 60
+    every: int = 10
+    """updates between measurements"""
+    learning_rates: tuple[float, ...] = (1.4e-3, 7e-4)
+    starts: tuple[float, ...] = (0.0, 1.0)
+    """RMSprop's square average at the start: 0 (torch's) or 1 (TF1's)"""
+    seeds: tuple[int, ...] = (1, 2, 3)
+    threads: int = 2
+    out: Path = Path("results/gala_diagnosis_warmup.txt")
+
+
+def warmup_run(a2c, cfg: Warmup, seed: int, lr: float, start: float) -> list[dict[str, float]]:
+    """One A2C learner's first --updates updates, the script's loss, clip and RMSprop; the dead units on each
+    measured update's rollout batch (before its step), as the scripts log them."""
+    torch.manual_seed(seed)
+    args = a2c.Args(env_id=cfg.env_id)
+    envs = a2c.make_env(cfg.env_id, cfg.simulators, seed, cfg.threads)
+    agent = a2c.Agent(envs.action_space.n)
+    optimizer = torch.optim.RMSprop(agent.parameters(), lr=lr, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps)
+    if start:  # torch takes a state already there as it is: TF1's start, the square average at START
+        for param in agent.parameters():
+            optimizer.state[param] = {"step": torch.tensor(0.0), "square_avg": torch.full_like(param, start)}
+    rollout, seen = Rollout(a2c, envs, cfg.simulators, args.num_steps, args.gamma), []
+    for update in range(cfg.updates + 1):
+        obs, actions, returns, valid = rollout.collect(agent)
+        batch = obs.reshape(-1, 4, 84, 84)
+        if update % cfg.every == 0:
+            seen.append({"update": update, **agent.dead_units(batch)})
+        if update == cfg.updates:
+            break
+        p, v, e = a2c.a2c_loss_sums(agent, batch, actions.reshape(-1), returns.reshape(-1), valid.reshape(-1))
+        optimizer.zero_grad()
+        ((p + args.vf_coef * v - args.ent_coef * e) / max(valid.sum().item(), 1.0)).backward()
+        torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+        optimizer.step()
+    envs.close()
+    return seen
+
+
+def run_warmup(cfg: Warmup) -> None:
+    a2c = script_module("a2c_allreduce_atari.py")
+    torch.set_num_threads(cfg.threads)
+    points = list(range(0, cfg.updates + 1, cfg.every))
+    head = ["lr", "square avg starts at", "seed"] + [f"conv1 dead, update {u}" for u in points] + \
+        [f"{layer} at {points[-1]}" for layer in a2c.HIDDEN[1:]]
+    rows = []
+    for lr in cfg.learning_rates:
+        for start in cfg.starts:
+            for seed in cfg.seeds:
+                seen = warmup_run(a2c, cfg, seed, lr, start)
+                cells = [f"{lr:.2g}", f"{start:g}", str(seed)] + [f"{s['network/dead_units_conv1']:.2f}" for s in seen]
+                cells += [f"{seen[-1][f'network/dead_units_{layer}']:.2f}" for layer in a2c.HIDDEN[1:]]
+                rows.append("| " + " | ".join(cells) + " |")
+                print(rows[-1], flush=True)
+    table = "\n".join([
+        f"# {cfg.env_id}, one A2C learner of {cfg.simulators} simulators, its first {cfg.updates} updates: the share",
+        "# of each layer's units that no observation of the update's rollout batch activates (before its step).",
+        "| " + " | ".join(head) + " |", "|" + " --- |" * len(head), *rows,
+    ])
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    cfg.out.write_text(f"{command_line()}\n{table}\n")
+    print(table)
+
+
+# ---------------------------------------------------------------------------------------------
 def command_line() -> str:
     """The command as it was run: the first line of a result file."""
     return " ".join(["python -m studies.gala_diagnosis", *sys.argv[1:]])
@@ -262,8 +361,8 @@ def main() -> None:
         out, sync_freq, updates, work_ms, jitter = sys.argv[2:7]
         consensus_worker(out, sync_freq, int(updates), float(work_ms), float(jitter))
         return
-    cfg = tyro.extras.subcommand_cli_from_dict({"consensus": Consensus, "step": Step})
-    {Consensus: run_consensus, Step: run_step}[type(cfg)](cfg)
+    cfg = tyro.extras.subcommand_cli_from_dict({"consensus": Consensus, "step": Step, "warmup": Warmup})
+    {Consensus: run_consensus, Step: run_step, Warmup: run_warmup}[type(cfg)](cfg)
 
 
 if __name__ == "__main__":
