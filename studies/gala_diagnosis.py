@@ -297,6 +297,17 @@ class Warmup:
     out: Path = Path("results/gala_diagnosis_warmup.txt")
 
 
+def rmsprop(params, lr: float, alpha: float, eps: float, start: float) -> torch.optim.RMSprop:
+    """Torch's RMSprop whose square average starts at START (torch: 0; TF1's RMSPropOptimizer: 1). Torch takes
+    a state already there as it is, so the first step is lr g / (sqrt(alpha START + (1 - alpha) g^2) + eps)."""
+    params = list(params)
+    optimizer = torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps)
+    if start:
+        for param in params:
+            optimizer.state[param] = {"step": torch.tensor(0.0), "square_avg": torch.full_like(param, start)}
+    return optimizer
+
+
 def warmup_run(a2c, cfg: Warmup, seed: int, lr: float, start: float) -> list[dict[str, float]]:
     """One A2C learner's first --updates updates, the script's loss, clip and RMSprop; the dead units on each
     measured update's rollout batch (before its step), as the scripts log them."""
@@ -304,10 +315,7 @@ def warmup_run(a2c, cfg: Warmup, seed: int, lr: float, start: float) -> list[dic
     args = a2c.Args(env_id=cfg.env_id)
     envs = a2c.make_env(cfg.env_id, cfg.simulators, seed, cfg.threads)
     agent = a2c.Agent(envs.action_space.n)
-    optimizer = torch.optim.RMSprop(agent.parameters(), lr=lr, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps)
-    if start:  # torch takes a state already there as it is: TF1's start, the square average at START
-        for param in agent.parameters():
-            optimizer.state[param] = {"step": torch.tensor(0.0), "square_avg": torch.full_like(param, start)}
+    optimizer = rmsprop(agent.parameters(), lr, args.rmsprop_alpha, args.rmsprop_eps, start)
     rollout, seen = Rollout(a2c, envs, cfg.simulators, args.num_steps, args.gamma), []
     for update in range(cfg.updates + 1):
         obs, actions, returns, valid = rollout.collect(agent)

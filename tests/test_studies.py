@@ -31,3 +31,28 @@ def test_the_side_by_side_figure_groups_runs_by_label_and_draws_them(tmp_path):
     runs = {f"{code}-s{s}": Run(code, [], games + [0, s], 30000, 1.0) for code in ("ours", "theirs") for s in (1, 2)}
     draw(runs, 10, tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_warmup_studys_rmsprop_takes_its_first_steps_from_the_square_average_it_starts_at():
+    """Ground truth by hand: the first two steps of RMSprop, square average a <- alpha a + (1 - alpha) g^2,
+    p <- p - lr g / (sqrt(a) + eps), from a = 0 (torch's start) and a = 1 (TF1's)."""
+    import torch
+
+    from studies.gala_diagnosis import rmsprop
+
+    lr, alpha, eps, grads = 1e-3, 0.99, 1e-5, [torch.tensor([0.5, -2e-3, 0.0]), torch.tensor([0.1, 1e-3, -0.3])]
+    for start in (0.0, 1.0):
+        param = torch.nn.Parameter(torch.tensor([1.0, -1.0, 0.25]))
+        optimizer = rmsprop([param], lr, alpha, eps, start)
+        expected, square = param.detach().clone(), torch.full((3,), start)
+        for g in grads:
+            param.grad = g.clone()
+            optimizer.step()
+            square = alpha * square + (1 - alpha) * g * g
+            expected -= lr * g / (square.sqrt() + eps)
+            assert torch.allclose(param.detach(), expected, rtol=0, atol=1e-7), start
+    # the two starts differ where it matters: torch's first step is ~10 lr in the gradient's sign
+    fresh = torch.nn.Parameter(torch.zeros(1))
+    fresh.grad = torch.tensor([0.5])
+    rmsprop([fresh], lr, alpha, eps, 0.0).step()
+    assert abs(fresh.item() + 10 * lr) < 1e-3 * 10 * lr  # eps makes it 9.998 lr
