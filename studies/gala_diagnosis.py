@@ -48,6 +48,7 @@ from typing import Optional
 import numpy as np
 import torch
 import tyro
+from torch.distributions.categorical import Categorical
 
 from benchmark.common import ROOT, mpirun, script_module
 
@@ -174,8 +175,6 @@ class Rollout:
 
     def collect(self, agent):
         """T steps with AGENT's sampled actions: (obs, actions, n-step returns, valid mask)."""
-        from torch.distributions.categorical import Categorical
-
         prev_done = torch.from_numpy(self.next_done.astype(np.float32))
         for t in range(self.T):
             self.obs[t] = self.next_obs
@@ -210,11 +209,11 @@ def run_step(cfg: Step) -> None:
     numel = sum(p.numel() for p in agent.parameters())
     square_avg = {n: torch.zeros(n, numel) for n in cfg.agents}  # one RMSprop state per shard
     rollout = Rollout(a2c, envs, S, T, args.gamma)
+    returns_seen = rollout.returns_seen  # the games' returns so far, grown by every collect
     window: dict[str, list] = {}
     rows, step = [], 0
     while step < cfg.total_timesteps:
         obs, actions, returns, valid = rollout.collect(agent)
-        returns_seen = rollout.returns_seen
         # The gradient of each of the finest shards' summed loss, and its count of valid samples.
         width, sums, counts = S // finest, [], []
         for k in range(finest):
