@@ -366,6 +366,20 @@ def test_the_same_runs_read_twice_are_refused(experiment, tmp_path, capsys):
     assert not (tmp_path / "report.md").exists()
 
 
+def test_labels_and_seeds_choose_the_runs_of_the_experiments(experiment, tmp_path, capsys):
+    """--labels and --seeds keep only those runs (a study that borrows some runs of another experiment): the A2C
+    run alone, said under Source; a choice that leaves no run is refused."""
+    out = tmp_path / "a2c"
+    assert report.main(["--experiment", str(experiment), "--out", str(out), "--labels", "a2c_allreduce",
+                        "--seeds", "1", "--bootstrap-reps", "50"]) == 0
+    md = (out / "report.md").read_text()
+    assert "labels a2c_allreduce, seeds 1" in md.split("## Runs")[0]
+    assert row(md, "Runs", "a2c_allreduce", "Pong", "2")[3] == "1"
+    assert not re.search(r"\|\s*gala_a2c\s*\|", md)
+    assert report.main(["--experiment", str(experiment), "--out", str(tmp_path / "none"), "--seeds", "2"]) == 2
+    assert "error: no runs found of the --labels / --seeds asked" in capsys.readouterr().err
+
+
 def test_a_continued_run_is_joined_to_the_launch_it_continued(tmp_path):
     """Two launches of one run in its workdir: the first logged up to step 700 (its last checkpoint was at 500),
     the second continued from that checkpoint (config.json: resume, start_step 500). Their events join at 500:
@@ -484,15 +498,15 @@ def test_performance_profile_is_the_share_of_runs_above_each_score():
     assert np.all(intervals["a"][0] <= shares["a"] + 1e-12) and np.all(shares["a"] <= intervals["a"][1] + 1e-12)
 
 
-def two_games(random_play_file: Path) -> tuple[list, dict]:
+def two_games(random_play_file: Path, a2c_breakout: tuple[float, float] = (11.0, 21.0)) -> tuple[list, dict]:
     """A2C and GALA on Breakout and Pong, seeds 1-2, 64 simulators, with their evaluations; random play on Breakout
-    measured (1.0, written as studies/random_play.py writes it), on Pong the tabulated -20.7. Returns the records
-    and the finals: finals[label][game] = [seed 1, seed 2]."""
+    measured (mean 1.0, std 1.0 over 3 games, written as studies/random_play.py writes it), on Pong the tabulated
+    -20.7. Returns the records and the finals: finals[label][game] = [seed 1, seed 2]."""
     from studies.random_play import entry
 
     random_play_file.write_text(json.dumps({"Breakout-v5": entry(np.array([0.0, 2.0, 1.0]), np.array([150, 200, 170]),
                                                                  "python -m studies.random_play", "abc", 1, "1.2.5")}))
-    finals = {"a2c_allreduce": {"Breakout": [11.0, 21.0], "Pong": [-0.7, 9.3]},
+    finals = {"a2c_allreduce": {"Breakout": list(a2c_breakout), "Pong": [-0.7, 9.3]},
               "gala_a2c": {"Breakout": [8.0, 13.0], "Pong": [-10.7, 4.3]}}
     records = [load.RunRecord(name=f"{label}/{game}/{seed}", algorithm=label, env_id=f"{game}-v5", seed=seed,
                               simulators=64, total_timesteps=1000, status="ok",
@@ -510,9 +524,10 @@ def test_the_comparison_across_games_by_hand(tmp_path):
     data = tables.compute_report(records, cfg)
     md = "\n".join(markdown.format_report(data, cfg, "test"))
     random = {"Breakout": 1.0, "Pong": -20.7}
-    assert row(md, "Random play", "Breakout")[1:3] == ["1.00", f"measured: 3 games ({tmp_path / 'random_play.json'})"]
-    assert row(md, "Random play", "Pong")[1:4] == ["-20.70", "tabulated: Mnih et al. 2015 (other emulator settings)",
-                                                  "-20.70"]
+    assert row(md, "Random play", "Breakout")[1:4] == ["1.00", f"measured: 3 games ({tmp_path / 'random_play.json'})",
+                                                      f"{1 + 1.96 / np.sqrt(3):.2f}"]  # the 95% CI's upper end
+    assert row(md, "Random play", "Pong")[1:5] == ["-20.70", "tabulated: Mnih et al. 2015 (other emulator settings)",
+                                                  "-20.70", "-20.70"]
 
     a2c, gala = finals["a2c_allreduce"], finals["gala_a2c"]
     for game, r in random.items():
@@ -554,6 +569,26 @@ def test_the_comparison_across_games_by_hand(tmp_path):
                          "-9.70 (s1), 5.30 (s2)", "-11.70 (s1), 3.30 (s2)"]
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_an_a2c_within_random_plays_noise_normalises_nothing(tmp_path):
+    """A2C's Breakout mean 1.75 is above random play's 1.0 but inside its 95% CI (upper end 2.13): Breakout is no
+    reference (the dead-A2C case: dividing by 0.75 would make GALA's 8 and 13 ratios of 10 and 16): no ratio against
+    A2C, no normalised score, no success share there, left out across games with why; Pong still counts."""
+    records, _ = two_games(tmp_path / "random_play.json", a2c_breakout=(1.5, 2.0))
+    cfg = report.Config(bootstrap_reps=50, random_play=tmp_path / "random_play.json")
+    data = tables.compute_report(records, cfg)
+    md = "\n".join(markdown.format_report(data, cfg, "test"))
+    assert row(md, "Against A2C per game", "Breakout", "64")[-1] == "n/a [A2C not above random play]"
+    assert "| Breakout " not in md.split("## Normalised by A2C")[1].split("\n## ")[0]
+    (final, *_) = data.across
+    assert final.games == ["Pong"]
+    assert final.left_out[0] == ("Breakout (A2C's mean 1.75 is not above random play, 1.00, the upper end of its 95% "
+                                 "CI 2.13)")
+    assert not any(game == "Breakout" for game, _, _ in data.shares)
+    said = "(not above random play, the upper end of its 95% CI 2.13: no success share, no normalised score)"
+    assert said in row(md, "Success", "Breakout")[2]
+
+
 def test_random_play_measured_else_tabulated(tmp_path, monkeypatch):
     """The report reads the study's file: a game in it counts from the measured mean, one not in it from the tabulated
     score, any other from 0; no file (the default, results/random_play.json, absent) measures nothing."""
@@ -563,8 +598,11 @@ def test_random_play_measured_else_tabulated(tmp_path, monkeypatch):
     measured = games.read_random_play(tmp_path / "random_play.json")
     assert measured["Breakout"]["mean"] == 1.0 and measured["Breakout"]["games"] == 3
     assert games.random_play("Breakout", measured).score == 1.0
-    assert games.random_play("Pong", measured) == (-20.7, "tabulated: Mnih et al. 2015 (other emulator settings)")
-    assert games.random_play("Tennis", measured) == (0.0, "none known: 0")
+    assert games.random_play("Breakout", measured).above == pytest.approx(1.0 + 1.96 * np.std([0, 2, 1], ddof=1)
+                                                                         / np.sqrt(3))
+    assert games.random_play("Pong", measured) == (-20.7, "tabulated: Mnih et al. 2015 (other emulator settings)",
+                                                   -20.7)
+    assert games.random_play("Tennis", measured) == (0.0, "none known: 0", 0.0)
     monkeypatch.setattr(games, "RANDOM_PLAY_FILE", tmp_path / "absent.json")
     assert games.read_random_play(None) == {}
     with pytest.raises(ValueError, match="no file"):

@@ -113,8 +113,13 @@ def make_report(cfg: Config) -> int:
         records = [r for e in experiments for r in load_local(e)]
         source = "local runs of " + ", ".join(str(e) for e in experiments)
         out = cfg.out or experiments[0] / "report"
+    records = [r for r in records
+               if (not cfg.labels or r.label in cfg.labels) and (not cfg.seeds or r.seed in cfg.seeds)]
+    source += "".join(f", {name} {' '.join(map(str, chosen))}" for name, chosen in
+                      (("labels", cfg.labels), ("seeds", cfg.seeds)) if chosen)
     if not records:
-        print("error: no runs found", file=sys.stderr)
+        print("error: no runs found" + (" of the --labels / --seeds asked" if cfg.labels or cfg.seeds else ""),
+              file=sys.stderr)
         return 2
     if not any(len(r.returns) for r in records):
         print(f"error: none of the {len(records)} runs of {source} logged a finished game (their events files, "

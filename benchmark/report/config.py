@@ -12,6 +12,11 @@ class Config:
 
     experiment: tuple[Path, ...] = ()
     """experiment directories (each with a manifest.json); default: the newest one under bench_runs/"""
+    labels: tuple[str, ...] = ()
+    """only the runs of these labels (algorithms or variants); default: every label"""
+    seeds: tuple[int, ...] = ()
+    """only the runs of these seeds; default: every seed (e.g. a study that borrows seeds 1-2 of another
+    experiment: --experiment A B --seeds 1 2)"""
     out: Optional[Path] = None
     """where figures and report.md go; default <first experiment>/report (W&B: bench_runs/<group>/report)"""
     wandb: bool = False

@@ -3,6 +3,7 @@ project's envpool settings by `python -m studies.random_play`, else the commonly
 arguments of --nominal and --target."""
 
 import json
+import math
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -28,10 +29,15 @@ RANDOM_PLAY_FILE = ROOT / "results" / "random_play.json"
 
 
 class RandomPlay(NamedTuple):
-    """The random-play score the report counts a game's normalised scores from, and where it came from."""
+    """The random-play score the report counts a game's normalised scores from, where it came from, and the score
+    a mean must beat to count as above random play (an A2C mean at or below it is no reference to normalise by:
+    a dead A2C a hair above random play would turn every other score into a huge ratio)."""
 
     score: float
     source: str
+    above: float
+    """measured: the upper end of the 95% CI of random play's mean, mean + 1.96 std / sqrt(games); tabulated or
+    unknown (no spread known): the score itself"""
 
 
 def game_of(env_id: str) -> str:
@@ -70,10 +76,13 @@ def read_random_play(path: Optional[Path]) -> dict[str, dict]:
 
 def random_play(game: str, measured: dict[str, dict]) -> RandomPlay:
     """The random-play score of GAME: measured (read_random_play's entry) if there is one, else the tabulated
-    RANDOM_SCORES, else 0; with its source said in words."""
+    RANDOM_SCORES, else 0; with its source said in words and the score a mean must beat to be above it."""
     if game in measured:
         entry = measured[game]
-        return RandomPlay(float(entry["mean"]), f"measured: {entry['games']} games ({entry['file']})")
+        mean, spread = float(entry["mean"]), entry.get("std") or 0.0
+        return RandomPlay(mean, f"measured: {entry['games']} games ({entry['file']})",
+                          mean + 1.96 * spread / math.sqrt(entry["games"]))
     if game in RANDOM_SCORES:
-        return RandomPlay(RANDOM_SCORES[game], "tabulated: Mnih et al. 2015 (other emulator settings)")
-    return RandomPlay(0.0, "none known: 0")
+        return RandomPlay(RANDOM_SCORES[game], "tabulated: Mnih et al. 2015 (other emulator settings)",
+                          RANDOM_SCORES[game])
+    return RandomPlay(0.0, "none known: 0", 0.0)

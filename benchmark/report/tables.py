@@ -99,6 +99,11 @@ def paired(ok: pd.DataFrame, column: str) -> Optional[TTest]:
     return paired_ttest(wide[GALA], wide[A2C]) if {GALA, A2C} <= set(wide.columns) else None
 
 
+def above_said(play: RandomPlay) -> str:
+    """', the upper end of its 95% CI X' when a mean must beat more than the score itself (measured random play)"""
+    return f", the upper end of its 95% CI {play.above:.2f}" if play.above != play.score else ""
+
+
 def against_a2c(scored: pd.DataFrame, random: dict[str, RandomPlay]) -> pd.DataFrame:
     """Per (game, simulators, label other than A2C) where both have final scores: each one's final score per seed
     ({seed: score}) and mean over seeds, and over the seeds both ran the label's score above random play as a share
@@ -113,14 +118,14 @@ def against_a2c(scored: pd.DataFrame, random: dict[str, RandomPlay]) -> pd.DataF
         a2c = finals.get((game, simulators, A2C))
         if label == A2C or a2c is None:
             continue
-        r = random[game].score
+        r, above = random[game].score, random[game].above
         both = [k for k in per_seed if k in a2c]
         mine, reference = (np.mean([finals[k] for k in both]) if both else math.nan for finals in (per_seed, a2c))
-        ratios = [float(normalised(per_seed[k], r, a2c[k])) for k in both if a2c[k] > r]
+        ratios = [float(normalised(per_seed[k], r, a2c[k])) for k in both if a2c[k] > above]
         rows.append({"game": game, "simulators": simulators, "label": label, "random": r, "a2c_finals": a2c,
                      "a2c_mean": np.mean(list(a2c.values())), "finals": per_seed,
                      "mean": np.mean(list(per_seed.values())), "both": len(both),
-                     "ratio": float(normalised(mine, r, reference)) if reference > r else math.nan,
+                     "ratio": float(normalised(mine, r, reference)) if reference > above else math.nan,
                      "seed_ratios": len(ratios), "seed_low": min(ratios, default=math.nan),
                      "seed_high": max(ratios, default=math.nan)})
     return pd.DataFrame(rows, columns=["game", "simulators", "label", "random", "a2c_finals", "a2c_mean", "finals",
@@ -154,8 +159,8 @@ def across_games(scored: pd.DataFrame, score: str, simulators: int, random: dict
     there or without a game where A2C's mean is above random play."""
     runs = scored[(scored["simulators"] == simulators) & scored[score].notna()]
     a2c = runs[runs["label"] == A2C].groupby("game")[score].mean()
-    games = [g for g, mean in a2c.items() if mean > random[g].score]
-    left_out = [f"{g} (A2C's mean {mean:.2f} is not above random play, {random[g].score:.2f})"
+    games = [g for g, mean in a2c.items() if mean > random[g].above]
+    left_out = [f"{g} (A2C's mean {mean:.2f} is not above random play, {random[g].score:.2f}{above_said(random[g])})"
                 for g, mean in a2c.items() if g not in games]
     if not games:
         return None
@@ -242,6 +247,7 @@ def compute_report(records: list[RunRecord], cfg: Config) -> ReportData:
     measured = read_random_play(cfg.random_play)
     random_plays = {game: random_play(game, measured) for game in sorted(table["game"].unique())}
     random_of = {game: play.score for game, play in random_plays.items()}
+    above_of = {game: play.above for game, play in random_plays.items()}
 
     # Final scores, and scores normalised by A2C's mean (per step: final; per second: at time)
     cells = list(scored.groupby(["game", "label", "simulators"], sort=False))
@@ -257,7 +263,7 @@ def compute_report(records: list[RunRecord], cfg: Config) -> ReportData:
     rows = []
     for (game, label, simulators), rs in cells:
         random, ref = random_of[game], reference.get((game, simulators))
-        if ref is None or ref <= random:
+        if ref is None or ref <= above_of[game]:
             continue
         ci = {column: iqm_with_ci({"x": normalised(rs[column].dropna(), random, ref)}, cfg.bootstrap_reps,
                                   cfg.seed).get("x") for column in ("final", "at_time")}
@@ -275,10 +281,11 @@ def compute_report(records: list[RunRecord], cfg: Config) -> ReportData:
                                  "random": random, "success threshold": math.nan})
             continue
         value, where = nominal[game]
-        warn = " (not above random play: no success share, no normalised score)" if value <= random else ""
+        warn = (f" (not above random play{above_said(random_plays[game])}: no success share, no normalised score)"
+                if value <= above_of[game] else "")
         nominal_rows.append({"game": game, "nominal": value, "nominal from": where + warn, "random": random,
                              "success threshold": success_threshold(value, random, cfg.success_fraction)})
-    usable = [g for g, (v, _) in nominal.items() if v > random_of[g]]
+    usable = [g for g, (v, _) in nominal.items() if v > above_of[g]]
     shares = {(g, lab, s): (success_share(rs["final"], nominal[g][0], random_of[g],
                                           cfg.success_fraction), len(rs))
               for (g, lab, s), rs in cells if g in usable}
