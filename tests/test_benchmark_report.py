@@ -378,6 +378,21 @@ def test_labels_and_seeds_choose_the_runs_of_the_experiments(experiment, tmp_pat
     assert not re.search(r"\|\s*gala_a2c\s*\|", md)
     assert report.main(["--experiment", str(experiment), "--out", str(tmp_path / "none"), "--seeds", "2"]) == 2
     assert "error: no runs found of the --labels / --seeds asked" in capsys.readouterr().err
+    # Two experiments: this one, and one holding its A2C run again beside its GALA run as the variant gala_sync.
+    # Read whole they count A2C twice; --labels takes GALA from this one and the variant from the other.
+    entries = {e["algorithm"]: e for e in json.loads((experiment / "manifest.json").read_text())
+               if e["env_id"] == "Pong-v5"}
+    gala, a2c, workdir = entries["gala_a2c"], entries["a2c_allreduce"], "gala_sync/Pong-v5/sims2/seed1"
+    variant = {**gala, "label": "gala_sync", "workdir": workdir,
+               "run_dir": gala["run_dir"].replace(gala["workdir"], workdir)}
+    other = experiment_of([a2c, variant], [a2c["workdir"], gala["workdir"]], experiment, tmp_path / "other")
+    both = ["--experiment", str(experiment), str(other), "--bootstrap-reps", "50"]
+    assert report.main([*both, "--out", str(tmp_path / "twice")]) == 2
+    assert "narrow them with --labels / --seeds" in capsys.readouterr().err
+    assert report.main([*both, "--out", str(tmp_path / "two"), "--labels", "gala_a2c", "gala_sync"]) == 0
+    md = (tmp_path / "two" / "report.md").read_text()
+    assert [row(md, "Runs", label, "Pong", "2")[3] for label in ("gala_a2c", "gala_sync")] == ["1", "1"]
+    assert not re.search(r"\|\s*a2c_allreduce\s*\|", md)
 
 
 def test_a_continued_run_is_joined_to_the_launch_it_continued(tmp_path):
@@ -525,7 +540,7 @@ def test_the_comparison_across_games_by_hand(tmp_path):
     md = "\n".join(markdown.format_report(data, cfg, "test"))
     random = {"Breakout": 1.0, "Pong": -20.7}
     assert row(md, "Random play", "Breakout")[1:4] == ["1.00", f"measured: 3 games ({tmp_path / 'random_play.json'})",
-                                                      f"{1 + 1.96 / np.sqrt(3):.2f}"]  # the 95% CI's upper end
+                                                      "3.48"]  # the 95% CI's upper end: 1 + 4.303 x 1 / sqrt(3)
     assert row(md, "Random play", "Pong")[1:5] == ["-20.70", "tabulated: Mnih et al. 2015 (other emulator settings)",
                                                   "-20.70", "-20.70"]
 
@@ -571,7 +586,7 @@ def test_the_comparison_across_games_by_hand(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_an_a2c_within_random_plays_noise_normalises_nothing(tmp_path):
-    """A2C's Breakout mean 1.75 is above random play's 1.0 but inside its 95% CI (upper end 2.13): Breakout is no
+    """A2C's Breakout mean 1.75 is above random play's 1.0 but inside its 95% CI (upper end 3.48): Breakout is no
     reference (the dead-A2C case: dividing by 0.75 would make GALA's 8 and 13 ratios of 10 and 16): no ratio against
     A2C, no normalised score, no success share there, left out across games with why; Pong still counts."""
     records, _ = two_games(tmp_path / "random_play.json", a2c_breakout=(1.5, 2.0))
@@ -583,10 +598,23 @@ def test_an_a2c_within_random_plays_noise_normalises_nothing(tmp_path):
     (final, *_) = data.across
     assert final.games == ["Pong"]
     assert final.left_out[0] == ("Breakout (A2C's mean 1.75 is not above random play, 1.00, the upper end of its 95% "
-                                 "CI 2.13)")
+                                 "CI 3.48)")
     assert not any(game == "Breakout" for game, _, _ in data.shares)
-    said = "(not above random play, the upper end of its 95% CI 2.13: no success share, no normalised score)"
+    said = "(not above random play, the upper end of its 95% CI 3.48: no success share, no normalised score)"
     assert said in row(md, "Success", "Breakout")[2]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_game_without_an_a2c_evaluation_is_said_left_out(tmp_path):
+    """A2C's Breakout runs have no evaluation (their checkpoints gone): the argmax comparison is over Pong alone, and
+    says why Breakout is not in it."""
+    records, _ = two_games(tmp_path / "random_play.json")
+    for r in records:
+        if r.label == "a2c_allreduce" and r.env_id == "Breakout-v5":
+            r.eval_argmax = math.nan
+    data = tables.compute_report(records, report.Config(bootstrap_reps=50, random_play=tmp_path / "random_play.json"))
+    (argmax,) = [a for a in data.across if a.score == "eval_argmax"]
+    assert argmax.games == ["Pong"] and argmax.left_out == ["Breakout (no A2C score)"]
 
 
 def test_random_play_measured_else_tabulated(tmp_path, monkeypatch):
@@ -598,8 +626,9 @@ def test_random_play_measured_else_tabulated(tmp_path, monkeypatch):
     measured = games.read_random_play(tmp_path / "random_play.json")
     assert measured["Breakout"]["mean"] == 1.0 and measured["Breakout"]["games"] == 3
     assert games.random_play("Breakout", measured).score == 1.0
-    assert games.random_play("Breakout", measured).above == pytest.approx(1.0 + 1.96 * np.std([0, 2, 1], ddof=1)
-                                                                         / np.sqrt(3))
+    # the upper end of the 95% CI of the mean of 0, 2, 1: t(0.975, 2 degrees of freedom) = 4.303 (the t table)
+    assert games.random_play("Breakout", measured).above == pytest.approx(1.0 + 4.303 * np.std([0, 2, 1], ddof=1)
+                                                                         / np.sqrt(3), abs=1e-3)
     assert games.random_play("Pong", measured) == (-20.7, "tabulated: Mnih et al. 2015 (other emulator settings)",
                                                    -20.7)
     assert games.random_play("Tennis", measured) == (0.0, "none known: 0", 0.0)

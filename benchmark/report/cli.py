@@ -128,7 +128,8 @@ def make_report(cfg: Config) -> int:
     apply_final_window(records, cfg.final_window)
     duplicated = duplicated_runs(records)
     if duplicated:
-        print("error: these runs cannot be compared as one experiment (pick one --experiment or --wandb-group):\n  "
+        print("error: these runs cannot be compared as one experiment (pick one --experiment or --wandb-group, or "
+              "narrow them with --labels / --seeds):\n  "
               + "\n  ".join(duplicated), file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+from scipy import stats
+
 from benchmark.common import ROOT
 
 RANDOM_SCORES = {
@@ -36,8 +38,8 @@ class RandomPlay(NamedTuple):
     score: float
     source: str
     above: float
-    """measured: the upper end of the 95% CI of random play's mean, mean + 1.96 std / sqrt(games); tabulated or
-    unknown (no spread known): the score itself"""
+    """measured: the upper end of the 95% CI of random play's mean (Student's t), mean + t(0.975, games - 1) std /
+    sqrt(games); tabulated or unknown (no spread known): the score itself"""
 
 
 def game_of(env_id: str) -> str:
@@ -79,9 +81,9 @@ def random_play(game: str, measured: dict[str, dict]) -> RandomPlay:
     RANDOM_SCORES, else 0; with its source said in words and the score a mean must beat to be above it."""
     if game in measured:
         entry = measured[game]
-        mean, spread = float(entry["mean"]), entry.get("std") or 0.0
-        return RandomPlay(mean, f"measured: {entry['games']} games ({entry['file']})",
-                          mean + 1.96 * spread / math.sqrt(entry["games"]))
+        mean, spread, games = float(entry["mean"]), entry.get("std") or 0.0, entry["games"]
+        half_width = float(stats.t.ppf(0.975, games - 1)) * spread / math.sqrt(games) if games > 1 else 0.0
+        return RandomPlay(mean, f"measured: {games} games ({entry['file']})", mean + half_width)
     if game in RANDOM_SCORES:
         return RandomPlay(RANDOM_SCORES[game], "tabulated: Mnih et al. 2015 (other emulator settings)",
                           RANDOM_SCORES[game])

@@ -97,7 +97,8 @@ def scores_section(data: ReportData, cfg: Config) -> list[str]:
     lines += ["## Normalised by A2C", "",
               ("(score - random play) / (A2C's mean score - random play), per step (the final score) and per second "
                "(the score at equal wall-clock time): IQM over seeds with a 95% stratified-bootstrap CI (1 = A2C's "
-               "mean, 0 = random play; only where A2C scored above random play)."), ""]
+               "mean, 0 = random play; only where A2C's mean is above random play: over the bound in section Random "
+               "play)."), ""]
     lines += markdown(data.normalised.assign(
         per_step=data.normalised["per_step"].map(lambda ci: fmt_ci(*ci)),
         per_second=data.normalised["per_second"].map(lambda ci: fmt_ci(*ci) if ci else "n/a")).rename(
@@ -116,11 +117,11 @@ def games_section(data: ReportData, cfg: Config) -> list[str]:
               "project's envpool settings (`python -m studies.random_play`, results/random_play.json) where "
               "measured, else the commonly tabulated one (Mnih et al. 2015, Extended Data Table 2), which was "
               "measured under other emulator settings. A mean counts as above random play (A2C's, to normalise by "
-              "it; a nominal score) only above the upper end of the 95% CI of random play's measured mean, mean + "
-              "1.96 std / sqrt(games) (a tabulated score: above the score): a reference a hair above random play "
-              "would turn every other score into a huge ratio."), ""]
+              "it; a nominal score) only above the upper end of the 95% CI of random play's measured mean (Student's "
+              "t), mean + t(0.975, games − 1) std / sqrt(games); a tabulated score: only above the score. A reference "
+              "a hair above random play would turn every other score into a huge ratio."), ""]
     lines += markdown(pd.DataFrame([{"game": g, "random play": fmt(play.score), "source": play.source,
-                                     "above it from": fmt(play.above),
+                                     "a mean is above it over": fmt(play.above),
                                      "tabulated (Mnih et al. 2015)": fmt(RANDOM_SCORES.get(g))}
                                     for g, play in data.random.items() if g in scored_games])) + [""]
 

@@ -162,6 +162,7 @@ def across_games(scored: pd.DataFrame, score: str, simulators: int, random: dict
     games = [g for g, mean in a2c.items() if mean > random[g].above]
     left_out = [f"{g} (A2C's mean {mean:.2f} is not above random play, {random[g].score:.2f}{above_said(random[g])})"
                 for g, mean in a2c.items() if g not in games]
+    left_out += [f"{g} (no A2C score)" for g in sorted(set(runs["game"]) - set(a2c.index))]
     if not games:
         return None
     matrices = {}
