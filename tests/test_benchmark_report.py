@@ -177,6 +177,17 @@ def experiment_of(entries: list[dict], workdirs: list[str], experiment: Path, wh
     return where
 
 
+def a2c_and_gala_as_a_variant(experiment: Path, where: Path) -> Path:
+    """An experiment WHERE holding EXPERIMENT's real A2C run on Pong and its real GALA run as the variant gala_sync."""
+    entries = [e for e in json.loads((experiment / "manifest.json").read_text()) if e["env_id"] == "Pong-v5"]
+    (gala,) = [e for e in entries if e["algorithm"] == "gala_a2c"]
+    (a2c,) = [e for e in entries if e["algorithm"] == "a2c_allreduce"]
+    workdir = "gala_sync/Pong-v5/sims2/seed1"
+    variant = {**gala, "label": "gala_sync", "workdir": workdir,
+               "run_dir": gala["run_dir"].replace(gala["workdir"], workdir)}
+    return experiment_of([a2c, variant], [a2c["workdir"], gala["workdir"]], experiment, where)
+
+
 def test_skipped_figures_and_nominal_from_a2c(experiment, tmp_path):
     """Only the A2C run: no disagreement figure (a line says so); the nominal score is its final score,
     which for a few thousand steps of Pong is no better than random play, so no success figure either."""
@@ -202,13 +213,7 @@ def test_skipped_figures_and_nominal_from_a2c(experiment, tmp_path):
 # --- variants: their own label, everywhere but the paired GALA-vs-A2C tests --------------------------------
 def test_a_variant_is_reported_under_its_label(experiment, tmp_path):
     """The real A2C run, and the real GALA run as the variant gala_sync (its directory linked there)."""
-    entries = [e for e in json.loads((experiment / "manifest.json").read_text()) if e["env_id"] == "Pong-v5"]
-    (gala,) = [e for e in entries if e["algorithm"] == "gala_a2c"]
-    (a2c,) = [e for e in entries if e["algorithm"] == "a2c_allreduce"]
-    workdir = "gala_sync/Pong-v5/sims2/seed1"
-    variant = {**gala, "label": "gala_sync", "workdir": workdir,
-               "run_dir": gala["run_dir"].replace(gala["workdir"], workdir)}
-    only = experiment_of([a2c, variant], [a2c["workdir"], gala["workdir"]], experiment, tmp_path / "variant")
+    only = a2c_and_gala_as_a_variant(experiment, tmp_path / "variant")
     assert report.main(["--experiment", str(only), "--bootstrap-reps", "50", "--nominal", "Pong=-15"]) == 0
     md = (only / "report" / "report.md").read_text()
     assert row(md, "Runs", "gala_sync", "Pong", "2")[3:5] == ["1", "0"]
@@ -380,12 +385,7 @@ def test_labels_and_seeds_choose_the_runs_of_the_experiments(experiment, tmp_pat
     assert "error: no runs found of the --labels / --seeds asked" in capsys.readouterr().err
     # Two experiments: this one, and one holding its A2C run again beside its GALA run as the variant gala_sync.
     # Read whole they count A2C twice; --labels takes GALA from this one and the variant from the other.
-    entries = {e["algorithm"]: e for e in json.loads((experiment / "manifest.json").read_text())
-               if e["env_id"] == "Pong-v5"}
-    gala, a2c, workdir = entries["gala_a2c"], entries["a2c_allreduce"], "gala_sync/Pong-v5/sims2/seed1"
-    variant = {**gala, "label": "gala_sync", "workdir": workdir,
-               "run_dir": gala["run_dir"].replace(gala["workdir"], workdir)}
-    other = experiment_of([a2c, variant], [a2c["workdir"], gala["workdir"]], experiment, tmp_path / "other")
+    other = a2c_and_gala_as_a_variant(experiment, tmp_path / "other")
     both = ["--experiment", str(experiment), str(other), "--bootstrap-reps", "50"]
     assert report.main([*both, "--out", str(tmp_path / "twice")]) == 2
     assert "narrow them with --labels / --seeds" in capsys.readouterr().err
