@@ -247,8 +247,6 @@ def compute_report(records: list[RunRecord], cfg: Config) -> ReportData:
     ok, scored = table[table["status"] == "ok"], table[(table["status"] == "ok") & table["final"].notna()]
     measured = read_random_play(cfg.random_play)
     random_plays = {game: random_play(game, measured) for game in sorted(table["game"].unique())}
-    random_of = {game: play.score for game, play in random_plays.items()}
-    above_of = {game: play.above for game, play in random_plays.items()}
 
     # Final scores, and scores normalised by A2C's mean (per step: final; per second: at time)
     cells = list(scored.groupby(["game", "label", "simulators"], sort=False))
@@ -263,8 +261,8 @@ def compute_report(records: list[RunRecord], cfg: Config) -> ReportData:
     reference = {(g, s): rs["final"].mean() for (g, lab, s), rs in cells if lab == A2C}
     rows = []
     for (game, label, simulators), rs in cells:
-        random, ref = random_of[game], reference.get((game, simulators))
-        if ref is None or ref <= above_of[game]:
+        random, ref = random_plays[game].score, reference.get((game, simulators))
+        if ref is None or ref <= random_plays[game].above:
             continue
         ci = {column: iqm_with_ci({"x": normalised(rs[column].dropna(), random, ref)}, cfg.bootstrap_reps,
                                   cfg.seed).get("x") for column in ("final", "at_time")}
@@ -276,18 +274,18 @@ def compute_report(records: list[RunRecord], cfg: Config) -> ReportData:
     nominal = nominal_scores(scored, dict(parse_game_scores(cfg.nominal)))
     nominal_rows = []
     for game in sorted(scored["game"].unique()):
-        random = random_of[game]
+        random = random_plays[game].score
         if game not in nominal:
             nominal_rows.append({"game": game, "nominal": math.nan, "nominal from": "no A2C run and no --nominal",
                                  "random": random, "success threshold": math.nan})
             continue
         value, where = nominal[game]
         warn = (f" (not above random play{above_said(random_plays[game])}: no success share, no normalised score)"
-                if value <= above_of[game] else "")
+                if value <= random_plays[game].above else "")
         nominal_rows.append({"game": game, "nominal": value, "nominal from": where + warn, "random": random,
                              "success threshold": success_threshold(value, random, cfg.success_fraction)})
-    usable = [g for g, (v, _) in nominal.items() if v > above_of[g]]
-    shares = {(g, lab, s): (success_share(rs["final"], nominal[g][0], random_of[g],
+    usable = [g for g, (v, _) in nominal.items() if v > random_plays[g].above]
+    shares = {(g, lab, s): (success_share(rs["final"], nominal[g][0], random_plays[g].score,
                                           cfg.success_fraction), len(rs))
               for (g, lab, s), rs in cells if g in usable}
     matrices = {}
@@ -295,7 +293,7 @@ def compute_report(records: list[RunRecord], cfg: Config) -> ReportData:
         wide = rs.pivot_table(index="seed", columns="game", values="final").dropna()
         if len(wide):
             games = list(wide.columns)
-            norm = np.column_stack([normalised(wide[g], random_of[g], nominal[g][0]) for g in games])
+            norm = np.column_stack([normalised(wide[g], random_plays[g].score, nominal[g][0]) for g in games])
             matrices[label, simulators, tuple(games), len(wide)] = norm
     aggregate = iqm_with_ci(matrices, cfg.bootstrap_reps, cfg.seed)
 
