@@ -164,6 +164,13 @@ def test_report_on_two_real_runs(experiment, tmp_path):
     assert "final score, paired over (game, simulators, seed): n/a (need >= 2 pairs)" in md
     gossip = row(md, "Gossip", "algorithm")  # the header: no push-sum column, as no run had push-sum's weights
     assert "push-sum weights" not in gossip and len(row(md, "Gossip", "gala_a2c", "Pong", "2", "1")) == len(gossip)
+    # the last quarter's mean disagreement and gradient cosine, from GALA's own events
+    gala = dict(zip(gossip, row(md, "Gossip", "gala_a2c", "Pong", "2", "1")))
+    events = scalars(experiment / manifest["gala_a2c", "Pong-v5"]["run_dir"])
+    for column, tag, digits in (("disagreement (last quarter)", "gossip/disagreement_relative", 4),
+                                ("gradient cosine (last quarter)", "gossip/grad_cosine", 3)):
+        late = [v for s, v in events[tag] if s >= 0.75 * 3000]
+        assert late and gala[column] == f"{np.mean(late):.{digits}f}", (column, events[tag])
 
 
 def experiment_of(entries: list[dict], workdirs: list[str], experiment: Path, where: Path) -> Path:

@@ -75,6 +75,8 @@ class RunRecord:
     sps: Series = field(default_factory=Series)
     disagreement: Series = field(default_factory=Series)
     disagreement_relative: Series = field(default_factory=Series)
+    grad_cosine: Series = field(default_factory=Series)
+    """gossip/grad_cosine: the mean pairwise cosine of GALA's agents' gradients at a measured update"""
     dead_units: dict[str, Series] = field(default_factory=dict)
     """layer (HIDDEN) -> network/dead_units_<layer>: the share of its units no observation of a batch activates"""
     eval_argmax: Optional[float] = None
@@ -114,6 +116,7 @@ TAGS = {
     "sps": "charts/SPS",
     "disagreement": "gossip/disagreement",
     "disagreement_relative": "gossip/disagreement_relative",
+    "grad_cosine": "gossip/grad_cosine",
 }
 """RunRecord series <- TensorBoard tag (= W&B history key under sync_tensorboard)"""
 HIDDEN = ("conv1", "conv2", "conv3", "fc")

@@ -274,7 +274,8 @@ def ranks_section(data: ReportData, cfg: Config) -> list[str]:
                "and that in updates at the agents' mean rate (how far their counts drifted); "
                + ("push-sum weights: their range at the end; " if weighted else "")
                + "disagreement: the mean relative disagreement (RMS |θ_i − θ̄| / |θ̄|) logged over the last quarter "
-               "of the steps."), ""]
+               "of the steps; gradient cosine: the mean pairwise cosine of the agents' gradients of the same "
+               "update count, over the measured updates of the last quarter (1: they agree, 0: unrelated)."), ""]
     columns = {
         "algorithm": gala["label"], "game": gala["game"], "simulators": gala["simulators"], "seed": gala["seed"],
         "mix rate": gala["mix_rate"].map(fmt), "message age": gala["message_age"].map(fmt),
@@ -283,6 +284,7 @@ def ranks_section(data: ReportData, cfg: Config) -> list[str]:
         "drift (updates)": gala["drift_updates"].map(lambda v: fmt(v, 0)),
         **({"push-sum weights": gala["weights"]} if weighted else {}),
         "disagreement (last quarter)": gala["disagreement"].map(lambda v: fmt(v, 4)),
+        "gradient cosine (last quarter)": gala["grad_cosine"].map(lambda v: fmt(v, 3)),
     }
     lines += markdown(pd.DataFrame(columns)) + [""]
     return lines

@@ -41,7 +41,8 @@ def runs_table(records: list[RunRecord], targets: Optional[dict[str, float]] = N
     quarter of the steps (q1..q4), SPS, the wall seconds and steps it reached, utilisation, evaluation, each
     rank's steps per second, the seconds and steps to its game's target score (TARGETS: game -> score), the share
     of dead units of each hidden layer at its last log point (dead_<layer>), and for GALA runs the gossip
-    statistics of its summary.json with the mean relative disagreement of the last quarter of its steps.
+    statistics of its summary.json with the mean relative disagreement and the mean gradient cosine of the last
+    quarter of its steps.
     `at_time` (the score at the game's common wall-clock time) is added by compute_report."""
     rows = []
     for r in records:
@@ -63,6 +64,7 @@ def runs_table(records: list[RunRecord], targets: Optional[dict[str, float]] = N
             "eval_argmax": r.eval_argmax, "eval_sampled": r.eval_sampled,
             **gossip_statistics(r.summary if ok else {}),
             "disagreement": late_mean(r.disagreement_relative, r.total_timesteps),
+            "grad_cosine": late_mean(r.grad_cosine, r.total_timesteps),
             **{f"dead_{layer}": float(r.dead_units[layer].value[-1]) if ok and layer in r.dead_units else math.nan
                for layer in HIDDEN},
             "rank_rates": rank_rates(r.summary, r.config) if ok else "",
