@@ -29,6 +29,10 @@ Simplifications and choices, stated so nobody has to find them:
   until they come; K = 0 blocks at every update (synchronous gossip). The sender never blocks: a
   send whose previous message the peer has not read yet is skipped. Without K (the default, as the
   paper's run with K = 1e8) nobody ever blocks and an agent mixes whatever has arrived.
+- `--lr-warmup-updates K` (off by default; not in the paper) raises the learning rate linearly over the first K
+  updates. It is here to test one remedy of the project's ladder study (docs/benchmark/paper-shape.md): a larger
+  learning rate for agents that each normalise their own noisier gradient, which without a warm-up kills units
+  in torch RMSprop's first steps.
 - `--debug-lockstep-age A` is a diagnosis, not an algorithm: the agents wait for each other every update and
   mix messages exactly A updates old.
 - A resumed run restores each agent's parameters, optimizer, update count and torch RNG, not the
@@ -110,6 +114,10 @@ class Args:
     """RMSprop learning rate"""
     anneal_lr: bool = False
     """anneal the learning rate linearly to 0 over total_timesteps"""
+    lr_warmup_updates: int = 0
+    """raise the learning rate linearly from lr / K to lr over the first K updates (0: none). Torch's RMSprop
+    starts its square average at 0, so its first steps are about 10 x lr per parameter in the gradient's sign;
+    a warm-up keeps a larger learning rate from killing units in them"""
     num_steps: int = 5
     """steps per simulator per update (the n of the n-step return)"""
     gamma: float = 0.99
@@ -317,6 +325,17 @@ def a2c_loss_sums(agent, obs, actions, returns, valid):
 LOSSES = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/grad_norm")
 """what a2c_update returns, on the device (copied to the host at log points): the mean losses over the valid
 samples and the gradient norm before clipping"""
+
+
+def learning_rate(args, update: int) -> float:
+    """The learning rate of update UPDATE (counted from 0): --lr-warmup-updates' linear rise, then --anneal-lr's
+    linear fall to 0 at the last update."""
+    lr = args.learning_rate
+    if args.lr_warmup_updates:
+        lr *= min(1.0, (update + 1) / args.lr_warmup_updates)
+    if args.anneal_lr:
+        lr *= 1.0 - update / args.num_updates
+    return lr
 
 
 def a2c_update(agent, optimizer, obs, actions, returns, valid, args):
@@ -751,6 +770,8 @@ def finalize_args(args: Args, world_size: int) -> None:
             )
     if (args.sync_freq is not None and args.sync_freq < 0) or args.disagreement_every < 0:
         raise ConfigError("--sync-freq and --disagreement-every must be 0 or more")
+    if args.lr_warmup_updates < 0:
+        raise ConfigError(f"--lr-warmup-updates must be 0 or more, got {args.lr_warmup_updates}")
     if args.debug_lockstep_age is not None and (args.debug_lockstep_age < 0 or args.sync_freq is not None):
         raise ConfigError("--debug-lockstep-age must be 0 or more, without --sync-freq (lockstep always blocks)")
     args.world_size = world_size
@@ -877,8 +898,7 @@ def train(args: Args) -> dict:
     update, stop = start_update, False
     global_step = mail.global_step(update)
     while update < args.num_updates and not stop:
-        if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - update / args.num_updates)
+        optimizer.param_groups[0]["lr"] = learning_rate(args, update)
         prev_done = torch.from_numpy(next_done.astype(np.float32)).to(device)
         for step in range(T):
             obs[step] = next_obs

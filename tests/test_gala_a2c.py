@@ -385,9 +385,19 @@ def test_eval_uses_the_average_checkpoint(resumed, tmp_path):
         (["--env-id", "Pongg-v5"], "unknown env id 'Pongg-v5'"),
         (["--total-timesteps", "10"], "is below one update"),
         (["--resume", "missing"], "checkpoint directory 'missing' does not exist"),
+        (["--lr-warmup-updates", "-1"], "--lr-warmup-updates must be 0 or more"),
     ],
 )
 def test_bad_input_is_refused_by_the_argument_checks(workdir, monkeypatch, args, message):
     monkeypatch.chdir(workdir)
     assert message in config_error(gala, args)
+
+
+@pytest.mark.parametrize("warmup, anneal", [(0, False), (4, False), (0, True), (4, True)])
+def test_learning_rate_warms_up_then_anneals(warmup, anneal):
+    args = gala.Args(learning_rate=1.0, lr_warmup_updates=warmup, anneal_lr=anneal)
+    args.num_updates = 10
+    rise = [0.25, 0.5, 0.75] + [1.0] * 7 if warmup else [1.0] * 10
+    fall = [1.0 - u / 10 for u in range(10)] if anneal else [1.0] * 10
+    assert [gala.learning_rate(args, u) for u in range(10)] == pytest.approx([r * f for r, f in zip(rise, fall)])
 
