@@ -328,8 +328,8 @@ samples and the gradient norm before clipping"""
 
 
 def learning_rate(args, update: int) -> float:
-    """The learning rate of update UPDATE (counted from 0): --lr-warmup-updates' linear rise, then --anneal-lr's
-    linear fall to 0 at the last update."""
+    """The learning rate of update UPDATE (counted from 0): the base rate times --lr-warmup-updates' linear rise
+    times --anneal-lr's linear fall to 0 at the last update."""
     lr = args.learning_rate
     if args.lr_warmup_updates:
         lr *= min(1.0, (update + 1) / args.lr_warmup_updates)
