@@ -30,9 +30,9 @@ Simplifications and choices, stated so nobody has to find them:
   send whose previous message the peer has not read yet is skipped. Without K (the default, as the
   paper's run with K = 1e8) nobody ever blocks and an agent mixes whatever has arrived.
 - `--lr-warmup-updates K` (off by default; not in the paper) raises the learning rate linearly over the first K
-  updates. It is here to test one remedy of the project's ladder study (docs/benchmark/paper-shape.md): a larger
-  learning rate for agents that each normalise their own noisier gradient, which without a warm-up kills units
-  in torch RMSprop's first steps.
+  updates. It lets the agents take a larger learning rate, which without it kills units in torch RMSprop's first
+  steps: on Breakout at 4 x 16, `--learning-rate 2.2e-3 --lr-warmup-updates 500` gave back a part of what agents
+  that each normalise their own noisier gradient lose against A2C (docs/benchmark/paper-shape.md, the ladder).
 - `--debug-lockstep-age A` is a diagnosis, not an algorithm: the agents wait for each other every update and
   mix messages exactly A updates old.
 - A resumed run restores each agent's parameters, optimizer, update count and torch RNG, not the
