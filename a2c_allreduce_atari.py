@@ -19,6 +19,8 @@ Simplifications and choices, stated so nobody has to find them:
   bootstraps from the value of the episode's last observation; a termination never bootstraps.
 - `global_step` counts env.step calls of all simulators, reset steps included.
 - The loss is the mean over valid samples of *all* ranks (the Allreduce carries the count).
+- `--lr-warmup-updates K` (off by default; not in the paper, the same as GALA-A2C's) raises the learning rate
+  linearly over the first K updates, so that a larger rate does not kill units in torch RMSprop's first steps.
 - A resumed run restores parameters, optimizer, step count and torch RNG, not the emulator states:
   its simulators start new games.
 - A game that ends exactly at the 27,000-step limit is reported by envpool as truncated and
@@ -95,6 +97,10 @@ class Args:
     """RMSprop learning rate"""
     anneal_lr: bool = False
     """anneal the learning rate linearly to 0 over total_timesteps"""
+    lr_warmup_updates: int = 0
+    """raise the learning rate linearly from lr / K to lr over the first K updates (0: none). Torch's RMSprop
+    starts its square average at 0, so its first steps are about 10 x lr per parameter in the gradient's sign;
+    a warm-up keeps a larger learning rate from killing units in them"""
     num_steps: int = 5
     """steps per simulator per update (the n of the n-step return)"""
     gamma: float = 0.99
@@ -336,6 +342,17 @@ LOSSES = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/g
 samples and the gradient norm before clipping"""
 
 
+def learning_rate(args, update: int) -> float:
+    """The learning rate of update UPDATE (counted from 0): the base rate times --lr-warmup-updates' linear rise
+    times --anneal-lr's linear fall to 0 at the last update."""
+    lr = args.learning_rate
+    if args.lr_warmup_updates:
+        lr *= min(1.0, (update + 1) / args.lr_warmup_updates)
+    if args.anneal_lr:
+        lr *= 1.0 - update / args.num_updates
+    return lr
+
+
 def a2c_update(agent, optimizer, reduce_grads, obs, actions, returns, valid, args, stop=False):
     """One synchronous A2C step on this rank's shard; returns (mean losses, any rank asked to stop)."""
     optimizer.zero_grad(set_to_none=False)
@@ -378,6 +395,8 @@ def finalize_args(args: Args, world_size: int) -> None:
         raise ConfigError(f"--log-every must be at least 1, got {args.log_every}")
     if args.num_steps < 1:
         raise ConfigError(f"--num-steps must be at least 1, got {args.num_steps}")
+    if args.lr_warmup_updates < 0:
+        raise ConfigError(f"--lr-warmup-updates must be 0 or more, got {args.lr_warmup_updates}")
     args.world_size = world_size
     args.total_envs = world_size * args.num_envs
     args.batch_size = args.num_steps * args.total_envs
@@ -491,8 +510,7 @@ def train(args: Args) -> dict:
     update, stop = start_update, False
     global_step = update * args.batch_size
     while update < args.num_updates and not stop:
-        if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - update / args.num_updates)
+        optimizer.param_groups[0]["lr"] = learning_rate(args, update)
         prev_done = torch.from_numpy(next_done.astype(np.float32)).to(device)
         for step in range(T):
             obs[step] = next_obs

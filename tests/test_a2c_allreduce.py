@@ -169,17 +169,23 @@ def test_dead_units_are_the_units_no_observation_activates():
 def test_end_to_end_tracked_offline(workdir, np_, track, device):
     """Breakout with random-ish play ends games within a few hundred steps, so returns get logged.
     W&B is tracked in one of the two (its offline shutdown holds a short run for ~10 s). Every rank learns on
-    DEVICE, and the ranks' parameters stay identical (checked every 5 updates)."""
+    DEVICE, and the ranks' parameters stay identical (checked every 5 updates). The learning rate warms up over
+    100 updates, more than the run's 80."""
     world = np_ or 1
     total = 400 * 8 * world  # 400 steps per simulator
     proc, run_dir, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(total), "--log-every",
-                                 "5", "--check-sync-every", "5", *FAST, *(["--track"] if track else []),
+                                 "5", "--check-sync-every", "5", "--lr-warmup-updates", "100", *FAST,
+                                 *(["--track"] if track else []),
                                  cwd=workdir, np=np_, device=device)
     assert_devices(run_dir, device, gpu_ranks=list(range(world)))
     for tag in ("charts/SPS", "charts/learning_rate", "losses/policy_loss", "losses/value_loss", "losses/entropy",
                 "charts/episodic_return", "charts/episodic_length", *(f"network/dead_units_{h}" for h in a2c.HIDDEN)):
         assert tag in tags, tag
     assert tags["charts/SPS"][-1][0] == total // (5 * 8 * world) * (5 * 8 * world)
+    # The rate logged after update u (global step (u + 1) x the batch) is the default rate times (u + 1) / 100.
+    base, batch = 7e-4 * (8 * world / 16) ** 0.5, 5 * 8 * world
+    logged = tags["charts/learning_rate"]
+    assert [lr for _, lr in logged] == pytest.approx([base * step / batch / 100 for step, _ in logged], rel=1e-5)
     # Every rank's games reach rank 0: at least one per simulator of each rank ran out of lives.
     assert len(tags["charts/episodic_return"]) >= 8 * world
     assert all(length > 0 for _, length in tags["charts/episodic_length"])
@@ -236,6 +242,7 @@ def test_eval_after_training_and_from_checkpoint(resumed, workdir):
         (["--total-timesteps", "10"], "is below one update"),
         (["--resume", "missing.pt"], "'missing.pt' does not exist"),
         (["--num-steps", "-1"], "--num-steps must be at least 1"),
+        (["--lr-warmup-updates", "-1"], "--lr-warmup-updates must be 0 or more"),
     ],
 )
 def test_bad_input_is_refused_by_the_argument_checks(workdir, monkeypatch, args, message):

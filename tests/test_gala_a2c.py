@@ -240,11 +240,13 @@ def test_gossip_of_parameters_on_a_device_reaches_the_exact_average(tmp_path, de
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("np_, envs, track", [(2, 8, True), (4, 4, False)])
 def test_end_to_end_tracked_offline(workdir, np_, envs, track, device):
-    """W&B is tracked in one of the two (its offline shutdown holds a short run for ~5 s). Every agent on DEVICE."""
+    """W&B is tracked in one of the two (its offline shutdown holds a short run for ~5 s). Every agent on DEVICE.
+    The learning rate warms up over 100 updates, more than the run's 60."""
     updates = 60  # 300 steps per simulator: random Breakout games end within that
     proc, run_dir, tags = run_ok(SCRIPT, "--env-id", "Breakout-v5", "--total-timesteps", str(updates * np_ * envs * 5),
                                  *(["--track"] if track else []), "--save-model", "--log-every", "5",
-                                 "--disagreement-every", "5", *FAST, "--num-envs", str(envs), cwd=workdir,
+                                 "--disagreement-every", "5", "--lr-warmup-updates", "100", *FAST,
+                                 "--num-envs", str(envs), cwd=workdir,
                                  np=np_, device=device)
     assert_devices(run_dir, device, gpu_ranks=list(range(np_)))
     agents = ranks_of(run_dir)
@@ -257,6 +259,9 @@ def test_end_to_end_tracked_offline(workdir, np_, envs, track, device):
                 "gossip/skipped_sends", "gossip/staleness", "network/dead_units_conv3"):
         assert tag in tags, tag
     assert len(tags["gossip/disagreement"]) == updates // 5  # every measurement completed and was logged
+    # Agent 0 logs after its updates 4, 9, ..., 59: the default rate (7e-4 at 16 simulators) times 5k / 100.
+    logged = [lr for _, lr in tags["charts/learning_rate"]]
+    assert logged == pytest.approx([7e-4 * 5 * k / 100 for k in range(1, updates // 5 + 1)], rel=1e-5)
     assert len(tags["charts/episodic_return"]) >= envs * np_  # games of every agent reached rank 0
     assert len(list((workdir / "wandb").glob("offline-run-*/run-*.wandb"))) == int(track)
     # The average checkpoint is the exact mean of the agents' own checkpoints.

@@ -58,6 +58,14 @@ def test_a2c_targets_and_loss_are_identical_in_the_a2c_family(name):
     assert_same({script: definitions(script)[name] for script in A2C_FAMILY}, name)
 
 
+def test_a2c_and_gala_share_the_learning_rate_schedule():
+    """`diff a2c_allreduce_atari.py gala_a2c_atari.py` shows the gossip and nothing else: the learning-rate schedule
+    (tests/test_gala_a2c.py checks it against its formula) and the help of its warm-up are the same in both."""
+    pair = ["a2c_allreduce_atari.py", "gala_a2c_atari.py"]
+    assert_same({script: definitions(script)["learning_rate"] for script in pair}, "learning_rate")
+    assert_same({script: field_help(script)["lr_warmup_updates"] for script in pair}, "the --help of lr_warmup_updates")
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_train_reads_in_one_sitting(script):
     """train() holds set-up, the loop and teardown as short named steps: at most 120 lines (GALA,
