@@ -675,3 +675,7 @@ def test_dead_units_end_values_in_the_table_and_a_curve_per_layer(tmp_path):
         row(md, "Dead units", "gala_a2c", "Pong", "4", "2")
     assert figures.plot_dead_units(records, tmp_path / "dead.png") and (tmp_path / "dead.png").stat().st_size > 0
     assert not figures.plot_dead_units(records[1:], tmp_path / "none.png")
+    # A line's legend names the game and the simulator count only where the runs have several.
+    assert figures.legend_key(records)(records[0]) == "gala_a2c"
+    several = records + [gala_record(simulators=8), gala_record(env_id="Breakout-v5")]
+    assert [figures.legend_key(several)(r) for r in several[2:]] == ["gala_a2c Pong 8 sims", "gala_a2c Breakout 4 sims"]

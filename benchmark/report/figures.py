@@ -89,27 +89,34 @@ def draw_runs(ax, runs: list[RunRecord], x: str, smooth: int, points: int, lw: f
 
 
 def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Path) -> bool:
-    """Episodic return (trailing mean over `smooth` games) against global steps or wall seconds: a row of panels per
-    game, one panel per comparison (at most 3 a row; the panels of one game share their y axis), each seed thin and
-    the mean over seeds bold."""
+    """Episodic return (trailing mean over `smooth` games) against global steps or wall seconds: panels per game (and
+    per simulator count, where the runs have several), one panel per comparison (at most 3 a row; the panels of one
+    game share their y axis), each seed thin and the mean over seeds bold."""
     with_episodes = [r for r in ok if len(r.returns)]
     if not with_episodes:
         return False
-    games = sorted({r.game for r in with_episodes})
-    panels = [(game, title, labels) for game in games
-              for title, labels in comparisons([r.label for r in with_episodes if r.game == game])]
+    several_sims = len({r.simulators for r in with_episodes}) > 1
+    groups = sorted({(r.game, r.simulators if several_sims else 0) for r in with_episodes})
+
+    def members(group: tuple) -> list[RunRecord]:
+        return [r for r in with_episodes if (r.game, r.simulators if several_sims else 0) == group]
+
+    panels = [(group, title, labels) for group in groups
+              for title, labels in comparisons([r.label for r in members(group)])]
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
     plt = pyplot()
     fig, axes = plt.subplots(rows, columns, figsize=(max(9.5, 5 * columns), 3.8 * rows), squeeze=False)
     first_of = {}
-    for ax, (game, title, labels) in zip(axes.flat, panels):
+    for ax, (group, title, labels) in zip(axes.flat, panels):
+        game = group[0]
         if game in first_of:
             ax.sharey(first_of[game])
         first_of.setdefault(game, ax)
         for label in labels:
-            draw_runs(ax, [r for r in with_episodes if r.game == game and r.label == label], x, smooth, points)
-        ax.set_title(f"{game}: {title}" if title else game)
+            draw_runs(ax, [r for r in members(group) if r.label == label], x, smooth, points)
+        name = f"{game}, {group[1]} simulators" if several_sims else game
+        ax.set_title(f"{name}: {title}" if title and len(labels) > 1 else name)
         ax.set_xlabel("global steps" if x == "step" else "wall-clock seconds")
         ax.set_ylabel(f"return (mean of last {smooth} games)")
         ax.grid(alpha=0.3)
@@ -232,16 +239,22 @@ def plot_disagreement(ok: list[RunRecord], path: Path) -> bool:
     return save(plt, fig, path)
 
 
+def legend_key(runs: list[RunRecord]):
+    """A run's name in a legend of RUNS: its label, then its game and its simulator count where RUNS have several."""
+    several_games, several_sims = len({r.game for r in runs}) > 1, len({r.simulators for r in runs}) > 1
+    return lambda r: " ".join([r.label] + [r.game] * several_games + [f"{r.simulators} sims"] * several_sims)
+
+
 def plot_dead_units(ok: list[RunRecord], path: Path) -> bool:
     """The share of dead units against global steps: one panel per hidden layer, one line per run, a colour per
-    label (and game, where there are several)."""
+    label (and game, and simulator count, where there are several)."""
     runs = [r for r in ok if r.dead_units]
     if not runs:
         return False
-    keys = label_order(r.label for r in runs)
-    games = sorted({r.game for r in runs})
-    key = (lambda r: r.label) if len(games) == 1 else (lambda r: f"{r.label} {r.game}")
-    keys = [k for k in dict.fromkeys(key(r) for r in sorted(runs, key=lambda r: keys.index(r.label)))]
+    labels = label_order(r.label for r in runs)
+    key = legend_key(runs)
+    order = sorted(runs, key=lambda r: (labels.index(r.label), r.game, r.simulators))
+    keys = list(dict.fromkeys(key(r) for r in order))
     colours = dict(zip(keys, [f"C{i % 10}" for i in range(len(keys))]))
     plt = pyplot()
     fig, axes = plt.subplots(1, len(HIDDEN), figsize=(16, 3.6), squeeze=False, sharey=True)
