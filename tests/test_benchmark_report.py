@@ -447,6 +447,24 @@ def test_the_panels_of_a_game():
         ("a2c_slow vs gala_slow", ["a2c_allreduce", "gala_a2c", "a2c_slow", "gala_slow"])]
 
 
+def test_each_simulator_count_has_its_own_returns_panel(tmp_path, monkeypatch):
+    """Runs at several simulator counts (Fig 1a) are never averaged together: a panel per count, its runs only."""
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda plt, fig, path: drawn.append(fig) or True)
+    games = load.Series.by_step([100, 200, 300], [1, 2, 3], [1.0, 2.0, 3.0])
+    records = [gala_record(algorithm=algorithm, simulators=sims, seed=seed, returns=games)
+               for algorithm, sims in [("a2c_allreduce", 16), ("a2c_allreduce", 128), ("gala_a2c", 128)]
+               for seed in (1, 2)]
+    assert figures.plot_returns(records, "step", 1, 10, tmp_path / "returns.png")
+    panels = [ax for ax in drawn[0].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["Pong, 16 simulators", "Pong, 128 simulators: A2C vs GALA"]
+    assert [[t.get_text() for t in ax.get_legend().get_texts()] for ax in panels] == [
+        ["a2c_allreduce (mean of 2)"], ["a2c_allreduce (mean of 2)", "gala_a2c (mean of 2)"]]
+    drawn.clear()
+    assert figures.plot_returns(records[2:], "step", 1, 10, tmp_path / "one_count.png")
+    assert [ax.get_title() for ax in drawn[0].axes if ax.get_visible()] == ["Pong: A2C vs GALA"]
+
+
 def test_time_to_a_score_and_the_time_curve_take_the_games_in_time_order():
     """A slower GALA agent stamps its games with its own (lower) steps, so a run's games in step order are not in
     time order: the time to a score and the curve against time follow the games as they ended."""
