@@ -96,10 +96,14 @@ def plot_returns(ok: list[RunRecord], x: str, smooth: int, points: int, path: Pa
     if not with_episodes:
         return False
     several_sims = len({r.simulators for r in with_episodes}) > 1
-    groups = sorted({(r.game, r.simulators if several_sims else 0) for r in with_episodes})
+
+    def group_of(r: RunRecord) -> tuple:
+        return r.game, r.simulators if several_sims else 0
+
+    groups = sorted({group_of(r) for r in with_episodes})
 
     def members(group: tuple) -> list[RunRecord]:
-        return [r for r in with_episodes if (r.game, r.simulators if several_sims else 0) == group]
+        return [r for r in with_episodes if group_of(r) == group]
 
     panels = [(group, title, labels) for group in groups
               for title, labels in comparisons([r.label for r in members(group)])]
