@@ -32,7 +32,8 @@ Simplifications and choices, stated so nobody has to find them:
 - `--lr-warmup-updates K` (off by default; not in the paper) raises the learning rate linearly over the first K
   updates. It lets the agents take a larger learning rate, which without it kills units in torch RMSprop's first
   steps: on Breakout at 4 x 16, `--learning-rate 2.2e-3 --lr-warmup-updates 500` gave back a part of what agents
-  that each normalise their own noisier gradient lose against A2C (docs/benchmark/paper-shape.md, the ladder).
+  that each normalise their own noisier gradient lose against A2C (docs/benchmark/paper-shape.md, the ladder); on
+  BeamRider as much, on Qbert nothing (seed 1, docs/benchmark/six-games.md): it stays off by default.
 - `--debug-lockstep-age A` is a diagnosis, not an algorithm: the agents wait for each other every update and
   mix messages exactly A updates old.
 - A resumed run restores each agent's parameters, optimizer, update count and torch RNG, not the
