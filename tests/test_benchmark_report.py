@@ -437,6 +437,24 @@ def test_quarters_and_the_score_at_a_time_by_hand():
     assert math.isnan(stats.score_at(walls, returns, 5))
 
 
+def test_equal_time_is_each_game_and_seeds_shortest_run():
+    """Seed 1's two runs last 100 and 80 s, seed 2's (a machine twice as fast) 50 and 40 s: each seed's runs are
+    read at its own shortest run's seconds (80 s, 40 s), not at the game's shortest (40 s)."""
+    def record(label, seed, seconds):
+        walls = np.arange(10, seconds + 1, 10)  # a game every 10 s scoring its end second: the score says the time
+        return load.RunRecord(name=f"{label}/{seed}", algorithm=label, env_id="Pong-v5", seed=seed, simulators=4,
+                              total_timesteps=1000, status="ok",
+                              returns=load.Series.by_step(walls * 10, walls, walls))
+    runs = {("a2c_allreduce", 1): 100, ("gala_a2c", 1): 80, ("a2c_allreduce", 2): 50, ("gala_a2c", 2): 40}
+    data = tables.compute_report([record(label, seed, s) for (label, seed), s in runs.items()],
+                                 report.Config(bootstrap_reps=20, final_window=0.25))
+    assert data.times == {("Pong", 1): 80.0, ("Pong", 2): 40.0}
+    at_time = {(r.label, r.seed): r.at_time for r in data.table.itertuples()}
+    # games ending in the last 25% of each seed's time: [60, 80] s -> 60, 70, 80; [30, 40] s -> 30, 40
+    assert at_time == {("a2c_allreduce", 1): 70.0, ("gala_a2c", 1): 70.0, ("a2c_allreduce", 2): 35.0,
+                       ("gala_a2c", 2): 35.0}
+
+
 def test_the_panels_of_a_game():
     """A2C vs GALA first; each variant beside A2C and its algorithm, once each; a variant of both as a pair."""
     labels = ["gala_slow", "a2c_allreduce", "a2c_slow", "gala_a2c", "gala_sync"]

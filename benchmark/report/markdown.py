@@ -83,10 +83,11 @@ def scores_section(data: ReportData, cfg: Config) -> list[str]:
         n=("seed", "size"), **{q: (q, mean_std) for q in ("q1", "q2", "q3", "q4")}).reset_index()
     lines += markdown(quarters.rename(columns={"label": "algorithm"})) + [""]
 
-    times = ", ".join(f"{game} {seconds:.0f} s" for game, seconds in data.times.items())
+    times = ", ".join(f"{game} s{seed} {seconds:.0f} s" for (game, seed), seconds in data.times.items())
     lines += ["## At equal wall-clock time", "",
               (f"Score at equal time: the mean return of the games that ended in the last {cfg.final_window:.0%} of "
-               f"each game's common time, the wall-clock seconds of its shortest run ({times or 'none'}); a "
+               f"its game's and seed's common time, the wall-clock seconds of the shortest run of that game and seed "
+               f"({times or 'none'}): per seed, since a seed's arms run on one machine and seeds may not; a "
                "continued run's seconds are those of its launches' training (load.read_events)."), ""]
     at_time = ok.groupby(["game", "label", "simulators"], sort=False).agg(
         n=("seed", "size"), seconds=("seconds", lambda s: f"{s.min():.0f}-{s.max():.0f}"),

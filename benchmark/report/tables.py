@@ -201,8 +201,8 @@ class ReportData:
 
     table: pd.DataFrame
     """runs_table with `at_time`"""
-    times: dict[str, float]
-    """game -> the common wall-clock seconds at which `at_time` is read (the shortest run's)"""
+    times: dict[tuple[str, int], float]
+    """(game, seed) -> the common wall-clock seconds at which `at_time` is read (the shortest run's)"""
     scores: pd.DataFrame
     """per (game, label, simulators): n, mean, std and `iqm` (IQM, low, high) of the final scores"""
     normalised: pd.DataFrame
@@ -241,11 +241,15 @@ def compute_report(records: list[RunRecord], cfg: Config) -> ReportData:
     scored = ok[ok["final"].notna()]
     by_name = {r.name: r for r in records}
 
-    # At equal wall-clock time: each game's shortest run sets the time at which every run's score is read.
-    times = {game: float(runs["seconds"].min()) for game, runs in scored.groupby("game")}
-    table["at_time"] = [score_at(by_name[n].returns.wall, by_name[n].returns.value, times[g], cfg.final_window)
-                        if s == "ok" and g in times else math.nan
-                        for n, g, s in zip(table["name"], table["game"], table["status"])]
+    # At equal wall-clock time: the shortest run of each game and seed sets the time at which that game's and seed's
+    # runs are read. Per seed, not per game: a seed's arms run one after the other on one machine, and seeds may
+    # run on machines of different speeds (a game's shortest run on a faster machine would read the slower
+    # machine's runs long before their end).
+    times = {(game, int(seed)): float(runs["seconds"].min()) for (game, seed), runs in scored.groupby(["game", "seed"])}
+    table["at_time"] = [score_at(by_name[n].returns.wall, by_name[n].returns.value, times[g, int(seed)],
+                                 cfg.final_window)
+                        if s == "ok" and (g, int(seed)) in times else math.nan
+                        for n, g, seed, s in zip(table["name"], table["game"], table["seed"], table["status"])]
     ok, scored = table[table["status"] == "ok"], table[(table["status"] == "ok") & table["final"].notna()]
     measured = read_random_play(cfg.random_play)
     random_plays = {game: random_play(game, measured) for game in sorted(table["game"].unique())}
