@@ -455,6 +455,27 @@ def test_equal_time_is_each_game_and_seeds_shortest_run():
                        ("gala_a2c", 2): 35.0}
 
 
+def test_the_score_at_every_n_steps_is_read_as_the_final_score_is():
+    """--every-steps 500 on runs of 1,000 steps with a game every 100 steps scoring its end step / 100: at 500 the
+    games in the last 25% of 500 steps, [375, 500]: 4 and 5; at 1,000 those in [750, 1000]: 8, 9, 10, the final
+    score. Two seeds of A2C, the second scoring 2 more: mean ± std over seeds."""
+    steps = np.arange(100, 1001, 100)
+    records = [load.RunRecord(name=f"a2c/{seed}", algorithm="a2c_allreduce", env_id="Pong-v5", seed=seed,
+                              simulators=4, total_timesteps=1000, status="ok", final_window=0.25,
+                              returns=load.Series.by_step(steps, steps / 10, steps / 100 + 2 * (seed - 1)))
+               for seed in (1, 2)]
+    cfg = report.Config(bootstrap_reps=20, final_window=0.25, every_steps=500)
+    data = tables.compute_report(records, cfg)
+    assert [at for at in data.table["at_steps"]] == [{500: 4.5, 1000: 9.0}, {500: 6.5, 1000: 11.0}]
+    assert data.table["final"].tolist() == [9.0, 11.0]
+    md = "\n".join(markdown.format_report(data, cfg, "test"))
+    spread = f"{np.std([4.5, 6.5], ddof=1):.2f}"
+    assert row(md, "At every 500 steps", "Pong", "a2c_allreduce", "4")[3:] == [
+        "2", f"5.50 ± {spread}", f"10.00 ± {spread}"]
+    plain = report.Config(bootstrap_reps=20, final_window=0.25)  # without --every-steps: no such section
+    assert "## At every" not in "\n".join(markdown.format_report(tables.compute_report(records, plain), plain, "t"))
+
+
 def test_the_panels_of_a_game():
     """A2C vs GALA first; each variant beside A2C and its algorithm, once each; a variant of both as a pair."""
     labels = ["gala_slow", "a2c_allreduce", "a2c_slow", "gala_a2c", "gala_sync"]

@@ -46,6 +46,9 @@ class Config:
     """final score: mean of the episodes in this last fraction of a run's global steps"""
     smooth: int = 10
     """return curves and the time to a target: trailing mean over this many games"""
+    every_steps: Optional[int] = None
+    """also the score at every this many global steps (e.g. 1000000): the mean return of the games that ended in
+    the last `final_window` of those steps, as a final score is of all of them"""
     target: tuple[str, ...] = ()
     """target scores GAME=SCORE (e.g. Breakout=10): the time and steps at which each run first reaches it"""
     grid_points: int = 200

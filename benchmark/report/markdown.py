@@ -83,6 +83,16 @@ def scores_section(data: ReportData, cfg: Config) -> list[str]:
         n=("seed", "size"), **{q: (q, mean_std) for q in ("q1", "q2", "q3", "q4")}).reset_index()
     lines += markdown(quarters.rename(columns={"label": "algorithm"})) + [""]
 
+    if cfg.every_steps:
+        marks = sorted({m for at in ok["at_steps"] for m in at})
+        lines += [f"## At every {cfg.every_steps:,} steps", "",
+                  (f"Score at a step: the mean return of the games that ended in the last {cfg.final_window:.0%} of "
+                   "the steps up to it, as the final score is of all of a run's steps: mean ± std over seeds."), ""]
+        lines += markdown(pd.DataFrame([
+            {"game": g, "algorithm": lab, "simulators": s, "n": len(rs),
+             **{f"{m:,}": mean_std(pd.Series([at.get(m, math.nan) for at in rs["at_steps"]])) for m in marks}}
+            for (g, lab, s), rs in ok.groupby(["game", "label", "simulators"], sort=False)])) + [""]
+
     times = ", ".join(f"{game} s{seed} {seconds:.0f} s" for (game, seed), seconds in data.times.items())
     lines += ["## At equal wall-clock time", "",
               (f"Score at equal time: the mean return of the games that ended in the last {cfg.final_window:.0%} of "

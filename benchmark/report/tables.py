@@ -14,6 +14,7 @@ from benchmark.report.load import A2C, GALA, HIDDEN, RunRecord, Series, label_or
 from benchmark.report.stats import (
     TTest,
     aggregates_with_ci,
+    final_score,
     gossip_statistics,
     iqm_with_ci,
     normalised,
@@ -34,6 +35,12 @@ def late_mean(series: Series, total_steps: int) -> float:
     """The mean of a logged scalar over the last quarter of the run's steps (nan if none was logged there)."""
     late = series.step >= 0.75 * total_steps
     return float(series.value[late].mean()) if late.any() else math.nan
+
+
+def score_up_to(returns: Series, step: int, window: float) -> float:
+    """The final score the run would have had had it ended at STEP (final_score of its games up to STEP)."""
+    before = returns.step <= step
+    return final_score(returns.step[before], returns.value[before], step, window)
 
 
 def runs_table(records: list[RunRecord], targets: Optional[dict[str, float]] = None, smooth: int = 10) -> pd.DataFrame:
@@ -250,6 +257,11 @@ def compute_report(records: list[RunRecord], cfg: Config) -> ReportData:
                                  cfg.final_window)
                         if s == "ok" and (g, int(seed)) in times else math.nan
                         for n, g, seed, s in zip(table["name"], table["game"], table["seed"], table["status"])]
+    # The score at every `every_steps` steps: step -> score, read as the final score is, at each mark
+    table["at_steps"] = [{mark: score_up_to(by_name[n].returns, mark, cfg.final_window)
+                          for mark in range(cfg.every_steps, int(total) + 1, cfg.every_steps)}
+                         if cfg.every_steps and s == "ok" else {}
+                         for n, s, total in zip(table["name"], table["status"], table["steps"].fillna(0))]
     ok, scored = table[table["status"] == "ok"], table[(table["status"] == "ok") & table["final"].notna()]
     measured = read_random_play(cfg.random_play)
     random_plays = {game: random_play(game, measured) for game in sorted(table["game"].unique())}
